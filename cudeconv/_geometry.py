@@ -1,0 +1,254 @@
+"""Shape rules for transposed convolution: the one place every backend gets its sizes from.
+
+A transposed convolution over ``d`` spatial dims (d = 1, 2, 3) maps
+
+    x      (N, C_in, *in_size)
+    weight (C_in, C_out // groups, *kernel_size)          # PyTorch's layout
+    bias   (C_out,)
+
+to ``y (N, C_out, *out_size)`` with, per spatial dim,
+
+    out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+Input element ``i`` meets kernel tap ``k`` at output position ``o = i * stride + k * dilation - padding``
+(positions outside ``[0, out)`` are cropped away). ``output_padding`` only lengthens the output at the
+far end, and must be smaller than ``stride`` or ``dilation`` (PyTorch's rule), so that it never adds
+positions that the same output size could not have come from.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def spatial_tuple(value, name: str, ndim: int) -> Tuple[int, ...]:
+    """``value`` (an int, or a sequence of ``ndim`` ints) as a tuple of ``ndim`` Python ints."""
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return (int(value),) * ndim
+    if isinstance(value, (tuple, list)):
+        if len(value) != ndim:
+            raise ValueError(
+                f"{name} must be an int or a sequence of {ndim} ints for a {ndim}-d transposed "
+                f"convolution, got {value!r} (length {len(value)})"
+            )
+        if not all(
+            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+            for v in value
+        ):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        return tuple(int(v) for v in value)
+    raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
+
+
+def check_float_dtypes(**arrays) -> np.dtype:
+    """The common floating dtype of the named arrays (None entries are skipped); TypeError otherwise."""
+    dtypes = {name: np.dtype(a.dtype) for name, a in arrays.items() if a is not None}
+    for name, dtype in dtypes.items():
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {dtype}; cudeconv computes in float16, float32 or float64"
+            )
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name}={dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"dtypes must all be the same, got {listing}")
+    return next(iter(dtypes.values()))
+
+
+@dataclass(frozen=True)
+class ConvTransposeGeometry:
+    """Every size a transposed-convolution kernel or reference needs (spatial tuples have ``ndim`` entries)."""
+
+    ndim: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: Tuple[int, ...]
+    kernel_size: Tuple[int, ...]
+    out_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    output_padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+
+    @property
+    def in_channels_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_channels_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return (self.batch, self.in_channels) + self.in_size
+
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.in_channels, self.out_channels_per_group) + self.kernel_size
+
+    @property
+    def output_shape(self) -> Tuple[int, ...]:
+        return (self.batch, self.out_channels) + self.out_size
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel_size)
+
+    def full_extent(self) -> Tuple[int, ...]:
+        """Per dim, the length of the uncropped scatter target: every ``i*stride + k*dilation`` plus the
+        output_padding tail. The output is ``[padding, padding + out)`` of it."""
+        return tuple(
+            (i - 1) * s + d * (k - 1) + 1 + op
+            for i, s, d, k, op in zip(
+                self.in_size, self.stride, self.dilation, self.kernel_size, self.output_padding
+            )
+        )
+
+    def flops(self) -> int:
+        """Useful floating-point operations of one pass: 2·N·C_in·(C_out/groups)·∏in·∏k."""
+        return (
+            2 * self.batch * self.in_channels * self.out_channels_per_group
+            * math.prod(self.in_size) * self.taps
+        )
+
+
+def output_size(in_size, kernel_size, stride, padding, output_padding, dilation) -> Tuple[int, ...]:
+    """PyTorch's output-size rule, per spatial dim (may be non-positive; callers check)."""
+    return tuple(
+        (i - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for i, k, s, p, op, d in zip(in_size, kernel_size, stride, padding, output_padding, dilation)
+    )
+
+
+def check_hyperparameters(ndim, stride, padding, output_padding, dilation):
+    """Normalise and validate stride/padding/output_padding/dilation to ``ndim``-tuples."""
+    stride = spatial_tuple(stride, "stride", ndim)
+    padding = spatial_tuple(padding, "padding", ndim)
+    output_padding = spatial_tuple(output_padding, "output_padding", ndim)
+    dilation = spatial_tuple(dilation, "dilation", ndim)
+    if any(s <= 0 for s in stride):
+        raise ValueError(f"stride must be positive, got stride={stride}")
+    if any(d <= 0 for d in dilation):
+        raise ValueError(f"dilation must be positive, got dilation={dilation}")
+    if any(p < 0 for p in padding):
+        raise ValueError(f"padding must be non-negative, got padding={padding}")
+    if any(op < 0 for op in output_padding):
+        raise ValueError(f"output_padding must be non-negative, got output_padding={output_padding}")
+    for op, s, d in zip(output_padding, stride, dilation):
+        if not (op < s or op < d):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got "
+                f"output_padding={output_padding}, stride={stride}, dilation={dilation}"
+            )
+    return stride, padding, output_padding, dilation
+
+
+def make_geometry(
+    ndim: int,
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    stride,
+    padding,
+    output_padding,
+    groups,
+    dilation,
+    bias_shape: Optional[Sequence[int]] = None,
+    input_name: str = "input",
+) -> ConvTransposeGeometry:
+    """Validate a transposed convolution's arguments and compute its sizes.
+
+    Raises ValueError/TypeError naming the offending argument and its value.
+    """
+    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+    if len(input_shape) != ndim + 2:
+        raise ValueError(
+            f"{input_name} must be {ndim + 2}-d (N, C_in, {', '.join('LHW'[3 - ndim:] if ndim < 3 else 'DHW')}) "
+            f"for conv_transpose{ndim}d, got shape {input_shape}"
+        )
+    if len(weight_shape) != ndim + 2:
+        raise ValueError(
+            f"weight must be {ndim + 2}-d (C_in, C_out/groups, *kernel_size) for conv_transpose{ndim}d, "
+            f"got shape {weight_shape}"
+        )
+    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups <= 0:
+        raise ValueError(f"groups must be positive, got groups={groups}")
+    stride, padding, output_padding, dilation = check_hyperparameters(
+        ndim, stride, padding, output_padding, dilation
+    )
+    batch, in_channels = input_shape[:2]
+    in_size = input_shape[2:]
+    kernel_size = weight_shape[2:]
+    if weight_shape[0] != in_channels:
+        raise ValueError(
+            f"weight.shape[0] ({weight_shape[0]}) must equal the input's channels ({in_channels}); "
+            f"got {input_name} shape {input_shape}, weight shape {weight_shape}"
+        )
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({in_channels})")
+    if any(k <= 0 for k in kernel_size) or weight_shape[1] <= 0:
+        raise ValueError(f"weight shape {weight_shape} must have positive C_out/groups and kernel size")
+    if any(i <= 0 for i in in_size) or in_channels <= 0:
+        raise ValueError(f"{input_name} shape {input_shape} must have positive channels and spatial size")
+    out_channels = weight_shape[1] * groups
+    out_size = output_size(in_size, kernel_size, stride, padding, output_padding, dilation)
+    if any(o <= 0 for o in out_size):
+        raise ValueError(
+            f"output size {out_size} is not positive: input size {in_size}, kernel_size {kernel_size}, "
+            f"stride {stride}, padding {padding}, output_padding {output_padding}, dilation {dilation}"
+        )
+    if bias_shape is not None and tuple(bias_shape) != (out_channels,):
+        raise ValueError(f"bias must have shape ({out_channels},) (C_out), got {tuple(bias_shape)}")
+    return ConvTransposeGeometry(
+        ndim=ndim,
+        batch=batch,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        groups=groups,
+        in_size=tuple(in_size),
+        kernel_size=tuple(kernel_size),
+        out_size=out_size,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+    )
+
+
+def output_padding_for(output_size_arg, ndim, in_size, kernel_size, stride, padding, dilation):
+    """The output_padding that yields the requested ``output_size`` (PyTorch's ``_output_padding``).
+
+    ``output_size`` may list the spatial sizes only or the full shape (N, C, *spatial). Each spatial
+    size must lie in ``[min, min + stride - 1]`` where ``min`` is the size with output_padding 0.
+    """
+    requested = tuple(output_size_arg)
+    if len(requested) == ndim + 2:
+        requested = requested[2:]
+    if len(requested) != ndim or not all(
+        isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+        for v in requested
+    ):
+        raise ValueError(
+            f"output_size must have {ndim} or {ndim + 2} ints, got {tuple(output_size_arg)!r}"
+        )
+    smallest = output_size(in_size, kernel_size, stride, padding, (0,) * ndim, dilation)
+    result = []
+    for want, low, s in zip(requested, smallest, stride):
+        high = low + s - 1
+        if not (low <= want <= high):
+            raise ValueError(
+                f"requested output_size {tuple(int(v) for v in requested)} is not in the valid range: "
+                f"each size must lie between {smallest} and "
+                f"{tuple(lo + st - 1 for lo, st in zip(smallest, stride))} for input size {tuple(in_size)}"
+            )
+        result.append(int(want) - low)
+    return tuple(result)

@@ -1,0 +1,102 @@
+"""Backend dispatch.
+
+Three backends compute the same operations:
+
+``"numpy"``
+    The vectorized NumPy reference (``numpy_backend``): the oracle the kernels are checked against
+    and the CPU path for machines without a GPU.
+``"cuda"``
+    The hand-written CUDA kernels in ``kernels/*.cu``, compiled and launched through CuPy.
+``"emulator"``
+    The same kernels, compiled for the CPU by :mod:`cudeconv.emulator` and run on NumPy arrays.
+
+``cuda`` and ``emulator`` share one launch layer (``kernel_backend``) and differ only in array
+module and module class.
+"""
+from __future__ import annotations
+
+import functools
+
+NAMES = ("numpy", "cuda", "emulator")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested that cannot run on this machine; the message says why."""
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_unavailable_reason():
+    """None when CuPy can compile and launch kernels on a GPU here, else why not (a sentence)."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc}); install cudeconv[cuda12] or cudeconv[cuda13]"
+    except Exception as exc:  # a broken CuPy install raises all sorts at import
+        return f"CuPy failed to import: {type(exc).__name__}: {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, insufficient driver, ...
+        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return "no CUDA device found"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def emulator_unavailable_reason():
+    """None when the CPU emulator can compile kernels here, else why not."""
+    try:
+        from ..emulator import compiler_unavailable_reason
+    except ImportError as exc:
+        return f"the emulator is not available: {exc}"
+    return compiler_unavailable_reason()
+
+
+def _is_cupy_array(array) -> bool:
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
+def infer_name(*arrays) -> str:
+    """"cuda" when any of ``arrays`` is a CuPy array, else "numpy"."""
+    return "cuda" if any(_is_cupy_array(a) for a in arrays if a is not None) else "numpy"
+
+
+def default_name() -> str:
+    """What a layer with ``backend=None`` uses: "cuda" where it works, else "numpy"."""
+    return "cuda" if cuda_unavailable_reason() is None else "numpy"
+
+
+def check_name(name) -> str:
+    if name not in NAMES:
+        raise ValueError(f"backend must be None or one of {NAMES}, got {name!r}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def get(name: str):
+    """The backend object for ``name``; BackendUnavailableError when it cannot run here."""
+    check_name(name)
+    if name == "numpy":
+        from . import numpy_backend
+
+        return numpy_backend.NumpyBackend()
+    reason = cuda_unavailable_reason() if name == "cuda" else emulator_unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {reason}")
+    from . import kernel_backend
+
+    return kernel_backend.make(name)
+
+
+def resolve(backend, arrays: dict):
+    """The backend object for a call: ``backend`` by name, or inferred from the arrays when None.
+
+    ``arrays`` maps argument names to arrays (None entries are skipped); each must live where the
+    backend computes (NumPy arrays for "numpy" and "emulator", CuPy arrays for "cuda").
+    """
+    name = infer_name(*arrays.values()) if backend is None else check_name(backend)
+    impl = get(name)
+    for arg, array in arrays.items():
+        if array is not None:
+            impl.check_array(array, arg)
+    return impl

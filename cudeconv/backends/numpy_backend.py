@@ -1,0 +1,168 @@
+"""The NumPy backend: vectorized reference for transposed convolution and SGD.
+
+Forward (per group g, as one BLAS product plus a col2im scatter):
+
+    cols[g] (C_out/g·∏k, N·∏in) = weight[g]ᵀ (C_out/g·∏k, C_in/g) @ x[g] (C_in/g, N·∏in)
+    y[n, co, i·stride + k·dilation - padding] += cols[g][(co, k), (n, i)]     for every tap k
+
+The scatter is a Python loop over the ∏k kernel taps only; each tap adds a whole strided block
+(no loops over batch, channels or pixels). Backward reuses the adjoint: one im2col gather of the
+zero-padded grad_output into the same ``cols`` layout, then
+
+    grad_input[g]  = weight[g] (C_in/g, C_out/g·∏k) @ cols[g]
+    grad_weight[g] = x[g] (C_in/g, N·∏in) @ cols[g]ᵀ
+
+float16 is computed in float32 and rounded once at the end. The column buffer (C_out·∏k·N·∏in
+elements) is built for a slice of the batch at a time so that it stays under ``COLUMN_BUDGET``
+elements — the peak extra memory is about that plus the padded output.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .._geometry import ConvTransposeGeometry
+
+# Elements of the column buffer per batch slice (2**25 float32 = 128 MiB).
+COLUMN_BUDGET = 1 << 25
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float16 accumulates in float32; the other dtypes compute in themselves."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def _batch_slices(geom: ConvTransposeGeometry):
+    """Batch slices whose column buffer fits COLUMN_BUDGET (at least one sample each)."""
+    per_sample = geom.out_channels * geom.taps * int(np.prod(geom.in_size))
+    step = max(1, COLUMN_BUDGET // max(per_sample, 1))
+    if geom.batch == 0:
+        return [slice(0, 0)]
+    return [slice(start, min(start + step, geom.batch)) for start in range(0, geom.batch, step)]
+
+
+def _tap_windows(geom: ConvTransposeGeometry):
+    """For each kernel tap (multi-index), the strided window of the uncropped output it writes."""
+    for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
+        yield tap, tuple(
+            slice(k * d, k * d + s * (i - 1) + 1, s)
+            for k, d, s, i in zip(tap, geom.dilation, geom.stride, geom.in_size)
+        )
+
+
+def _crop(geom: ConvTransposeGeometry):
+    """The output's place inside the uncropped scatter target."""
+    return tuple(slice(p, p + o) for p, o in zip(geom.padding, geom.out_size))
+
+
+def _grouped_columns_of_input(x, geom, dtype):
+    """x (n, C_in, *in) -> (G, C_in/G, n·∏in) in ``dtype``, the right operand of the BLAS products."""
+    n = x.shape[0]
+    grouped = x.reshape((n, geom.groups, geom.in_channels_per_group, -1))
+    out = np.empty(
+        (geom.groups, geom.in_channels_per_group, n, grouped.shape[-1]), dtype=dtype
+    )
+    out[...] = grouped.transpose(1, 2, 0, 3)
+    return out.reshape(geom.groups, geom.in_channels_per_group, -1)
+
+
+class NumpyBackend:
+    name = "numpy"
+    xp = np
+
+    def check_array(self, array, arg):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(
+                f"{arg} must be a numpy.ndarray for the numpy backend, got {type(array).__name__}"
+            )
+
+    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="gather"):
+        # One algorithm serves both names: the result does not depend on the order of the adds here.
+        dtype = compute_dtype(x.dtype)
+        G, cout_g = geom.groups, geom.out_channels_per_group
+        # (G, C_out/G·∏k, C_in/G): a transposed view; BLAS reads it with the transpose flag.
+        weight_t = weight.astype(dtype, copy=False).reshape(
+            G, geom.in_channels_per_group, cout_g * geom.taps
+        ).transpose(0, 2, 1)
+        extent = geom.full_extent()
+        target = np.zeros((geom.batch, G, cout_g) + extent, dtype=dtype)
+        for batch in _batch_slices(geom):
+            n = batch.stop - batch.start
+            cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
+            # (G, C_out/G, *k, n, *in) -> per tap a (n, G, C_out/G, *in) block
+            cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + geom.in_size)
+            cols = np.moveaxis(cols, 2 + geom.ndim, 0)
+            out = target[batch]
+            for tap, window in _tap_windows(geom):
+                out[(Ellipsis,) + window] += cols[(slice(None),) * 3 + tap]
+        y = target.reshape((geom.batch, geom.out_channels) + extent)[(Ellipsis,) + _crop(geom)]
+        if bias is not None:
+            y = y + bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
+        return np.ascontiguousarray(y, dtype=x.dtype)
+
+    def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool):
+        dtype = compute_dtype(x.dtype)
+        G, cin_g, cout_g = geom.groups, geom.in_channels_per_group, geom.out_channels_per_group
+        weight_g = weight.astype(dtype, copy=False).reshape(G, cin_g, cout_g * geom.taps)
+        grad_input = np.empty(geom.input_shape, dtype=x.dtype)
+        grad_weight = np.zeros((G, cin_g, cout_g * geom.taps), dtype=dtype)
+        extent = geom.full_extent()
+        for batch in _batch_slices(geom):
+            n = batch.stop - batch.start
+            # Zero-padded grad_output, so every tap reads a full strided window.
+            padded = np.zeros((n, G, cout_g) + extent, dtype=dtype)
+            padded[(Ellipsis,) + _crop(geom)] = grad_output[batch].reshape(
+                (n, G, cout_g) + geom.out_size
+            )
+            cols = np.empty((G, cout_g) + geom.kernel_size + (n,) + geom.in_size, dtype=dtype)
+            cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *in) view
+            for tap, window in _tap_windows(geom):
+                cols_by_tap[(slice(None),) * 3 + tap] = padded[(Ellipsis,) + window]
+            cols = cols.reshape(G, cout_g * geom.taps, -1)
+            grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + geom.in_size)
+            grad_input[batch] = np.moveaxis(grad_input_g, 2, 0).reshape(
+                (n, geom.in_channels) + geom.in_size
+            )
+            x_cols = _grouped_columns_of_input(x[batch], geom, dtype)
+            grad_weight += np.matmul(x_cols, cols.transpose(0, 2, 1))
+        grad_weight = grad_weight.reshape(geom.weight_shape).astype(x.dtype, copy=False)
+        grad_bias = None
+        if need_bias:
+            axes = (0,) + tuple(range(2, 2 + geom.ndim))
+            grad_bias = grad_output.sum(axis=axes, dtype=dtype).astype(x.dtype, copy=False)
+        return grad_input, grad_weight, grad_bias
+
+    def asarray(self, array):
+        """``array`` (NumPy, or CuPy copied to the host) as a NumPy array."""
+        if not isinstance(array, np.ndarray) and hasattr(array, "get"):
+            array = array.get()
+        return np.asarray(array)
+
+    def momentum_buffer_for(self, param):
+        return np.empty(param.shape, dtype=compute_dtype(param.dtype))
+
+    def sgd_step(self, param, grad, momentum_buffer, hyper, first_step):
+        """One torch.optim.SGD update of ``param`` in place (see :class:`cudeconv.SGD`).
+
+        float16 parameters are updated in float32 math; ``momentum_buffer`` (same shape, in the
+        compute dtype) is updated in place when momentum is used.
+        """
+        dtype = compute_dtype(param.dtype)
+        update = grad.astype(dtype, copy=True)
+        if hyper.maximize:
+            np.negative(update, out=update)
+        param_c = param.astype(dtype, copy=False)
+        if hyper.weight_decay != 0:
+            update += dtype.type(hyper.weight_decay) * param_c
+        if hyper.momentum != 0:
+            if first_step:
+                momentum_buffer[...] = update
+            else:
+                momentum_buffer *= dtype.type(hyper.momentum)
+                momentum_buffer += dtype.type(1 - hyper.dampening) * update
+            if hyper.nesterov:
+                update += dtype.type(hyper.momentum) * momentum_buffer
+            else:
+                update = momentum_buffer
+        param[...] = param_c - dtype.type(hyper.lr) * update

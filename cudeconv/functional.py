@@ -1,0 +1,116 @@
+"""Functional API: ``conv_transpose{1,2,3}d`` and their backward passes (PyTorch's semantics).
+
+Shapes (d = 1, 2, 3 spatial dims)::
+
+    x           (N, C_in, *in_size)
+    weight      (C_in, C_out // groups, *kernel_size)
+    bias        (C_out,) or None
+    y           (N, C_out, *out_size)
+    out_size[i] = (in_size[i] - 1) * stride[i] - 2 * padding[i]
+                  + dilation[i] * (kernel_size[i] - 1) + output_padding[i] + 1
+
+``stride``, ``padding``, ``output_padding`` and ``dilation`` are ints or d-tuples. ``backend=None``
+computes where the arrays live (NumPy → "numpy", CuPy → "cuda"); "emulator" runs the CUDA kernels on
+the CPU. Inputs are never modified; outputs are fresh arrays of the input's dtype.
+"""
+from __future__ import annotations
+
+from . import backends
+from ._geometry import check_float_dtypes, make_geometry
+
+__all__ = [
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "conv_transpose1d_backward",
+    "conv_transpose2d_backward",
+    "conv_transpose3d_backward",
+    "forward",
+    "backward",
+    "ALGORITHMS",
+]
+
+ALGORITHMS = ("gather", "scatter")
+
+
+def _shape(array, name):
+    shape = getattr(array, "shape", None)
+    if shape is None or not hasattr(array, "dtype"):
+        raise TypeError(f"{name} must be an array (numpy.ndarray or cupy.ndarray), got {type(array).__name__}")
+    return shape
+
+
+def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+            dilation=1, *, backend=None, algorithm="gather"):
+    """Transposed convolution over ``ndim`` spatial dims; see the module docstring for shapes.
+
+    ``algorithm`` picks the CUDA forward kernel: "gather" (default: each output element sums the
+    input/tap pairs that reach it; no atomics, bitwise reproducible) or "scatter" (every input
+    element scatters x·w over its footprint with atomic adds; the order of the adds, and so the last
+    bits of the result, may vary from run to run). The NumPy backend computes the same values either way.
+    """
+    geom = make_geometry(
+        ndim, _shape(x, "input"), _shape(weight, "weight"), stride, padding, output_padding,
+        groups, dilation, bias_shape=None if bias is None else _shape(bias, "bias"),
+    )
+    check_float_dtypes(input=x, weight=weight, bias=bias)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
+    return impl.forward(x, weight, bias, geom, algorithm)
+
+
+def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0, groups=1,
+             dilation=1, *, bias=True, backend=None):
+    """Gradients of a transposed convolution: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
+    """
+    geom = make_geometry(
+        ndim, _shape(x, "input"), _shape(weight, "weight"), stride, padding, output_padding,
+        groups, dilation,
+    )
+    if tuple(_shape(grad_output, "grad_output")) != geom.output_shape:
+        raise ValueError(
+            f"grad_output must have the forward output's shape {geom.output_shape}, "
+            f"got {tuple(grad_output.shape)}"
+        )
+    check_float_dtypes(grad_output=grad_output, input=x, weight=weight)
+    impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
+    return impl.backward(grad_output, x, weight, geom, bool(bias))
+
+
+def _make_pair(ndim):
+    def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                       dilation=1, *, backend=None, algorithm="gather"):
+        return forward(ndim, x, weight, bias, stride, padding, output_padding, groups, dilation,
+                       backend=backend, algorithm=algorithm)
+
+    def conv_transpose_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
+                                groups=1, dilation=1, *, bias=True, backend=None):
+        return backward(ndim, grad_output, x, weight, stride, padding, output_padding, groups,
+                        dilation, bias=bias, backend=backend)
+
+    spatial = {1: "L", 2: "H, W", 3: "D, H, W"}[ndim]
+    conv_transpose.__name__ = conv_transpose.__qualname__ = f"conv_transpose{ndim}d"
+    conv_transpose.__doc__ = f"""{ndim}-d transposed convolution (PyTorch's ``conv_transpose{ndim}d``).
+
+    x (N, C_in, {spatial}), weight (C_in, C_out // groups, *kernel_size), bias (C_out,) or None
+    -> y (N, C_out, *out_size) with out = (in - 1)*stride - 2*padding + dilation*(k - 1)
+    + output_padding + 1 per spatial dim. ``backend``: None (infer from the arrays), "numpy",
+    "cuda" or "emulator". ``algorithm``: "gather" (deterministic, default) or "scatter" (atomics).
+    """
+    conv_transpose_backward.__name__ = conv_transpose_backward.__qualname__ = (
+        f"conv_transpose{ndim}d_backward"
+    )
+    conv_transpose_backward.__doc__ = f"""Gradients of :func:`conv_transpose{ndim}d`.
+
+    Returns ``(grad_input, grad_weight, grad_bias)`` shaped like x, weight and (C_out,);
+    grad_bias is None when ``bias`` is False. grad_output has the forward output's shape.
+    """
+    return conv_transpose, conv_transpose_backward
+
+
+conv_transpose1d, conv_transpose1d_backward = _make_pair(1)
+conv_transpose2d, conv_transpose2d_backward = _make_pair(2)
+conv_transpose3d, conv_transpose3d_backward = _make_pair(3)

@@ -1,0 +1,164 @@
+"""SGD with momentum, exactly ``torch.optim.SGD``'s update, run on the parameters' backend.
+
+For each parameter ``p`` whose ``grad`` is not None (others are skipped)::
+
+    g = -grad if maximize else grad
+    if weight_decay != 0:  g = g + weight_decay * p
+    if momentum != 0:
+        buf = g                                        (first step: a copy of g)
+        buf = momentum * buf + (1 - dampening) * g     (later steps)
+        g = g + momentum * buf if nesterov else buf
+    p = p - lr * g
+
+float16 parameters are updated with float32 math and keep a float32 momentum buffer. On the "cuda"
+and "emulator" backends each parameter's update is one fused kernel launch.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+from . import backends
+from .layers import Parameter
+
+_HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
+@dataclass(frozen=True)
+class SGDHyperparameters:
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    maximize: bool
+
+
+def _check_hyperparameters(group) -> SGDHyperparameters:
+    for name in ("lr", "momentum", "dampening", "weight_decay"):
+        value = group[name]
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        if name != "dampening" and value < 0:
+            raise ValueError(f"Invalid {name} value: {name}={value} must be non-negative")
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(
+            f"Nesterov momentum requires a momentum and zero dampening, got "
+            f"momentum={group['momentum']}, dampening={group['dampening']}"
+        )
+    return SGDHyperparameters(
+        lr=float(group["lr"]), momentum=float(group["momentum"]),
+        dampening=float(group["dampening"]), weight_decay=float(group["weight_decay"]),
+        nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
+    )
+
+
+class SGD:
+    """Stochastic gradient descent (optionally with momentum), ``torch.optim.SGD``'s formulas.
+
+    ``params``: an iterable of :class:`Parameter`, or of dicts ``{"params": [...], "lr": ...}``
+    (parameter groups overriding the defaults, as in PyTorch). ``backend=None`` uses the backend
+    the parameters' arrays live on.
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+                 *, maximize=False, backend=None):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        _check_hyperparameters(defaults)
+        params = list(params)
+        if not params:
+            raise ValueError("params is an empty list: SGD got no parameters to optimize")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.param_groups = []
+        for group in params:
+            unknown = set(group) - {"params", *_HYPERPARAMETERS}
+            if unknown:
+                raise ValueError(f"unknown parameter-group option(s) {sorted(unknown)}")
+            members = list(group["params"])
+            for p in members:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"params must hold cudeconv.Parameter objects, got {type(p).__name__}")
+            full = {**defaults, **{k: v for k, v in group.items() if k != "params"}, "params": members}
+            _check_hyperparameters(full)
+            self.param_groups.append(full)
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        if len({id(p) for p in all_params}) != len(all_params):
+            raise ValueError("some parameters appear more than once in params")
+        self._impl = backends.resolve(
+            backend, {f"params[{i}]": p.data for i, p in enumerate(all_params)}
+        )
+        self.backend = self._impl.name
+        self.state = {}  # id(param) -> {"momentum_buffer": array}
+
+    def _parameters(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self):
+        """Set every parameter's grad to None (PyTorch's default ``set_to_none=True``)."""
+        for p in self._parameters():
+            p.grad = None
+
+    def step(self):
+        """Apply one update to every parameter that has a gradient."""
+        for group in self.param_groups:
+            hyper = _check_hyperparameters(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if tuple(p.grad.shape) != tuple(p.data.shape):
+                    raise ValueError(
+                        f"grad of shape {tuple(p.grad.shape)} does not match its parameter's "
+                        f"shape {tuple(p.data.shape)}"
+                    )
+                self._impl.check_array(p.grad, "grad")
+                state = self.state.setdefault(id(p), {})
+                first_step = "momentum_buffer" not in state
+                if hyper.momentum != 0 and first_step:
+                    state["momentum_buffer"] = self._impl.momentum_buffer_for(p.data)
+                self._impl.sgd_step(
+                    p.data, p.grad, state.get("momentum_buffer"), hyper, first_step
+                )
+
+    def state_dict(self):
+        """PyTorch's layout: ``{"state": {index: {"momentum_buffer": array}}, "param_groups": [...]}``
+        with parameters numbered in order across groups; arrays are copies."""
+        index = {id(p): i for i, p in enumerate(self._parameters())}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: group[k] for k in _HYPERPARAMETERS}, "params": list(range(start, start + n))})
+            start += n
+        state = {
+            index[pid]: {"momentum_buffer": s["momentum_buffer"].copy()}
+            for pid, s in self.state.items() if "momentum_buffer" in s and pid in index
+        }
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and momentum buffers saved by :meth:`state_dict`."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+            len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)
+        ):
+            raise ValueError("state_dict's parameter groups do not match this optimizer's")
+        for saved, mine in zip(groups, self.param_groups):
+            candidate = {**mine, **{k: saved[k] for k in _HYPERPARAMETERS if k in saved}}
+            _check_hyperparameters(candidate)
+            mine.update(candidate)
+        params = self._parameters()
+        self.state = {}
+        for key, entry in state_dict["state"].items():
+            p = params[int(key)]
+            buf = entry["momentum_buffer"]
+            if buf is None:
+                continue
+            if tuple(buf.shape) != tuple(p.data.shape):
+                raise ValueError(
+                    f"momentum_buffer for parameter {key} has shape {tuple(buf.shape)}, "
+                    f"expected {tuple(p.data.shape)}"
+                )
+            mine = self._impl.momentum_buffer_for(p.data)
+            mine[...] = self._impl.asarray(buf)
+            self.state[id(p)] = {"momentum_buffer": mine}

@@ -1,0 +1,88 @@
+"""Shared test fixtures: one test body runs on every backend (CuPy-testing style).
+
+``backend`` is parametrized over "numpy", "emulator" and "cuda". The "cuda" case skips with
+the reason when CuPy or a GPU is not usable here; the "emulator" case runs the same CUDA kernels on
+the CPU, so every kernel check also runs in CI.
+"""
+import numpy as np
+import pytest
+
+import cudeconv
+from cudeconv import backends
+
+BACKENDS = ("numpy", "emulator", "cuda")
+
+
+def _skip_reason(name):
+    if name == "cuda":
+        return backends.cuda_unavailable_reason()
+    if name == "emulator":
+        return backends.emulator_unavailable_reason()
+    return None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Name of a usable backend; the test skips (with the reason) where it is not usable."""
+    reason = _skip_reason(request.param)
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+@pytest.fixture(params=("emulator", "cuda"))
+def kernel_backend(request):
+    """The backends that run the CUDA kernels (on the GPU, or on the CPU through the emulator)."""
+    reason = _skip_reason(request.param)
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+def to_backend(array, backend):
+    """Put a NumPy array where ``backend`` computes (a CuPy array for "cuda")."""
+    if backend == "cuda":
+        import cupy
+
+        return cupy.asarray(array)
+    return array
+
+
+def to_numpy(array):
+    if array is None:
+        return None
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)
+
+
+def rounding_unit(dtype):
+    """Unit roundoff of ``dtype``; float16 results are accumulated in float32."""
+    return float(np.finfo(np.dtype(dtype)).eps) / 2
+
+
+def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="result"):
+    """Compare with a float64 reference within a bound derived from the reference's own rounding.
+
+    A sum of ``terms`` products in a precision with unit roundoff u has error at most about
+    terms·u·Σ|a·b| (Higham); we use sqrt(terms) (the statistical bound for random signs, on which
+    blocked and pairwise sums also sit) times ``factor``, relative to ``scale`` = Σ|a·b| per output
+    (or the max |expected| when not given). float16 outputs also carry the final rounding to half.
+    """
+    actual = to_numpy(actual).astype(np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    u = rounding_unit(np.float32 if np.dtype(dtype) == np.float16 else dtype)
+    if scale is None:
+        scale = np.max(np.abs(expected), initial=1.0)
+    bound = factor * max(np.sqrt(max(terms, 1)), 1.0) * u * np.asarray(scale, dtype=np.float64)
+    if np.dtype(dtype) == np.float16:
+        bound = bound + 2 * rounding_unit(np.float16) * np.abs(expected)
+    bound = np.maximum(bound, np.finfo(np.float64).tiny)
+    err = np.abs(actual - expected)
+    bad = ~(err <= bound)  # NaN counts as bad
+    assert not bad.any(), (
+        f"{name} ({np.dtype(dtype)}): {int(bad.sum())} of {bad.size} elements off; "
+        f"worst |err| {np.nanmax(err) if err.size else 0:.3g} vs bound {np.min(bound):.3g}; "
+        f"first bad index {np.argwhere(bad)[0].tolist()}"
+    )
