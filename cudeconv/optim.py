@@ -113,6 +113,10 @@ class SGD:
                         f"shape {tuple(p.data.shape)}"
                     )
                 self._impl.check_array(p.grad, "grad")
+                if p.grad.dtype != p.data.dtype:
+                    raise TypeError(
+                        f"grad has dtype {p.grad.dtype} but its parameter has dtype {p.data.dtype}"
+                    )
                 state = self.state.setdefault(id(p), {})
                 first_step = "momentum_buffer" not in state
                 if hyper.momentum != 0 and first_step:

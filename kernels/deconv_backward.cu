@@ -1,0 +1,143 @@
+// deconv_backward.cu — gradients of the transposed convolution y = conv_transpose(x, w) + b.
+//
+//   grad_input[n, ci, i]   = Σ_{co in ci's group} Σ_k grad_output[n, co, i*stride + k*dilation - padding] · w[ci, co%C_out_g, k]
+//   grad_weight[ci, c, k]  = Σ_n Σ_i x[n, ci, i] · grad_output[n, group(ci)*C_out_g + c, i*stride + k*dilation - padding]
+//   grad_bias[co]          = Σ_n Σ_o grad_output[n, co, o]
+// (output positions outside [0, out) contribute nothing.)
+//
+// Versions (one each; all deterministic, no atomics):
+//   deconv_grad_input_*:  an ordinary strided, dilated, grouped correlation of grad_output with the
+//                         same filter — one thread per input element, a gather.
+//   deconv_grad_weight_*: one block per filter element (ci, c, k); its threads stride over
+//                         (n, i) and the block reduces in a fixed order (warp shuffles, then warp 0).
+//   deconv_grad_bias_*:   one block per output channel, the same block reduction over (n, o).
+// Entry points for __half (float accumulation), float and double.
+#include "deconv_common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+template <typename T>
+__device__ void grad_input(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
+                           const Geometry g) {
+    typedef typename Acc<T>::type A;
+    const int in_spatial = g.in_spatial(), out_spatial = g.out_spatial();
+    const int cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+    // Rows are (n, ci); consecutive threads take consecutive input positions of the row.
+    FOR_EACH_ROW(row, g.N * g.C_in) FOR_EACH_POSITION(i_flat, in_spatial) {
+        const int ci = row % g.C_in, n = row / g.C_in;
+        const int group = ci / cin_g;
+        int i[3];
+        unflatten3(i_flat, g.in, i);
+        const T* gy_group = gy + ((long long)n * g.C_out + (long long)group * cout_g) * out_spatial;
+        const T* w_row = w + (long long)ci * cout_g * taps;
+        A sum = 0;
+        for (int kd = 0; kd < g.k[0]; ++kd) {
+            const int od = i[0] * g.stride[0] + kd * g.dil[0] - g.pad[0];
+            if (od < 0 || od >= g.out[0]) continue;
+            for (int kh = 0; kh < g.k[1]; ++kh) {
+                const int oh = i[1] * g.stride[1] + kh * g.dil[1] - g.pad[1];
+                if (oh < 0 || oh >= g.out[1]) continue;
+                for (int kw = 0; kw < g.k[2]; ++kw) {
+                    const int ow = i[2] * g.stride[2] + kw * g.dil[2] - g.pad[2];
+                    if (ow < 0 || ow >= g.out[2]) continue;
+                    const int o[3] = {od, oh, ow};
+                    const int o_flat = flatten3(o, g.out);
+                    const int tap = (kd * g.k[1] + kh) * g.k[2] + kw;
+                    for (int c = 0; c < cout_g; ++c)
+                        sum += load(gy_group + (long long)c * out_spatial + o_flat) * load(w_row + c * taps + tap);
+                }
+            }
+        }
+        gx[(long long)row * in_spatial + i_flat] = from_acc<T>(sum);
+    }
+}
+
+template <typename T>
+__device__ void grad_weight(const T* __restrict__ gy, const T* __restrict__ x, T* __restrict__ gw,
+                            const Geometry g) {
+    typedef typename Acc<T>::type A;
+    const int in_spatial = g.in_spatial(), out_spatial = g.out_spatial();
+    const int cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+    const int filters = g.C_in * cout_g * taps;
+    for (int filter = blockIdx.x; filter < filters; filter += gridDim.x) {
+        // filter = (ci * cout_g + c) * taps + tap, grad_weight's own layout.
+        const int tap = filter % taps;
+        const int c = (filter / taps) % cout_g;
+        const int ci = filter / taps / cout_g;
+        const int co = (ci / cin_g) * cout_g + c;
+        const int k[3] = {tap / (g.k[1] * g.k[2]), (tap / g.k[2]) % g.k[1], tap % g.k[2]};
+        A sum = 0;
+        // Each thread walks (n, i) from its own start in steps of blockDim.x: a fixed partition.
+        for (SampleCursor at(threadIdx.x, in_spatial); at.n < g.N; at.advance(blockDim.x, in_spatial)) {
+            int i[3], o[3];
+            unflatten3(at.pos, g.in, i);
+            bool inside = true;
+#pragma unroll
+            for (int dim = 0; dim < 3; ++dim) {
+                o[dim] = i[dim] * g.stride[dim] + k[dim] * g.dil[dim] - g.pad[dim];
+                inside = inside && o[dim] >= 0 && o[dim] < g.out[dim];
+            }
+            if (!inside) continue;
+            sum += load(x + ((long long)at.n * g.C_in + ci) * in_spatial + at.pos) *
+                   load(gy + ((long long)at.n * g.C_out + co) * out_spatial + flatten3(o, g.out));
+        }
+        sum = block_sum(sum);
+        if (threadIdx.x == 0) gw[filter] = from_acc<T>(sum);
+    }
+}
+
+template <typename T>
+__device__ void grad_bias(const T* __restrict__ gy, T* __restrict__ gb, int N, int C_out,
+                          int out_spatial) {
+    typedef typename Acc<T>::type A;
+    for (int co = blockIdx.x; co < C_out; co += gridDim.x) {
+        A sum = 0;
+        for (SampleCursor at(threadIdx.x, out_spatial); at.n < N; at.advance(blockDim.x, out_spatial))
+            sum += load(gy + ((long long)at.n * C_out + co) * out_spatial + at.pos);
+        sum = block_sum(sum);
+        if (threadIdx.x == 0) gb[co] = from_acc<T>(sum);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (grad_weight and grad_bias need blockDim.x a multiple of 32, at most 1024).
+
+extern "C" __global__ void
+deconv_grad_input_f16(const __half* gy, const __half* w, __half* gx, DECONV_GEOMETRY_PARAMS) {
+    grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
+deconv_grad_input_f32(const float* gy, const float* w, float* gx, DECONV_GEOMETRY_PARAMS) {
+    grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
+deconv_grad_input_f64(const double* gy, const double* w, double* gx, DECONV_GEOMETRY_PARAMS) {
+    grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void
+deconv_grad_weight_f16(const __half* gy, const __half* x, __half* gw, DECONV_GEOMETRY_PARAMS) {
+    grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
+deconv_grad_weight_f32(const float* gy, const float* x, float* gw, DECONV_GEOMETRY_PARAMS) {
+    grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
+deconv_grad_weight_f64(const double* gy, const double* x, double* gw, DECONV_GEOMETRY_PARAMS) {
+    grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void
+deconv_grad_bias_f16(const __half* gy, __half* gb, int N, int C_out, int out_spatial) {
+    grad_bias(gy, gb, N, C_out, out_spatial);
+}
+extern "C" __global__ void
+deconv_grad_bias_f32(const float* gy, float* gb, int N, int C_out, int out_spatial) {
+    grad_bias(gy, gb, N, C_out, out_spatial);
+}
+extern "C" __global__ void
+deconv_grad_bias_f64(const double* gy, double* gb, int N, int C_out, int out_spatial) {
+    grad_bias(gy, gb, N, C_out, out_spatial);
+}

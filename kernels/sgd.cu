@@ -1,0 +1,62 @@
+// sgd.cu — one fused SGD step (torch.optim.SGD's formulas), elementwise over a parameter:
+//
+//   g = maximize ? -grad : grad
+//   g += weight_decay * p                                   (when weight_decay != 0)
+//   buf = first_step ? g : momentum * buf + (1 - dampening) * g   (when momentum != 0)
+//   g = nesterov ? g + momentum * buf : buf                 (when momentum != 0)
+//   p -= lr * g
+//
+// One version, one thread per element (grid-stride loop): parameter, gradient and momentum buffer
+// are read and written once each. The math runs in M = float for __half and float parameters,
+// double for double; the momentum buffer is M (float32 for float16 parameters). `buf` is only
+// touched when momentum != 0 (callers pass any valid pointer otherwise). The host passes
+// 1 - dampening already computed in double, as PyTorch does.
+#include <cuda_fp16.h>
+
+// ---------------------------------------------------------------------------------------------
+// Device helpers
+__device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_math(float v) { return v; }
+__device__ __forceinline__ double to_math(double v) { return v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+
+// ---------------------------------------------------------------------------------------------
+// Kernel
+template <typename T, typename M>
+__device__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad, M* __restrict__ buf,
+                         long long n, M lr, M momentum, M one_minus_dampening, M weight_decay, int nesterov,
+                         int maximize, int first_step) {
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const M p = to_math(param[idx]);
+        M g = to_math(grad[idx]);
+        if (maximize) g = -g;
+        if (weight_decay != M(0)) g += weight_decay * p;
+        if (momentum != M(0)) {
+            const M b = first_step ? g : momentum * buf[idx] + one_minus_dampening * g;
+            buf[idx] = b;
+            g = nesterov ? g + momentum * b : b;
+        }
+        store(param + idx, p - lr * g);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+extern "C" __global__ void
+sgd_step_f16(__half* param, const __half* grad, float* buf, long long n, float lr, float momentum,
+             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
+    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
+}
+extern "C" __global__ void
+sgd_step_f32(float* param, const float* grad, float* buf, long long n, float lr, float momentum,
+             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
+    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
+}
+extern "C" __global__ void
+sgd_step_f64(double* param, const double* grad, double* buf, long long n, double lr, double momentum,
+             double one_minus_dampening, double weight_decay, int nesterov, int maximize, int first_step) {
+    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
+}
