@@ -1,16 +1,25 @@
-"""Command line: ``cudeconv info``."""
+"""cudeconv's command line: ``bench`` (the benchmark suite), ``demo`` (train a small decoder) and
+``info`` (versions, and which backends work here). ``cudeconv`` alone prints this help and ``info``."""
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import shutil
+import subprocess
 import sys
 
 import numpy as np
 
 from . import __version__, backends
 
+DTYPES = ("float16", "float32", "float64")
 
-def _info(_args) -> int:
+
+def _print_versions():
+    from .bench import versions
+
+    found = versions()
     print(f"cudeconv {__version__}")
     print(f"python   {platform.python_version()} ({sys.executable})")
     print(f"numpy    {np.__version__}")
@@ -20,6 +29,33 @@ def _info(_args) -> int:
         print(f"cupy     {cupy.__version__}")
     except Exception as exc:  # not installed, or broken
         print(f"cupy     not usable ({type(exc).__name__}: {exc})")
+    if found["cuda_runtime"] or found["cuda_driver"]:
+        print(f"CUDA     runtime {found['cuda_runtime'] or '?'}, driver {found['cuda_driver'] or '?'}")
+    print(f"torch    {found['torch'] or 'not installed (only a benchmark baseline)'}")
+
+
+def _emulator_compiler() -> str:
+    """The emulator's own description of its compiler when it has one, else the first g++ found."""
+    try:
+        from . import emulator
+
+        describe = getattr(emulator, "compiler_description", None)
+        if describe is not None:
+            return describe()
+    except ImportError:
+        pass
+    gxx = shutil.which("g++")
+    if gxx is None:
+        return "no g++ on PATH"
+    try:
+        version = subprocess.run([gxx, "--version"], capture_output=True, text=True, timeout=30)
+        return f"{gxx}: {version.stdout.splitlines()[0]}"
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        return f"{gxx}: --version failed ({exc})"
+
+
+def _info(_args) -> int:
+    _print_versions()
     print("backends:")
     reasons = {
         "numpy": None,
@@ -28,16 +64,147 @@ def _info(_args) -> int:
     }
     for name, reason in reasons.items():
         print(f"  {name:9s}{'works' if reason is None else 'unavailable: ' + reason}")
-    print(f"default backend for layers: {backends.default_name()}")
+    print(f"default backend for layers and bench: {backends.default_name()}")
+    if reasons["cuda"] is None:
+        from .bench import gpu_info
+
+        gpu = gpu_info()
+        print(f"GPU 0    {gpu.name}, compute capability {gpu.compute_capability}, {gpu.memory_gib:.1f} GiB, "
+              f"{gpu.sms} SMs at {gpu.clock_mhz:.0f} MHz")
+        print(f"peaks    FP32 {gpu.fp32_tflops:.1f} TFLOP/s (SMs × clock × FP32 lanes × 2), "
+              f"memory {gpu.bandwidth_gbps:.0f} GB/s (memory clock × 2 × bus width)")
+    print(f"emulator compiler: {_emulator_compiler()}")
     return 0
 
 
-def main(argv=None) -> int:
+def _bench(args, parser) -> int:
+    from . import bench
+
+    if args.list:
+        for case in bench.SUITE:
+            print(f"{case.name:14s} {case.ndim}-d  {case.source}")
+        return 0
+    try:
+        cases = bench.select_cases(args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    backend = args.backend or backends.default_name()
+    try:
+        backends.get(backend)
+    except backends.BackendUnavailableError as exc:
+        parser.error(str(exc))
+    print(bench.first_line(backend), flush=True)
+    results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick)
+    print(bench.format_table(results))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    wrong = [c["name"] for c in results["cases"] if c["status"] != "ok"]
+    if wrong:
+        print(f"NOT OK: {', '.join(wrong)}", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def _demo(args, parser) -> int:
+    from . import demo
+
+    backend = args.backend or backends.default_name()
+    try:
+        backends.get(backend)
+    except backends.BackendUnavailableError as exc:
+        parser.error(str(exc))
+    result = demo.train(backend=backend, steps=args.steps, batch=args.batch, size=args.size,
+                        scale=args.scale, lr=args.lr, momentum=args.momentum, seed=args.seed)
+    print(demo.summary(result))
+    demo.plot(result, args.out)
+    print(f"wrote {args.out}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(demo.to_json(result), out, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser():
+    from . import bench, demo
+
     parser = argparse.ArgumentParser(prog="cudeconv", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("info", help="versions and which backends work here")
+    parser.add_argument("--version", action="version", version=f"cudeconv {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,demo,info}")
+    commands.add_parser("info", help="versions, which backends work here (and why not), GPU peaks")
+
+    bench_parser = commands.add_parser(
+        "bench", help="check and time every pass of the benchmark suite against the baselines present",
+        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_parser.add_argument("--backend", choices=backends.NAMES,
+                              help="backend to benchmark (default: cuda where usable, else numpy)")
+    bench_parser.add_argument("--cases", nargs="+", metavar="NAME",
+                              help="case names or globs, comma or space separated (default: all; see --list)")
+    bench_parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help="shrink every case (batch ≤ 2, ≤ 32 channels, ≤ 4096 input positions)")
+    bench_parser.add_argument("--repeat", type=_positive_int,
+                              help=f"timed runs per pass, after warm-up; the median is reported "
+                                   f"(default: {bench.DEFAULT_REPEAT[False]} on the CPU, "
+                                   f"{bench.DEFAULT_REPEAT[True]} on the GPU)")
+    bench_parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench_parser.add_argument("--plot", metavar="FILE.png", help="write a chart of time per pass")
+    bench_parser.add_argument("--list", action="store_true", help="list the cases and their sources")
+
+    demo_parser = commands.add_parser(
+        "demo", help="train a small super-resolution decoder with the library's layers and SGD",
+        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo_parser.add_argument("--backend", choices=backends.NAMES,
+                             help="backend to train on (default: cuda where usable, else numpy)")
+    demo_parser.add_argument("--steps", type=_positive_int, default=demo.DEFAULTS["steps"])
+    demo_parser.add_argument("--batch", type=_positive_int, default=demo.DEFAULTS["batch"])
+    demo_parser.add_argument("--size", type=_positive_int, default=demo.DEFAULTS["size"],
+                             help="side of the target images (a multiple of --scale)")
+    demo_parser.add_argument("--scale", type=int, choices=(2, 4), default=demo.DEFAULTS["scale"],
+                             help="upsampling factor")
+    demo_parser.add_argument("--lr", type=_positive_float, default=demo.DEFAULTS["lr"])
+    demo_parser.add_argument("--momentum", type=float, default=demo.DEFAULTS["momentum"])
+    demo_parser.add_argument("--seed", type=int, default=demo.DEFAULTS["seed"])
+    demo_parser.add_argument("--out", default="cudeconv-demo.png", metavar="FILE.png",
+                             help="picture of inputs, outputs, targets and the loss curve")
+    demo_parser.add_argument("--json", metavar="FILE", help="write the losses and settings as JSON")
+    return parser, {"bench": bench_parser, "demo": demo_parser}
+
+
+def main(argv=None) -> int:
+    parser, subparsers = build_parser()
     args = parser.parse_args(argv)
-    if args.command in (None, "info"):
+    if args.command is None:
+        parser.print_help()
+        print()
         return _info(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "bench":
+        return _bench(args, subparsers["bench"])
+    if args.command == "demo":
+        if args.size % args.scale:
+            subparsers["demo"].error(f"--size {args.size} must be a multiple of --scale {args.scale}")
+        return _demo(args, subparsers["demo"])
     parser.error(f"unknown command {args.command!r}")
     return 2

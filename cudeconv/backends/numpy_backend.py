@@ -59,12 +59,13 @@ def _crop(geom: ConvTransposeGeometry):
 def _grouped_columns_of_input(x, geom, dtype):
     """x (n, C_in, *in) -> (G, C_in/G, n·∏in) in ``dtype``, the right operand of the BLAS products."""
     n = x.shape[0]
-    grouped = x.reshape((n, geom.groups, geom.in_channels_per_group, -1))
+    positions = int(np.prod(geom.in_size))
+    grouped = x.reshape((n, geom.groups, geom.in_channels_per_group, positions))
     out = np.empty(
         (geom.groups, geom.in_channels_per_group, n, grouped.shape[-1]), dtype=dtype
     )
     out[...] = grouped.transpose(1, 2, 0, 3)
-    return out.reshape(geom.groups, geom.in_channels_per_group, -1)
+    return out.reshape(geom.groups, geom.in_channels_per_group, n * positions)
 
 
 class NumpyBackend:
@@ -103,6 +104,16 @@ class NumpyBackend:
 
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool):
         dtype = compute_dtype(x.dtype)
+        grad_bias = None
+        if need_bias:
+            axes = (0,) + tuple(range(2, 2 + geom.ndim))
+            grad_bias = grad_output.sum(axis=axes, dtype=dtype).astype(x.dtype, copy=False)
+        if not (np.isfinite(x).all() and np.isfinite(weight).all()):
+            # The fast path multiplies x and weight by the zeros padding grad_output, and a NaN or
+            # inf there would leak into gradients it does not touch; this path visits only the
+            # (input, tap) pairs that land inside the output.
+            grad_input, grad_weight = self._backward_by_taps(grad_output, x, weight, geom, dtype)
+            return grad_input, grad_weight, grad_bias
         G, cin_g, cout_g = geom.groups, geom.in_channels_per_group, geom.out_channels_per_group
         weight_g = weight.astype(dtype, copy=False).reshape(G, cin_g, cout_g * geom.taps)
         grad_input = np.empty(geom.input_shape, dtype=x.dtype)
@@ -119,7 +130,7 @@ class NumpyBackend:
             cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *in) view
             for tap, window in _tap_windows(geom):
                 cols_by_tap[(slice(None),) * 3 + tap] = padded[(Ellipsis,) + window]
-            cols = cols.reshape(G, cout_g * geom.taps, -1)
+            cols = cols.reshape(G, cout_g * geom.taps, n * int(np.prod(geom.in_size)))
             grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + geom.in_size)
             grad_input[batch] = np.moveaxis(grad_input_g, 2, 0).reshape(
                 (n, geom.in_channels) + geom.in_size
@@ -127,11 +138,40 @@ class NumpyBackend:
             x_cols = _grouped_columns_of_input(x[batch], geom, dtype)
             grad_weight += np.matmul(x_cols, cols.transpose(0, 2, 1))
         grad_weight = grad_weight.reshape(geom.weight_shape).astype(x.dtype, copy=False)
-        grad_bias = None
-        if need_bias:
-            axes = (0,) + tuple(range(2, 2 + geom.ndim))
-            grad_bias = grad_output.sum(axis=axes, dtype=dtype).astype(x.dtype, copy=False)
         return grad_input, grad_weight, grad_bias
+
+    @staticmethod
+    def _backward_by_taps(grad_output, x, weight, geom, dtype):
+        """grad_input and grad_weight tap by tap, over each tap's in-range input positions only."""
+        n, G = geom.batch, geom.groups
+        cin_g, cout_g = geom.in_channels_per_group, geom.out_channels_per_group
+        x_g = x.astype(dtype, copy=False).reshape((n, G, cin_g) + geom.in_size)
+        gy_g = grad_output.astype(dtype, copy=False).reshape((n, G, cout_g) + geom.out_size)
+        w_g = weight.astype(dtype, copy=False).reshape((G, cin_g, cout_g) + geom.kernel_size)
+        grad_input = np.zeros((n, G, cin_g) + geom.in_size, dtype=dtype)
+        grad_weight = np.zeros((G, cin_g, cout_g) + geom.kernel_size, dtype=dtype)
+        spatial = "".join("uvw"[: geom.ndim])
+        for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
+            in_window, out_window = [], []
+            for k, s, d, p, i, o in zip(tap, geom.stride, geom.dilation, geom.padding,
+                                        geom.in_size, geom.out_size):
+                low = max(0, -(-(p - k * d) // s))
+                high = min(i, (o - 1 + p - k * d) // s + 1)
+                if low >= high:
+                    break
+                first = low * s + k * d - p
+                in_window.append(slice(low, high))
+                out_window.append(slice(first, first + s * (high - low - 1) + 1, s))
+            else:
+                x_win = x_g[(Ellipsis,) + tuple(in_window)]
+                gy_win = gy_g[(Ellipsis,) + tuple(out_window)]
+                w_tap = w_g[(Ellipsis,) + tap]
+                grad_input[(Ellipsis,) + tuple(in_window)] += np.einsum(
+                    f"gcd,ngd{spatial}->ngc{spatial}", w_tap, gy_win, optimize=True)
+                grad_weight[(Ellipsis,) + tap] = np.einsum(
+                    f"ngc{spatial},ngd{spatial}->gcd", x_win, gy_win, optimize=True)
+        return (grad_input.reshape(geom.input_shape).astype(x.dtype, copy=False),
+                grad_weight.reshape(geom.weight_shape).astype(x.dtype, copy=False))
 
     def asarray(self, array):
         """``array`` (NumPy, or CuPy copied to the host) as a NumPy array."""

@@ -1,0 +1,925 @@
+// cudeconv emulator shim: lets CUDA C++ kernel source compile with the host C++ compiler and
+// run on the CPU with CUDA's block/thread semantics.
+//
+// The Python side (cudeconv/emulator) builds one translation unit per module:
+//     #include "cudeconv_emu.h"
+//     <the kernel source, with `extern __shared__ T name[];` rewritten, see _compiler.py>
+//     CUDECONV_EMU_EXPORT_KERNEL(name, max_threads)   // one per extern "C" __global__ entry point
+//
+// Execution model: the blocks of a grid are spread over OpenMP worker threads (one block at a
+// time per worker). The threads of a block are fibers (user-space coroutines with their own
+// stacks) on that worker's OS thread; a fiber runs until it finishes or reaches a barrier
+// (__syncthreads, or a warp-synchronous intrinsic), then the scheduler resumes the next one.
+// Because all fibers of a block share one OS thread, `static thread_local` storage is exactly
+// block-shared storage, which is how __shared__ is implemented.
+#ifndef CUDECONV_EMU_H
+#define CUDECONV_EMU_H
+
+#define CUDECONV_EMULATOR 1
+
+// Standard headers come before the CUDA keyword macros below: libstdc++ spells
+// __attribute__((__noinline__)), which the __noinline__ macro would break.
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cxxabi.h>
+#include <math.h>
+#include <memory>
+#include <mutex>
+#include <stdint.h>
+#include <string>
+#include <sys/mman.h>
+#include <type_traits>
+#include <typeinfo>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if !defined(__x86_64__) || defined(CUDECONV_EMU_UCONTEXT)
+#define CUDECONV_EMU_USE_UCONTEXT 1
+#include <ucontext.h>
+#endif
+
+#if CUDECONV_EMU_HAVE_CUDA_HEADERS
+// The toolkit's headers compile on the host; they are included here, before the CUDA keywords
+// are redefined, so a later `#include <cuda_fp16.h>` in kernel code is a no-op.
+#include <vector_types.h>
+#include <vector_functions.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#else
+// No CUDA toolkit headers: minimal vector types (no __half / __nv_bfloat16).
+#define CUDECONV_EMU_VECTOR_TYPES(T, N)                                                          \
+    struct N##1 { T x; };                                                                        \
+    struct alignas(2 * sizeof(T) > 16 ? 16 : 2 * sizeof(T)) N##2 { T x, y; };                    \
+    struct N##3 { T x, y, z; };                                                                  \
+    struct alignas(4 * sizeof(T) > 16 ? 16 : 4 * sizeof(T)) N##4 { T x, y, z, w; };              \
+    static inline N##1 make_##N##1(T x) { return N##1{x}; }                                      \
+    static inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; }                              \
+    static inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; }                      \
+    static inline N##4 make_##N##4(T x, T y, T z, T w) { return N##4{x, y, z, w}; }
+CUDECONV_EMU_VECTOR_TYPES(signed char, char)
+CUDECONV_EMU_VECTOR_TYPES(unsigned char, uchar)
+CUDECONV_EMU_VECTOR_TYPES(short, short)
+CUDECONV_EMU_VECTOR_TYPES(unsigned short, ushort)
+CUDECONV_EMU_VECTOR_TYPES(int, int)
+CUDECONV_EMU_VECTOR_TYPES(unsigned int, uint)
+CUDECONV_EMU_VECTOR_TYPES(long, long)
+CUDECONV_EMU_VECTOR_TYPES(unsigned long, ulong)
+CUDECONV_EMU_VECTOR_TYPES(long long, longlong)
+CUDECONV_EMU_VECTOR_TYPES(unsigned long long, ulonglong)
+CUDECONV_EMU_VECTOR_TYPES(float, float)
+CUDECONV_EMU_VECTOR_TYPES(double, double)
+#undef CUDECONV_EMU_VECTOR_TYPES
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+#endif
+
+// ---- CUDA keywords -------------------------------------------------------------------------
+#undef __host__
+#undef __device__
+#undef __global__
+#undef __shared__
+#undef __constant__
+#undef __managed__
+#undef __forceinline__
+#undef __noinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#define __host__
+#define __device__
+#define __constant__
+#define __managed__
+#define __grid_constant__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#ifndef __align__
+#define __align__(n) __attribute__((aligned(n)))
+#endif
+#ifdef CUDECONV_EMU_DISCOVER
+// Entry-point discovery pass (preprocessing only): keep markers the Python side can find.
+#define __global__ __cudeconv_emu_global__
+#define __launch_bounds__(...) __cudeconv_emu_launch_bounds__(__VA_ARGS__)
+#else
+#define __global__
+#define __launch_bounds__(...)
+#endif
+// One block at a time runs on each OS thread, so per-thread storage is per-block storage. The
+// sanitizer build runs blocks on a single thread and uses plain statics, which ASan guards
+// with redzones (it does not instrument thread_local storage).
+#ifdef _OPENMP
+#define CUDECONV_EMU_SHARED static thread_local
+#else
+#define CUDECONV_EMU_SHARED static
+#endif
+#define __shared__ CUDECONV_EMU_SHARED
+
+static constexpr int warpSize = 32;
+
+namespace cudeconv_emu {
+
+constexpr unsigned kWarpSize = 32;
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr size_t kMaxDynamicShared = 232448;  // sm_90 opt-in maximum (227 KiB)
+#ifdef __SANITIZE_ADDRESS__
+constexpr size_t kFiberStackSize = 1u << 20;  // ASan redzones inflate stack frames
+#else
+constexpr size_t kFiberStackSize = 256u << 10;
+#endif
+
+enum class FiberState : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Exited, Aborted };
+
+struct Fiber {
+#ifdef CUDECONV_EMU_USE_UCONTEXT
+    ucontext_t context;
+#else
+    void* stack_pointer;
+#endif
+    uint3 thread_idx;
+    unsigned linear_idx;
+    unsigned lane;
+    FiberState state;
+    int barrier_predicate;
+    // warp-collective exchange: inputs set by the fiber, outputs by the scheduler
+    unsigned warp_mask;
+    int warp_source_lane;
+    uint64_t warp_value;
+    uint64_t warp_result;
+    unsigned warp_ballot;
+    unsigned warp_group;
+    unsigned char* stack;  // lowest usable byte; a guard page lies below
+    void* asan_fake_stack;
+};
+
+struct Launch {
+    dim3 grid_dim, block_dim;
+    size_t dynamic_shared_bytes;
+    void (*invoke)(void**);
+    void** params;
+    std::atomic<bool> failed{false};
+    std::mutex error_mutex;
+    std::string error;
+
+    void fail(const std::string& message) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!failed.load()) {
+            error = message;
+            failed.store(true);
+        }
+    }
+};
+
+struct Worker {
+#ifdef CUDECONV_EMU_USE_UCONTEXT
+    ucontext_t scheduler_context;
+#else
+    void* scheduler_stack_pointer;
+#endif
+    Launch* launch;
+    dim3 grid_dim, block_dim;
+    uint3 block_idx;
+    unsigned num_threads;
+    unsigned barrier_count;    // result of the last __syncthreads_count
+    unsigned barrier_arrived;  // how many threads took part in it
+    std::unique_ptr<Fiber[]> fibers;
+    unsigned char* dynamic_shared;
+    const void* asan_scheduler_stack_bottom;
+    size_t asan_scheduler_stack_size;
+    void* asan_scheduler_fake_stack;
+};
+
+inline thread_local Worker* tls_worker = nullptr;
+inline thread_local Fiber* tls_fiber = nullptr;
+
+inline std::string format_uint3(uint3 v) {
+    return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+
+inline std::string where_am_i() {
+    return "block " + format_uint3(tls_worker->block_idx) + ", thread " + format_uint3(tls_fiber->thread_idx);
+}
+
+// ---- fiber switching -----------------------------------------------------------------------
+#ifndef CUDECONV_EMU_USE_UCONTEXT
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save,
+// loads `target` as the stack pointer, restores the registers saved there and continues at the
+// address saved with them.
+extern "C" void cudeconv_emu_switch_stack(void** save, void* target);
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".hidden cudeconv_emu_switch_stack\n"
+    ".globl cudeconv_emu_switch_stack\n"
+    ".type cudeconv_emu_switch_stack,@function\n"
+    "cudeconv_emu_switch_stack:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    // pop + jmp rather than ret: the return-stack predictor would mispredict every switch
+    "    popq %rax\n"
+    "    jmp *%rax\n"
+    ".size cudeconv_emu_switch_stack, .-cudeconv_emu_switch_stack\n");
+#endif
+
+inline void resume_fiber(Worker& w, Fiber& f) {
+    tls_fiber = &f;
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_start_switch_fiber(&w.asan_scheduler_fake_stack, f.stack, kFiberStackSize);
+#endif
+#ifdef CUDECONV_EMU_USE_UCONTEXT
+    swapcontext(&w.scheduler_context, &f.context);
+#else
+    cudeconv_emu_switch_stack(&w.scheduler_stack_pointer, f.stack_pointer);
+#endif
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(w.asan_scheduler_fake_stack, nullptr, nullptr);
+#endif
+}
+
+// Called by a fiber after setting its state; returns when the scheduler resumes it.
+inline void yield_to_scheduler() {
+    Worker& w = *tls_worker;
+    Fiber& f = *tls_fiber;
+#ifdef __SANITIZE_ADDRESS__
+    const bool finished = f.state == FiberState::Exited || f.state == FiberState::Aborted;
+    __sanitizer_start_switch_fiber(finished ? nullptr : &f.asan_fake_stack, w.asan_scheduler_stack_bottom,
+                                   w.asan_scheduler_stack_size);
+#endif
+#ifdef CUDECONV_EMU_USE_UCONTEXT
+    swapcontext(&f.context, &w.scheduler_context);
+#else
+    cudeconv_emu_switch_stack(&f.stack_pointer, w.scheduler_stack_pointer);
+#endif
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(f.asan_fake_stack, &w.asan_scheduler_stack_bottom, &w.asan_scheduler_stack_size);
+#endif
+}
+
+// Ends the launch from inside a kernel thread (failed assert, __trap, misuse of an intrinsic).
+[[noreturn]] inline void abort_launch(const std::string& message) {
+    tls_worker->launch->fail(message);
+    tls_fiber->state = FiberState::Aborted;
+    yield_to_scheduler();
+    __builtin_unreachable();
+}
+
+[[noreturn]] inline void fiber_main() {
+    Worker& w = *tls_worker;
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(nullptr, &w.asan_scheduler_stack_bottom, &w.asan_scheduler_stack_size);
+#endif
+    w.launch->invoke(w.launch->params);
+    tls_fiber->state = FiberState::Exited;
+    yield_to_scheduler();
+    __builtin_unreachable();
+}
+
+inline void start_fiber(Fiber& f) {
+    if (!f.stack) {
+        const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+        void* mem = mmap(nullptr, kFiberStackSize + page, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+        if (mem == MAP_FAILED) {
+            std::perror("cudeconv emulator: mmap of a fiber stack failed");
+            std::abort();
+        }
+        mprotect(mem, page, PROT_NONE);  // stack overflow faults instead of corrupting a neighbour
+        f.stack = static_cast<unsigned char*>(mem) + page;
+    }
+#ifdef CUDECONV_EMU_USE_UCONTEXT
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kFiberStackSize;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_main), 0);
+#else
+    // Initial frame popped by cudeconv_emu_switch_stack: six zeroed registers, then the address
+    // of fiber_main, leaving the stack aligned as if fiber_main had been called.
+    // The top is staggered per thread so the hot stack tops of a block do not all map to the
+    // same cache sets.
+    const size_t stagger = (f.linear_idx % 64) * 64 + (f.linear_idx / 64 % 16) * 4096;
+    void** sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(f.stack + kFiberStackSize - stagger) & ~uintptr_t(15));
+    *--sp = nullptr;  // fiber_main's (never used) return address
+    *--sp = reinterpret_cast<void*>(&fiber_main);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    f.stack_pointer = sp;
+#endif
+    f.state = FiberState::Ready;
+    f.asan_fake_stack = nullptr;
+}
+
+// ---- per-thread worker ---------------------------------------------------------------------
+inline Worker& this_thread_worker(Launch& launch) {
+    if (!tls_worker) {
+        Worker* w = new Worker();
+        w->fibers.reset(new Fiber[kMaxThreadsPerBlock]());
+#ifdef __SANITIZE_ADDRESS__
+        // A sanitized process runs exactly one launch: an exactly-sized heap buffer lets ASan
+        // catch out-of-bounds dynamic shared memory accesses.
+        w->dynamic_shared = static_cast<unsigned char*>(std::malloc(launch.dynamic_shared_bytes));
+#else
+        // Fixed address for the life of the thread (extern __shared__ pointers are cached per
+        // thread); pages are committed only when touched.
+        void* mem = mmap(nullptr, kMaxDynamicShared, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem == MAP_FAILED) {
+            std::perror("cudeconv emulator: mmap of dynamic shared memory failed");
+            std::abort();
+        }
+        w->dynamic_shared = static_cast<unsigned char*>(mem);
+#endif
+        tls_worker = w;
+    }
+    Worker& w = *tls_worker;
+    w.launch = &launch;
+    w.grid_dim = launch.grid_dim;
+    w.block_dim = launch.block_dim;
+    return w;
+}
+
+// `extern __shared__ T name[];` is rewritten to `CUDECONV_EMU_SHARED T* const name =
+// ::cudeconv_emu::DynamicSharedPointer{};`: the conversion picks up the element type.
+struct DynamicSharedPointer {
+    template <class T>
+    operator T*() const {
+        return reinterpret_cast<T*>(tls_worker->dynamic_shared);
+    }
+};
+
+// ---- warp collectives ----------------------------------------------------------------------
+inline std::string hex(unsigned v) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "0x%08x", v);
+    return buf;
+}
+
+// Completes every warp-synchronous call the lanes [begin, end) of one warp are waiting in.
+// Lanes named in a call's mask must all be waiting in a call with the same mask (on a GPU
+// anything else deadlocks or is undefined); lanes beyond the end of a partial last warp do not
+// exist and are ignored.
+inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
+    Fiber* fibers = w.fibers.get();
+    const unsigned num_lanes = end - begin;
+    const unsigned existing = num_lanes == 32 ? ~0u : (1u << num_lanes) - 1u;
+    unsigned done = 0;
+    for (unsigned lane = 0; lane < num_lanes; ++lane) {
+        Fiber& f = fibers[begin + lane];
+        if (f.state != FiberState::AtWarpCollective || (done >> lane & 1u)) continue;
+        const unsigned mask = f.warp_mask;
+        const unsigned group = mask & existing;
+        std::string problem;
+        if (!(mask >> lane & 1u)) problem = "its own lane " + std::to_string(lane) + " is not in the mask";
+        for (unsigned other = 0; other < num_lanes && problem.empty(); ++other) {
+            if (!(group >> other & 1u)) continue;
+            const Fiber& g = fibers[begin + other];
+            if (g.state == FiberState::Exited)
+                problem = "lane " + std::to_string(other) + " has already exited";
+            else if (g.state == FiberState::AtBlockBarrier)
+                problem = "lane " + std::to_string(other) + " is waiting at __syncthreads (deadlock)";
+            else if (g.warp_mask != mask)
+                problem = "lane " + std::to_string(other) + " is in a warp-synchronous call with mask " + hex(g.warp_mask);
+        }
+        if (!problem.empty()) {
+            w.launch->fail("warp-synchronous intrinsic misuse in block " + format_uint3(w.block_idx) + ", thread " +
+                           format_uint3(f.thread_idx) + " (mask " + hex(mask) + "): " + problem);
+            return false;
+        }
+        unsigned ballot = 0;
+        for (unsigned other = 0; other < num_lanes; ++other)
+            if ((group >> other & 1u) && fibers[begin + other].warp_value != 0) ballot |= 1u << other;
+        for (unsigned other = 0; other < num_lanes; ++other) {
+            if (!(group >> other & 1u)) continue;
+            Fiber& g = fibers[begin + other];
+            const int src = g.warp_source_lane;
+            const bool valid = src >= 0 && src < 32 && (group >> src & 1u);
+            g.warp_result = valid ? fibers[begin + src].warp_value : g.warp_value;
+            g.warp_ballot = ballot;
+            g.warp_group = group;
+            g.state = FiberState::Ready;
+        }
+        done |= group;
+    }
+    return true;
+}
+
+// Joins the warp-synchronous call of the lanes in `mask`; the scheduler fills in the results.
+inline Fiber& warp_exchange(unsigned mask, uint64_t value, int source_lane) {
+    Fiber& f = *tls_fiber;
+    f.warp_mask = mask;
+    f.warp_value = value;
+    f.warp_source_lane = source_lane;
+    f.state = FiberState::AtWarpCollective;
+    yield_to_scheduler();
+    return f;
+}
+
+template <class T>
+inline T shuffle(unsigned mask, T value, int source_lane) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
+                  "warp shuffles move trivially copyable values of at most 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &value, sizeof(T));
+    const uint64_t result = warp_exchange(mask, bits, source_lane).warp_result;
+    T out;
+    std::memcpy(&out, &result, sizeof(T));
+    return out;
+}
+
+inline void check_shuffle_width(int width) {
+    if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
+        abort_launch("warp shuffle width " + std::to_string(width) + " is not a power of two <= 32 (" + where_am_i() + ")");
+}
+
+// ---- block scheduler -----------------------------------------------------------------------
+inline bool run_block(Worker& w, unsigned long long linear_block) {
+    const dim3 g = w.grid_dim, b = w.block_dim;
+    w.block_idx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
+                        static_cast<unsigned>(linear_block / (static_cast<unsigned long long>(g.x) * g.y))};
+    // Uninitialised dynamic shared memory reads as NaN (0xff bytes) rather than stale data.
+    std::memset(w.dynamic_shared, 0xff, w.launch->dynamic_shared_bytes);
+    const unsigned n = b.x * b.y * b.z;
+    w.num_threads = n;
+    Fiber* fibers = w.fibers.get();
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber& f = fibers[t];
+        f.thread_idx = uint3{t % b.x, t / b.x % b.y, t / (b.x * b.y)};
+        f.linear_idx = t;
+        f.lane = t % kWarpSize;
+        start_fiber(f);
+    }
+    unsigned live = n;
+    for (;;) {
+        // Run warp by warp until every live thread waits at __syncthreads.
+        for (unsigned begin = 0; begin < n; begin += kWarpSize) {
+            const unsigned end = std::min(n, begin + kWarpSize);
+            for (;;) {
+                bool warp_waiting = false;
+                for (unsigned t = begin; t < end; ++t) {
+                    Fiber& f = fibers[t];
+                    if (f.state == FiberState::Ready) {
+                        resume_fiber(w, f);
+                        if (f.state == FiberState::Exited) --live;
+                        if (f.state == FiberState::Aborted) return false;
+                    }
+                    warp_waiting |= f.state == FiberState::AtWarpCollective;
+                }
+                if (!warp_waiting) break;
+                if (!complete_warp_collectives(w, begin, end)) return false;
+            }
+        }
+        if (live == 0) return true;
+        // Threads that exited do not take part in later barriers (as on sm_70+).
+        unsigned count = 0;
+        for (unsigned t = 0; t < n; ++t)
+            if (fibers[t].state == FiberState::AtBlockBarrier) count += fibers[t].barrier_predicate != 0;
+        w.barrier_count = count;
+        w.barrier_arrived = live;
+        for (unsigned t = 0; t < n; ++t)
+            if (fibers[t].state == FiberState::AtBlockBarrier) fibers[t].state = FiberState::Ready;
+    }
+}
+
+inline int launch(const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
+                  void (*invoke)(void**), char* error, unsigned long long error_size) {
+    Launch launch;
+    launch.grid_dim = dim3(dims[0], dims[1], dims[2]);
+    launch.block_dim = dim3(dims[3], dims[4], dims[5]);
+    launch.dynamic_shared_bytes = dynamic_shared_bytes;
+    launch.invoke = invoke;
+    launch.params = params;
+    const long long num_blocks = static_cast<long long>(dims[0]) * dims[1] * dims[2];
+#pragma omp parallel if (num_blocks > 1)
+    {
+        Worker& w = this_thread_worker(launch);
+#pragma omp for schedule(dynamic, 1)
+        for (long long block = 0; block < num_blocks; ++block)
+            if (!launch.failed.load(std::memory_order_relaxed)) run_block(w, static_cast<unsigned long long>(block));
+    }
+    if (!launch.failed.load()) return 0;
+    std::snprintf(error, error_size, "%s", launch.error.c_str());
+    return 1;
+}
+
+// ---- entry points: signature description and type-erased invocation ------------------------
+template <class T>
+inline std::string type_name() {
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(typeid(T).name(), nullptr, nullptr, &status);
+    std::string name = status == 0 && demangled ? demangled : typeid(T).name();
+    std::free(demangled);
+    return name;
+}
+
+template <class T, class = void>
+struct IsComplete : std::false_type {};
+template <class T>
+struct IsComplete<T, std::void_t<decltype(sizeof(T))>> : std::true_type {};
+
+// One-letter kind the Python side matches NumPy dtypes against.
+template <class T>
+constexpr char kind_code() {
+    using U = std::remove_cv_t<T>;
+    if constexpr (std::is_same_v<U, bool>) return 'b';
+    else if constexpr (std::is_floating_point_v<U>) return 'f';
+    else if constexpr (std::is_integral_v<U>) return std::is_signed_v<U> ? 'i' : 'u';
+    else if constexpr (std::is_enum_v<U>) return kind_code<std::underlying_type_t<U>>();
+#ifdef __CUDA_FP16_TYPES_EXIST__
+    else if constexpr (std::is_same_v<U, __half>) return 'h';
+#endif
+#ifdef __CUDA_BF16_TYPES_EXIST__
+    else if constexpr (std::is_same_v<U, __nv_bfloat16>) return 'B';
+#endif
+    else return 'v';
+}
+
+// "P|c|f|4|float const*": pointer or scalar, const pointee, kind, element size, C type.
+template <class T>
+inline std::string describe_parameter() {
+    if constexpr (std::is_pointer_v<T>) {
+        using Pointee = std::remove_pointer_t<T>;
+        size_t size = 0;
+        if constexpr (!std::is_void_v<Pointee> && !std::is_function_v<Pointee> && IsComplete<Pointee>::value)
+            size = sizeof(Pointee);
+        return std::string("P|") + (std::is_const_v<Pointee> ? 'c' : 'm') + "|" + kind_code<Pointee>() + "|" +
+               std::to_string(size) + "|" + type_name<T>();
+    } else {
+        return std::string("S|m|") + kind_code<T>() + "|" + std::to_string(sizeof(T)) + "|" + type_name<T>();
+    }
+}
+
+template <auto Kernel>
+struct Entry;
+template <class... Args, void (*Kernel)(Args...)>
+struct Entry<Kernel> {
+    static void invoke(void** params) { call(params, std::index_sequence_for<Args...>{}); }
+    template <size_t... I>
+    static void call(void** params, std::index_sequence<I...>) {
+        Kernel(*static_cast<Args*>(params[I])...);
+    }
+    static std::string signature() {
+        std::string s;
+        ((s += (s.empty() ? "" : ";") + describe_parameter<Args>()), ...);
+        return s;
+    }
+};
+
+using LaunchFunction = int (*)(const unsigned*, unsigned long long, void**, char*, unsigned long long);
+
+struct KernelRecord {
+    std::string name;
+    LaunchFunction launch;
+    std::string signature;
+    long long max_threads;  // from __launch_bounds__, 0 when absent
+};
+
+inline std::vector<KernelRecord>& kernel_registry() {
+    static std::vector<KernelRecord> registry;
+    return registry;
+}
+
+inline int register_kernel(const char* name, LaunchFunction fn, std::string signature, long long max_threads) {
+    kernel_registry().push_back(KernelRecord{name, fn, std::move(signature), max_threads});
+    return 0;
+}
+
+}  // namespace cudeconv_emu
+
+// One line per kernel: name \t max_threads \t parameter;parameter;...
+extern "C" __attribute__((visibility("default"))) const char* cudeconv_emu_describe() {
+    static const std::string description = [] {
+        std::string s;
+        for (const auto& k : cudeconv_emu::kernel_registry())
+            s += k.name + "\t" + std::to_string(k.max_threads) + "\t" + k.signature + "\n";
+        return s;
+    }();
+    return description.c_str();
+}
+
+#define CUDECONV_EMU_EXPORT_KERNEL(NAME, MAX_THREADS)                                                              \
+    extern "C" __attribute__((visibility("default"))) int cudeconv_emu_launch_##NAME(                             \
+        const unsigned* dims, unsigned long long shared_bytes, void** params, char* error,                        \
+        unsigned long long error_size) {                                                                           \
+        return ::cudeconv_emu::launch(dims, shared_bytes, params, &::cudeconv_emu::Entry<&NAME>::invoke, error,   \
+                                      error_size);                                                                 \
+    }                                                                                                              \
+    static const int cudeconv_emu_registered_##NAME = ::cudeconv_emu::register_kernel(                            \
+        #NAME, &cudeconv_emu_launch_##NAME, ::cudeconv_emu::Entry<&NAME>::signature(), (MAX_THREADS));
+
+// ---- built-in variables --------------------------------------------------------------------
+#define threadIdx (static_cast<const uint3&>(::cudeconv_emu::tls_fiber->thread_idx))
+#define blockIdx (static_cast<const uint3&>(::cudeconv_emu::tls_worker->block_idx))
+#define blockDim (static_cast<const dim3&>(::cudeconv_emu::tls_worker->block_dim))
+#define gridDim (static_cast<const dim3&>(::cudeconv_emu::tls_worker->grid_dim))
+
+// ---- assert / trap -------------------------------------------------------------------------
+// glibc's assert() calls __assert_fail; this hidden definition takes precedence inside this
+// module, so a failed kernel assert ends the launch with an error instead of killing the process.
+extern "C" __attribute__((visibility("hidden"), noreturn)) void __assert_fail(const char* assertion,
+                                                                             const char* file, unsigned int line,
+                                                                             const char* function) noexcept {
+    std::string message = std::string(file) + ":" + std::to_string(line) + ": " + function + ": Assertion `" +
+                          assertion + "` failed";
+    if (!cudeconv_emu::tls_fiber) {
+        std::fprintf(stderr, "%s\n", message.c_str());
+        std::abort();
+    }
+    cudeconv_emu::abort_launch(message + " (" + cudeconv_emu::where_am_i() + ")");
+}
+
+[[noreturn]] inline void __trap() { cudeconv_emu::abort_launch("__trap() called (" + cudeconv_emu::where_am_i() + ")"); }
+
+// ---- synchronisation -----------------------------------------------------------------------
+inline int cudeconv_emu_block_barrier(int predicate) {
+    cudeconv_emu::Fiber& f = *cudeconv_emu::tls_fiber;
+    f.barrier_predicate = predicate;
+    f.state = cudeconv_emu::FiberState::AtBlockBarrier;
+    cudeconv_emu::yield_to_scheduler();
+    return static_cast<int>(cudeconv_emu::tls_worker->barrier_count);
+}
+inline void __syncthreads() { cudeconv_emu_block_barrier(0); }
+inline int __syncthreads_count(int predicate) { return cudeconv_emu_block_barrier(predicate); }
+inline int __syncthreads_or(int predicate) { return cudeconv_emu_block_barrier(predicate) != 0; }
+inline int __syncthreads_and(int predicate) {
+    return cudeconv_emu_block_barrier(predicate) == static_cast<int>(cudeconv_emu::tls_worker->barrier_arrived);
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+// ---- warp intrinsics -----------------------------------------------------------------------
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cudeconv_emu::warp_exchange(mask, 0, -1); }
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    return cudeconv_emu::warp_exchange(mask, predicate != 0, -1).warp_ballot;
+}
+inline int __any_sync(unsigned mask, int predicate) {
+    return cudeconv_emu::warp_exchange(mask, predicate != 0, -1).warp_ballot != 0;
+}
+inline int __all_sync(unsigned mask, int predicate) {
+    const cudeconv_emu::Fiber& f = cudeconv_emu::warp_exchange(mask, predicate != 0, -1);
+    return f.warp_ballot == f.warp_group;
+}
+// Lanes of this warp that have not exited (the emulator does not model divergence).
+inline unsigned __activemask() {
+    const cudeconv_emu::Worker& w = *cudeconv_emu::tls_worker;
+    const unsigned begin = cudeconv_emu::tls_fiber->linear_idx / 32 * 32;
+    const unsigned end = std::min(w.num_threads, begin + 32);
+    unsigned mask = 0;
+    for (unsigned t = begin; t < end; ++t)
+        if (w.fibers[t].state != cudeconv_emu::FiberState::Exited) mask |= 1u << (t - begin);
+    return mask;
+}
+// Source lanes follow PTX shfl.sync: out-of-segment sources read the caller's own value.
+template <class T>
+inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+    cudeconv_emu::check_shuffle_width(width);
+    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    return cudeconv_emu::shuffle(mask, var, (lane & ~(width - 1)) + (src_lane & (width - 1)));
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+    cudeconv_emu::check_shuffle_width(width);
+    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int src = lane - static_cast<int>(delta);
+    return cudeconv_emu::shuffle(mask, var, src < (lane & ~(width - 1)) ? lane : src);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+    cudeconv_emu::check_shuffle_width(width);
+    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int src = lane + static_cast<int>(delta);
+    return cudeconv_emu::shuffle(mask, var, src > (lane | (width - 1)) ? lane : src);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+    cudeconv_emu::check_shuffle_width(width);
+    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int src = lane ^ (lane_mask & 31);
+    return cudeconv_emu::shuffle(mask, var, src > (lane | (width - 1)) ? lane : src);
+}
+
+// ---- atomics (GCC builtins: blocks on different workers run concurrently) ------------------
+namespace cudeconv_emu {
+// Read-modify-write through compare-and-swap on the value's bits, for types without a native
+// atomic instruction (float, double, half, bfloat16, min/max).
+template <class T, class Bits, class Op>
+inline T atomic_update(T* address, Op op) {
+    static_assert(sizeof(T) == sizeof(Bits), "bit-pattern type must match");
+    Bits* bits = reinterpret_cast<Bits*>(address);
+    Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+        T old_value;
+        std::memcpy(&old_value, &expected, sizeof(T));
+        const T new_value = op(old_value);
+        Bits desired;
+        std::memcpy(&desired, &new_value, sizeof(T));
+        if (__atomic_compare_exchange_n(bits, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return old_value;
+    }
+}
+}  // namespace cudeconv_emu
+
+#define CUDECONV_EMU_INTEGER_ATOMICS(T)                                                                       \
+    inline T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); }                       \
+    inline T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED); }                       \
+    inline T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }                     \
+    inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_RELAXED); }                       \
+    inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_RELAXED); }                         \
+    inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_RELAXED); }                       \
+    inline T atomicMin(T* a, T v) {                                                                            \
+        return cudeconv_emu::atomic_update<T, T>(a, [v](T old) { return old < v ? old : v; });                 \
+    }                                                                                                          \
+    inline T atomicMax(T* a, T v) {                                                                            \
+        return cudeconv_emu::atomic_update<T, T>(a, [v](T old) { return old > v ? old : v; });                 \
+    }                                                                                                          \
+    inline T atomicCAS(T* a, T compare, T v) {                                                                 \
+        __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);                \
+        return compare;                                                                                        \
+    }
+CUDECONV_EMU_INTEGER_ATOMICS(int)
+CUDECONV_EMU_INTEGER_ATOMICS(unsigned int)
+CUDECONV_EMU_INTEGER_ATOMICS(unsigned long long)
+CUDECONV_EMU_INTEGER_ATOMICS(long long)
+#undef CUDECONV_EMU_INTEGER_ATOMICS
+
+inline unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short v) {
+    __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return compare;
+}
+inline unsigned atomicInc(unsigned* a, unsigned limit) {
+    return cudeconv_emu::atomic_update<unsigned, unsigned>(a, [limit](unsigned old) { return old >= limit ? 0u : old + 1u; });
+}
+inline unsigned atomicDec(unsigned* a, unsigned limit) {
+    return cudeconv_emu::atomic_update<unsigned, unsigned>(
+        a, [limit](unsigned old) { return (old == 0u || old > limit) ? limit : old - 1u; });
+}
+inline float atomicAdd(float* a, float v) {
+    return cudeconv_emu::atomic_update<float, uint32_t>(a, [v](float old) { return old + v; });
+}
+inline double atomicAdd(double* a, double v) {
+    return cudeconv_emu::atomic_update<double, uint64_t>(a, [v](double old) { return old + v; });
+}
+inline float atomicExch(float* a, float v) {
+    return cudeconv_emu::atomic_update<float, uint32_t>(a, [v](float) { return v; });
+}
+#ifdef __CUDA_FP16_TYPES_EXIST__
+inline __half atomicAdd(__half* a, __half v) {
+    return cudeconv_emu::atomic_update<__half, uint16_t>(a, [v](__half old) { return __hadd(old, v); });
+}
+inline __half2 atomicAdd(__half2* a, __half2 v) {
+    return cudeconv_emu::atomic_update<__half2, uint32_t>(a, [v](__half2 old) { return __hadd2(old, v); });
+}
+#endif
+#ifdef __CUDA_BF16_TYPES_EXIST__
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+    return cudeconv_emu::atomic_update<__nv_bfloat16, uint16_t>(a, [v](__nv_bfloat16 old) { return __hadd(old, v); });
+}
+#endif
+
+// ---- memory access hints -------------------------------------------------------------------
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+template <class T> inline T __ldca(const T* p) { return *p; }
+template <class T> inline T __ldcs(const T* p) { return *p; }
+template <class T> inline T __ldlu(const T* p) { return *p; }
+template <class T> inline T __ldcv(const T* p) { return *p; }
+template <class T> inline void __stcg(T* p, T v) { *p = v; }
+template <class T> inline void __stcs(T* p, T v) { *p = v; }
+template <class T> inline void __stwb(T* p, T v) { *p = v; }
+template <class T> inline void __stwt(T* p, T v) { *p = v; }
+
+// ---- math: fast/rounding-mode intrinsics map to the plain host functions ------------------
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fmaf_rz(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fmaf_rd(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fmaf_ru(float a, float b, float c) { return fmaf(a, b, c); }
+inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float fdividef(float a, float b) { return a / b; }
+inline float __expf(float a) { return expf(a); }
+inline float __exp10f(float a) { return exp10f(a); }
+inline float __logf(float a) { return logf(a); }
+inline float __log2f(float a) { return log2f(a); }
+inline float __log10f(float a) { return log10f(a); }
+inline float __powf(float a, float b) { return powf(a, b); }
+inline float __sinf(float a) { return sinf(a); }
+inline float __cosf(float a) { return cosf(a); }
+inline float __tanf(float a) { return tanf(a); }
+inline void __sincosf(float a, float* s, float* c) { sincosf(a, s, c); }
+inline float __saturatef(float a) { return a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a); }
+inline float rsqrtf(float a) { return 1.0f / sqrtf(a); }
+inline double rsqrt(double a) { return 1.0 / sqrt(a); }
+inline float __frsqrt_rn(float a) { return 1.0f / sqrtf(a); }
+
+// CUDA's global min/max overload set (crt/math_functions.hpp), including its mixed-sign rules.
+#define CUDECONV_EMU_MIN_MAX(R, A, B)                                                       \
+    inline R min(A a, B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); } \
+    inline R max(A a, B b) { return static_cast<R>(a) > static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); }
+CUDECONV_EMU_MIN_MAX(int, int, int)
+CUDECONV_EMU_MIN_MAX(unsigned int, unsigned int, unsigned int)
+CUDECONV_EMU_MIN_MAX(unsigned int, int, unsigned int)
+CUDECONV_EMU_MIN_MAX(unsigned int, unsigned int, int)
+CUDECONV_EMU_MIN_MAX(long, long, long)
+CUDECONV_EMU_MIN_MAX(unsigned long, unsigned long, unsigned long)
+CUDECONV_EMU_MIN_MAX(unsigned long, long, unsigned long)
+CUDECONV_EMU_MIN_MAX(unsigned long, unsigned long, long)
+CUDECONV_EMU_MIN_MAX(long long, long long, long long)
+CUDECONV_EMU_MIN_MAX(unsigned long long, unsigned long long, unsigned long long)
+CUDECONV_EMU_MIN_MAX(unsigned long long, long long, unsigned long long)
+CUDECONV_EMU_MIN_MAX(unsigned long long, unsigned long long, long long)
+#undef CUDECONV_EMU_MIN_MAX
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
+inline double min(float a, double b) { return fmin(static_cast<double>(a), b); }
+inline double max(float a, double b) { return fmax(static_cast<double>(a), b); }
+inline double min(double a, float b) { return fmin(a, static_cast<double>(b)); }
+inline double max(double a, float b) { return fmax(a, static_cast<double>(b)); }
+
+// ---- bit manipulation and reinterpretation -------------------------------------------------
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+inline unsigned __brev(unsigned x) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
+    return r;
+}
+inline int __mul24(int a, int b) { return a * b; }
+inline unsigned __umul24(unsigned a, unsigned b) { return a * b; }
+inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<long long>(a) * b) >> 32); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+namespace cudeconv_emu {
+template <class To, class From>
+inline To bit_cast(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
+    To out;
+    std::memcpy(&out, &v, sizeof(To));
+    return out;
+}
+}  // namespace cudeconv_emu
+inline float __int_as_float(int x) { return cudeconv_emu::bit_cast<float>(x); }
+inline int __float_as_int(float x) { return cudeconv_emu::bit_cast<int>(x); }
+inline float __uint_as_float(unsigned x) { return cudeconv_emu::bit_cast<float>(x); }
+inline unsigned __float_as_uint(float x) { return cudeconv_emu::bit_cast<unsigned>(x); }
+inline double __longlong_as_double(long long x) { return cudeconv_emu::bit_cast<double>(x); }
+inline long long __double_as_longlong(double x) { return cudeconv_emu::bit_cast<long long>(x); }
+inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
+inline int __float2int_rz(float x) { return static_cast<int>(x); }
+inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
+inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
+inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(nearbyintf(x)); }
+inline unsigned __float2uint_rz(float x) { return static_cast<unsigned>(x); }
+inline long long __float2ll_rn(float x) { return static_cast<long long>(nearbyintf(x)); }
+inline long long __float2ll_rz(float x) { return static_cast<long long>(x); }
+inline float __int2float_rn(int x) { return static_cast<float>(x); }
+inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
+inline float __ll2float_rn(long long x) { return static_cast<float>(x); }
+inline float __double2float_rn(double x) { return static_cast<float>(x); }
+inline int __double2int_rn(double x) { return static_cast<int>(nearbyint(x)); }
+inline int __double2int_rz(double x) { return static_cast<int>(x); }
+
+#endif  // CUDECONV_EMU_H
