@@ -61,13 +61,16 @@ def rounding_unit(dtype):
     return float(np.finfo(np.dtype(dtype)).eps) / 2
 
 
-def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="result"):
+def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="result",
+                 extra_half_roundings=0):
     """Compare with a float64 reference within a bound derived from the reference's own rounding.
 
     A sum of ``terms`` products in a precision with unit roundoff u has error at most about
     terms·u·Σ|a·b| (Higham); we use sqrt(terms) (the statistical bound for random signs, on which
     blocked and pairwise sums also sit) times ``factor``, relative to ``scale`` = Σ|a·b| per output
-    (or the max |expected| when not given). float16 outputs also carry the final rounding to half.
+    (or the max |expected| when not given). float16 outputs also carry the final rounding to half,
+    and ``extra_half_roundings`` roundings of partial sums to half (each at most u16·scale), as
+    when atomics accumulate in half precision.
     """
     actual = to_numpy(actual).astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -77,7 +80,9 @@ def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="r
         scale = np.max(np.abs(expected), initial=1.0)
     bound = factor * max(np.sqrt(max(terms, 1)), 1.0) * u * np.asarray(scale, dtype=np.float64)
     if np.dtype(dtype) == np.float16:
-        bound = bound + 2 * rounding_unit(np.float16) * np.abs(expected)
+        bound = bound + rounding_unit(np.float16) * (
+            2 * np.abs(expected) + extra_half_roundings * np.asarray(scale, dtype=np.float64)
+        )
     bound = np.maximum(bound, np.finfo(np.float64).tiny)
     err = np.abs(actual - expected)
     bad = ~(err <= bound)  # NaN counts as bad
