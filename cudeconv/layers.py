@@ -34,6 +34,12 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
+    def zero_grad(self, set_to_none=True):
+        if set_to_none:
+            self.grad = None
+        elif self.grad is not None:
+            self.grad.fill(0)
+
     def accumulate_grad(self, grad):
         """``grad`` += the given gradient (the first gradient is stored as is)."""
         if self.grad is None:
@@ -102,10 +108,11 @@ class _ConvTransposeNd:
     def parameters(self):
         return [p for p in (self.weight, self.bias) if p is not None]
 
-    def zero_grad(self):
-        """Forget the accumulated gradients (they become None, like PyTorch's set_to_none)."""
+    def zero_grad(self, set_to_none=True):
+        """Forget the accumulated gradients: set them to None (PyTorch's default), or with
+        ``set_to_none=False`` fill them with zeros in place (keeps their memory, e.g. in a CUDA graph)."""
         for p in self.parameters():
-            p.grad = None
+            p.zero_grad(set_to_none)
 
     def state_dict(self):
         """``{"weight": array, "bias": array}`` (bias only when the layer has one), copies."""

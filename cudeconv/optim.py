@@ -95,10 +95,10 @@ class SGD:
     def _parameters(self):
         return [p for g in self.param_groups for p in g["params"]]
 
-    def zero_grad(self):
-        """Set every parameter's grad to None (PyTorch's default ``set_to_none=True``)."""
+    def zero_grad(self, set_to_none=True):
+        """Set every parameter's grad to None (PyTorch's default), or to zeros in place."""
         for p in self._parameters():
-            p.grad = None
+            p.zero_grad(set_to_none)
 
     def step(self):
         """Apply one update to every parameter that has a gradient."""

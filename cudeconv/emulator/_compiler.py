@@ -1,0 +1,421 @@
+"""Building CUDA C++ source into something the CPU can run.
+
+One module's translation unit is the shim header, the kernel source and one export line per
+``extern "C" __global__`` entry point. The entry points are found by preprocessing the unit
+once with the ``__global__``/``__launch_bounds__`` keywords turned into markers, so kernels
+produced by macros or hidden behind ``#if`` are seen exactly as the compiler sees them.
+
+Builds are cached on disk by a hash of everything that affects the output, and loaded modules
+are cached in memory by their file.
+"""
+
+import ctypes
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+from ._errors import EmulatorCompileError, EmulatorError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHIM_HEADER = PACKAGE_DIR / "cudeconv_emu.h"
+SANITIZER_RUNNER = PACKAGE_DIR / "cudeconv_emu_runner.cpp"
+
+# File name g++ reports for the kernel source unless the source carries its own #line.
+SOURCE_NAME = "cudeconv_kernel.cu"
+_SOURCE_MARKER = "__cudeconv_emu_source_begins__"
+_GLOBAL_MARKER = "__cudeconv_emu_global__"
+_LAUNCH_BOUNDS_MARKER = "__cudeconv_emu_launch_bounds__"
+
+# NVRTC options that have no meaning for a host build (architecture, code generation, fast-math
+# and diagnostics controls); matched on the part before '='.
+_IGNORED_NVRTC_OPTIONS = frozenset(
+    """
+    -arch --gpu-architecture -use_fast_math --use_fast_math -lineinfo --generate-line-info
+    -G --device-debug -rdc --relocatable-device-code -ewp --extensible-whole-program
+    -dopt --dopt -ftz --ftz -prec-div --prec-div -prec-sqrt --prec-sqrt -fmad --fmad
+    -restrict --restrict -maxrregcount --maxrregcount -default-device
+    --device-as-default-execution-space -w --disable-warnings -diag-suppress --diag-suppress
+    -diag-error --diag-error -diag-warn --diag-warn --display-error-number
+    --no-display-error-number -dlto --dlto -minimal --minimal -split-compile --split-compile
+    -builtin-move-forward --builtin-move-forward -builtin-initializer-list
+    --builtin-initializer-list --modify-stack-limit -err-no --no-source-include
+    -no-source-include --device-int128 -device-int128 -Werror --Werror -jump-table-density
+    --jump-table-density -time --time -fdevice-time-trace --fdevice-time-trace
+    """.split()
+)
+_OLDER_STANDARDS = {"c++03", "c++11", "c++14", "c++17", "gnu++11", "gnu++14", "gnu++17"}
+
+_EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\b([^;{}]*?)\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")
+
+
+def compiler_command():
+    """The host C++ compiler: ``$CUDECONV_EMULATOR_CXX`` (split like a shell would), else g++."""
+    return tuple(shlex.split(os.environ.get("CUDECONV_EMULATOR_CXX", "g++")))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_identity(command):
+    try:
+        result = subprocess.run([*command, "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EmulatorCompileError(
+            f"the CUDA emulator needs a host C++17 compiler; running {' '.join(command)!r} failed: {exc}"
+        ) from exc
+    return f"{shutil.which(command[0]) or command[0]}\n{result.stdout}"
+
+
+def find_cuda_include():
+    """Directory holding the CUDA toolkit's ``cuda_fp16.h``, or None.
+
+    Looked up in order: ``$CUDECONV_EMULATOR_CUDA_INCLUDE`` (set it empty to use no toolkit
+    headers), ``$CUDA_PATH``, ``$CUDA_HOME``, the toolkit of the ``nvcc`` on PATH (also when it
+    is a small wrapper script that execs the real one), ``/usr/local/cuda``, the newest
+    ``/usr/local/cuda-*``, and the headers shipped in NVIDIA's pip wheels (``nvidia.*``).
+    """
+    explicit = os.environ.get("CUDECONV_EMULATOR_CUDA_INCLUDE")
+    if explicit is not None:
+        return explicit or None
+    candidates = [Path(os.environ[var]) / "include" for var in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(var)]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(nvcc).resolve().parent.parent / "include")
+        candidates.extend(Path(root) / "include" for root in _wrapped_toolkit_roots(Path(nvcc)))
+    candidates.append(Path("/usr/local/cuda/include"))
+    candidates.extend(Path(p) for p in sorted(glob.glob("/usr/local/cuda-*/include"), key=_version_key, reverse=True))
+    candidates.extend(_wheel_include_dirs())
+    for candidate in candidates:
+        if (candidate / "cuda_fp16.h").is_file():
+            return str(candidate)
+    return None
+
+
+def _wrapped_toolkit_roots(nvcc):
+    try:
+        if nvcc.stat().st_size > 4096:
+            return []
+        text = nvcc.read_text(errors="replace")
+    except OSError:
+        return []
+    return re.findall(r"(/\S+)/bin/nvcc\b", text)
+
+
+def _version_key(path):
+    return [int(part) for part in re.findall(r"\d+", path)]
+
+
+def _wheel_include_dirs():
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) for base in spec.submodule_search_locations for p in sorted(glob.glob(f"{base}/*/include"))]
+
+
+def translate_options(options):
+    """Map CuPy/NVRTC-style options to g++ arguments.
+
+    Honoured: ``-D``/``--define-macro``, ``-U``/``--undefine-macro``, ``-I``/``--include-path``
+    (each also as two tokens), ``-std``/``--std`` (standards older than C++17 become C++17,
+    which the shim needs). NVRTC-only options are dropped; anything else is dropped with a
+    warning.
+    """
+    if isinstance(options, str):
+        options = (options,)
+    args = []
+    standard = "c++17"
+    tokens = list(options)
+    i = 0
+    while i < len(tokens):
+        option = tokens[i]
+        if not isinstance(option, str):
+            raise TypeError(f"compiler options must be strings, got {option!r}")
+        i += 1
+        matched = re.fullmatch(
+            r"(-D|--define-macro|-U|--undefine-macro|-I|--include-path)(?:=?(.*))?", option, re.DOTALL
+        )
+        if matched:
+            flag, value = matched.groups()
+            if not value:
+                if i == len(tokens):
+                    raise ValueError(f"compiler option {option!r} needs a value")
+                value = tokens[i]
+                i += 1
+            args.append({"-D": "-D", "--define-macro": "-D", "-U": "-U", "--undefine-macro": "-U"}.get(flag, "-I") + value)
+            continue
+        if option.startswith(("-std=", "--std=")):
+            requested = option.split("=", 1)[1]
+            standard = "c++17" if requested in _OLDER_STANDARDS else requested
+            continue
+        if option.split("=", 1)[0] in _IGNORED_NVRTC_OPTIONS:
+            continue
+        warnings.warn(f"cudeconv emulator: ignoring unsupported compiler option {option!r}", stacklevel=4)
+    return [f"-std={standard}", *args]
+
+
+def rewrite_extern_shared(source):
+    """``extern __shared__ T name[];`` becomes a per-block pointer to the dynamic shared buffer.
+
+    C++ has no way to express CUDA's unsized shared array, so the declaration is replaced in
+    the text (keeping its line count); the element type is picked up by a templated conversion
+    in the shim. Only the source itself is rewritten, not headers it includes.
+    """
+
+    def replace(match):
+        text = f"CUDECONV_EMU_SHARED{match.group(1)}* const {match.group(2)} = ::cudeconv_emu::DynamicSharedPointer{{}};"
+        return text + "\n" * (match.group(0).count("\n") - text.count("\n"))
+
+    return _EXTERN_SHARED.sub(replace, source)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    max_threads_expression: str  # first __launch_bounds__ argument, "0" without one
+
+
+_TOKENS = re.compile(
+    r'(?P<extern_c>\bextern\s*"C"\s*(?P<block>\{)?)'
+    r'|(?P<literal>"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\')'
+    rf"|(?P<global>\b{_GLOBAL_MARKER}\b)"
+    r"|(?P<open>\{)|(?P<close>\})|(?P<end>;)"
+)
+
+
+def find_entry_points(preprocessed):
+    """``extern "C" __global__`` functions in preprocessor output made with the markers on."""
+    start = preprocessed.find(_SOURCE_MARKER)
+    text = preprocessed[start:] if start >= 0 else preprocessed
+    found = {}
+    braces = []  # True for the brace of an extern "C" { ... } block
+    pending_extern_c = False
+    for token in _TOKENS.finditer(text):
+        kind = token.lastgroup if token.lastgroup != "block" else "extern_c"
+        if kind == "extern_c":
+            if token.group("block"):
+                braces.append(True)
+            else:
+                pending_extern_c = True
+        elif kind == "open":
+            braces.append(False)
+            pending_extern_c = False
+        elif kind == "close":
+            if braces:
+                braces.pop()
+            pending_extern_c = False
+        elif kind == "end":
+            pending_extern_c = False
+        elif kind == "global" and (pending_extern_c or any(braces)):
+            entry = _parse_kernel_head(text, token.end())
+            if entry and (entry.name not in found or entry.max_threads_expression != "0"):
+                found[entry.name] = entry
+    return list(found.values())
+
+
+def _balanced(text, open_index):
+    """Index just past the parenthesis matching the one at ``open_index``."""
+    depth = 0
+    for i in range(open_index, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def _parse_kernel_head(text, position):
+    head_end = min((i for i in (text.find("{", position), text.find(";", position)) if i >= 0), default=len(text))
+    head = text[position:head_end]
+    max_threads = "0"
+    bounds = head.find(_LAUNCH_BOUNDS_MARKER)
+    if bounds >= 0:
+        open_paren = head.index("(", bounds)
+        close = _balanced(head, open_paren)
+        max_threads = _first_argument(head[open_paren + 1 : close - 1])
+        head = head[:bounds] + head[close:]
+    while (attribute := re.search(r"__attribute__\s*\(", head)) is not None:
+        head = head[: attribute.start()] + head[_balanced(head, attribute.end() - 1) :]
+    name = re.search(r"([A-Za-z_]\w*)\s*\(", head)
+    return EntryPoint(name.group(1), max_threads) if name else None
+
+
+def _first_argument(arguments):
+    depth = 0
+    for i, char in enumerate(arguments):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return arguments[:i].strip()
+    return arguments.strip()
+
+
+def cache_dir():
+    """``$CUDECONV_EMULATOR_CACHE``, else ``~/.cache/cudeconv/emulator`` (``$XDG_CACHE_HOME`` honoured)."""
+    configured = os.environ.get("CUDECONV_EMULATOR_CACHE")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cudeconv" / "emulator"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """Everything that determines a build's output."""
+
+    source: str
+    user_args: tuple
+    sanitize: bool
+    compiler: tuple
+    cuda_include: str
+
+    def key(self):
+        digest = hashlib.sha256()
+        for part in (
+            json.dumps(dataclasses.asdict(self), sort_keys=True),
+            _compiler_identity(self.compiler),
+            SHIM_HEADER.read_text(),
+            SANITIZER_RUNNER.read_text() if self.sanitize else "",
+            Path(__file__).read_text(),  # generated code and flags live here
+        ):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:40]
+
+    def flags(self):
+        flags = [*self.user_args, "-fno-strict-aliasing", "-fdiagnostics-color=never", "-Wno-unknown-pragmas"]
+        flags += ["-fvisibility=hidden", "-I", str(PACKAGE_DIR)]
+        if self.cuda_include:
+            flags += ["-isystem", self.cuda_include, "-DCUDECONV_EMU_HAVE_CUDA_HEADERS=1"]
+        if self.sanitize:
+            flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        else:
+            flags += ["-O2", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,defs"]
+        return flags
+
+    def translation_unit(self, entry_points):
+        """The unit to compile; ``entry_points=None`` gives the discovery variant."""
+        parts = ['#include "cudeconv_emu.h"\n']
+        if entry_points is None:
+            parts.append(f"{_SOURCE_MARKER}\n")
+        parts.append(f'#line 1 "{SOURCE_NAME}"\n{rewrite_extern_shared(self.source)}\n')
+        if entry_points is not None:
+            parts.append('#line 1 "<cudeconv-emulator-entry-points>"\n')
+            parts += [f"CUDECONV_EMU_EXPORT_KERNEL({e.name}, ({e.max_threads_expression}))\n" for e in entry_points]
+            if self.sanitize:
+                parts.append('#include "cudeconv_emu_runner.cpp"\n')
+        return "".join(parts)
+
+
+def _run_compiler(arguments, plan):
+    result = subprocess.run(arguments, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = f"compiling kernel source for the CPU emulator failed:\n{result.stderr.strip()}"
+        if not plan.cuda_include and re.search(r"cuda_(fp16|bf16)\.h|vector_types\.h", result.stderr):
+            message += (
+                "\n(no CUDA toolkit headers were found; set CUDA_PATH or CUDECONV_EMULATOR_CUDA_INCLUDE "
+                "to a directory containing cuda_fp16.h)"
+            )
+        message += f"\ncommand: {shlex.join(arguments)}"
+        raise EmulatorCompileError(message)
+    return result.stdout
+
+
+def build(plan):
+    """Path of the built module for ``plan``, compiling it unless the disk cache has it."""
+    directory = cache_dir()
+    artifact = directory / (plan.key() + ("-sanitize.bin" if plan.sanitize else ".so"))
+    if artifact.exists():
+        return artifact
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as scratch:
+        unit = Path(scratch) / "module.cpp"
+        unit.write_text(plan.translation_unit(None))
+        preprocessed = _run_compiler([*plan.compiler, *plan.flags(), "-E", "-DCUDECONV_EMU_DISCOVER", str(unit)], plan)
+        unit.write_text(plan.translation_unit(find_entry_points(preprocessed)))
+        output = Path(scratch) / artifact.name
+        _run_compiler([*plan.compiler, *plan.flags(), str(unit), "-o", str(output)], plan)
+        # Atomic: a concurrent build of the same key replaces it with an identical file.
+        os.replace(output, artifact)
+    return artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One kernel parameter as the compiler deduced it."""
+
+    is_pointer: bool
+    pointee_const: bool
+    kind: str  # f/i/u: float/signed/unsigned, b: bool, h: __half, B: __nv_bfloat16, v: other
+    size: int  # of the scalar, or of the pointee (0 when unknown, e.g. void*)
+    c_type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelInfo:
+    name: str
+    max_threads: int  # from __launch_bounds__, 0 when absent
+    parameters: tuple
+
+
+def parse_description(text):
+    kernels = {}
+    for line in text.splitlines():
+        name, max_threads, signature = line.split("\t")
+        parameters = []
+        for entry in filter(None, signature.split(";")):
+            pointer, constness, kind, size, c_type = entry.split("|", 4)
+            parameters.append(Parameter(pointer == "P", constness == "c", kind, int(size), c_type))
+        kernels[name] = KernelInfo(name, int(max_threads), tuple(parameters))
+    return kernels
+
+
+@dataclasses.dataclass
+class CompiledModule:
+    path: Path
+    sanitize: bool
+    kernels: dict
+    library: object  # ctypes.CDLL; None for a sanitizer build, which runs as a child process
+
+
+_loaded = {}
+_loaded_lock = threading.Lock()
+
+
+def load(source, options, sanitize):
+    """The compiled module for ``source``: one object per build file per process."""
+    if not isinstance(source, str):
+        raise TypeError(f"kernel source must be a str, got {type(source).__name__}")
+    plan = BuildPlan(source, tuple(translate_options(options)), bool(sanitize), compiler_command(), find_cuda_include() or "")
+    with _loaded_lock:
+        path = build(plan)
+        module = _loaded.get(path)
+        if module is None:
+            module = _open(path, plan.sanitize)
+            _loaded[path] = module
+        return module
+
+
+def _open(path, sanitize):
+    if sanitize:
+        result = subprocess.run([str(path), "--describe"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulatorError(f"sanitizer build {path} did not start:\n{result.stderr}")
+        return CompiledModule(path, True, parse_description(result.stdout), None)
+    library = ctypes.CDLL(str(path))
+    library.cudeconv_emu_describe.restype = ctypes.c_char_p
+    kernels = parse_description(library.cudeconv_emu_describe().decode())
+    return CompiledModule(path, False, kernels, library)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU validation: the one prepared command to run when a task is lent a GPU (DEVELOPERS.md).
+# Run from the repository root on the GPU machine (python3 there has cupy-cuda13x, numpy, torch,
+# pytest; no network):   bash scripts/gpu_check.sh        (about 8 minutes at most)
+# Each step has its own time limit. Everything lands in $OUT (default ./gpu-check-out):
+#   gpu_check.log  the output of every step, in order
+#   summary.txt    one line per step: name, exit status, seconds
+#   bench.json     `cudeconv bench --backend cuda` results (cuDNN with TF32 off/on in the same run)
+#   bench.png      the benchmark chart
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+: > "$OUT/summary.txt"
+failed=0
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2 start rc
+    shift 2
+    start=$(date +%s)
+    echo "===== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+    rc=$?
+    echo "$name rc=$rc $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt" "$LOG"
+    [ "$rc" -eq 0 ] || failed=1
+}
+
+step gpu 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+step info 60 python3 -m cudeconv info
+step tests 180 python3 -m pytest -q -x -p no:cacheprovider -k cuda tests/
+step memcheck 75 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+step racecheck 75 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+step graph 45 python3 scripts/gpu_graph_check.py
+step bench 180 python3 -m cudeconv bench --backend cuda --json "$OUT/bench.json" --plot "$OUT/bench.png"
+cat "$OUT/summary.txt"
+exit $failed
