@@ -5,12 +5,11 @@ Passes, per case:
 ``forward``
     ``y = conv_transpose(x, weight, bias)``.
 ``grad_input``, ``grad_weight``, ``grad_bias``
-    Each gradient alone, timed only where the implementation has a separate entry point for it
-    (the CUDA backend's ``grad_input``/``grad_weight``/``grad_bias``, PyTorch's
-    ``aten.convolution_backward`` with one output selected — and ``grad_output.sum`` for its bias
-    gradient, since that entry point computes the weight gradient with the bias one on the CPU —,
-    the CuPy baseline's steps). The NumPy backend computes them together, so there it has no entry:
-    its cost is inside ``backward``.
+    Each gradient alone, where the implementation can compute it alone: the kernel backends'
+    ``grad_input``/``grad_weight``/``grad_bias`` methods, PyTorch's ``aten.convolution_backward``
+    with one output selected (but ``grad_output.sum`` for the bias gradient: on the CPU that entry
+    point computes the weight gradient along with it), the CuPy baseline's steps. The NumPy backend
+    computes the three together, so it has no figures for them: their cost is inside ``backward``.
 ``backward``
     All gradients in one call (grad_input, grad_weight and grad_bias: what a layer's backward runs).
 ``sgd_step``
@@ -29,6 +28,13 @@ Baselines, each where present (the reason is printed where not): PyTorch's
 ``conv_transpose{1,2,3}d`` on the benchmarked backend's device (on the GPU twice, cuDNN with TF32
 off and on; on the CPU with the same thread count), the NumPy backend (when another backend is
 benchmarked), and on the GPU a CuPy GEMM + col2im implementation (Chainer's method).
+
+``--json`` writes ``{"device", "backend", "dtype", "versions", "quick", "repeat", "timer",
+"threads", "peaks", "cases": [{"name", "source", "config", "status" ("ok", "wrong" or "failed"),
+"ms": {pass: median ms}, "tflops": {pass: ...}, "gbps": {pass: ...}, "max_rel_error",
+"rel_errors", "tolerances", "baselines": {name: {pass: median ms} or {"skipped": reason}},
+"speedup": {name: {pass: their ms / our ms}}, and on a GPU "peak_fraction"}]}``; numbers that are
+not finite are written as null.
 """
 from __future__ import annotations
 
@@ -241,7 +247,11 @@ def _to_numpy(array) -> np.ndarray:
 
 
 def relative_error(result, reference) -> float:
+    """max |result - reference| / max |reference| (the largest over tuples of results); inf for a
+    wrong shape or a NaN."""
     if isinstance(reference, tuple):
+        if not isinstance(result, tuple) or len(result) != len(reference):
+            return math.inf
         return max(relative_error(r, e) for r, e in zip(result, reference))
     actual = _to_numpy(result).astype(np.float64)
     if actual.shape != reference.shape:
@@ -530,7 +540,7 @@ def _case_record(problem: Problem, mine: Outcome, baselines: Dict[str, object], 
         "tflops": {p: CONVOLUTIONS[p] * problem.geom.flops() / (ms * 1e-3) / 1e12
                    for p, ms in mine.ms.items() if p in CONVOLUTIONS},
         "gbps": {p: problem.min_bytes(p) / (ms * 1e-3) / 1e9 for p, ms in mine.ms.items()},
-        "max_rel_error": max(mine.errors.values(), default=math.inf),
+        "max_rel_error": max(mine.errors.values(), default=None),  # None: nothing was checked
         "rel_errors": mine.errors,
         "tolerances": {p: tolerance(problem.dtype, problem.terms(p)) for p in mine.errors},
         "baselines": baselines,
@@ -573,12 +583,13 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
     from tqdm import tqdm
 
     mine, baselines = contenders(backend_name, dtype)
-    repeat = repeat or DEFAULT_REPEAT[mine.on_gpu]
+    repeats = {"cpu": repeat or DEFAULT_REPEAT[False], "gpu": repeat or DEFAULT_REPEAT[True]}
+    repeat_for = lambda contender: repeats["gpu" if contender.on_gpu else "cpu"]  # noqa: E731
     peaks = gpu_info() if mine.on_gpu else None
     runnable = [b for b in baselines if b.skipped is None]
     results = {
         "device": describe_device(backend_name), "backend": backend_name, "dtype": np.dtype(dtype).name,
-        "versions": versions(), "quick": quick, "repeat": repeat,
+        "versions": versions(), "quick": quick, "repeat": repeats,
         "timer": "CUDA events (cupyx.profiler.benchmark)" if mine.on_gpu else "time.perf_counter",
         "threads": cpu_threads(),
         "peaks": None if peaks is None else {"fp32_tflops": peaks.fp32_tflops,
@@ -591,8 +602,8 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
     try:
         for case in cases:
             problem = Problem.make(case.quick() if quick else case, dtype)
-            status = lambda who: (lambda what: bar.set_postfix_str(f"{case.name}: {who} {what}"))  # noqa: E731
-            outcome = measure(mine, problem, repeat, status(mine.name))
+            status = lambda who: lambda what: bar.set_postfix_str(f"{case.name}: {who} {what}")  # noqa: E731
+            outcome = measure(mine, problem, repeat_for(mine), status(mine.name))
             bar.update()
             timings = {}
             for baseline in baselines:
@@ -600,9 +611,10 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
                     timings[baseline.name] = {"skipped": baseline.skipped}
                     continue
                 if outcome.ms:
-                    theirs = measure(baseline, problem, repeat, status(baseline.name))
+                    theirs = measure(baseline, problem, repeat_for(baseline), status(baseline.name))
                 else:  # a wrong (or failed) case is not timed, nor are its baselines
-                    theirs = Outcome(failure=f"not timed: {backend_name} is {'wrong' if outcome.wrong else 'failing'} here")
+                    verdict = "wrong" if outcome.wrong else "failing"
+                    theirs = Outcome(failure=f"not timed: {backend_name} is {verdict} on this case")
                 bar.update()
                 timings[baseline.name] = theirs.ms if theirs.ms else {"skipped": theirs.failure or (
                     "wrong result: max relative error "
@@ -640,7 +652,7 @@ def format_table(results: dict) -> str:
     names = list(dict.fromkeys(
         n for c in results["cases"] for n, t in c["baselines"].items() if "skipped" not in t))
     on_gpu = results["peaks"] is not None
-    header = f"{'case':14s} {'pass':12s} {ours + ' ms':>12s} {'TFLOP/s':>8s} {'GB/s':>8s}"
+    header = f"{'case':14s} {'pass':12s} {'rel error':>9s} {ours + ' ms':>12s} {'TFLOP/s':>8s} {'GB/s':>8s}"
     if on_gpu:
         header += f" {'%FP32':>6s} {'%BW':>6s}"
     for name in names:
@@ -658,7 +670,8 @@ def format_table(results: dict) -> str:
             if p not in case["ms"] and all(t is None for t in timed):
                 continue
             mine = case["ms"].get(p)
-            row = f"{label:14s} {p:12s} {_fmt(mine, 12)} {_fmt(case['tflops'].get(p), 8)} {_fmt(case['gbps'].get(p), 8)}"
+            row = (f"{label:14s} {p:12s} {_fmt(case['rel_errors'].get(p), 9, 2)} {_fmt(mine, 12)} "
+                   f"{_fmt(case['tflops'].get(p), 8)} {_fmt(case['gbps'].get(p), 8)}")
             if on_gpu:
                 frac = case["peak_fraction"]
                 pct = lambda kind: None if p not in frac[kind] else 100 * frac[kind][p]  # noqa: E731
@@ -666,11 +679,13 @@ def format_table(results: dict) -> str:
             for name, theirs in zip(names, timed):
                 ratio = case["speedup"].get(name, {}).get(p)
                 row += f" │ {_fmt(theirs, max(12, len(name) + 3))} {_fmt(ratio, max(7, len(name) + 1))}"
-            lines.append(row + ("" if mine is not None else f"   ({ours}: inside backward)"))
+            lines.append(row)
             label = ""
     lines.append("")
-    lines.append(f"×B = B's time / {ours}'s time (above 1: {ours} is faster). "
-                 f"'—': not measured (no separate entry point, or not applicable).")
+    lines.append(f"rel error: max |{ours} - float64 reference| / max |reference|. "
+                 f"×B = B's time / {ours}'s time (above 1: {ours} is faster).")
+    lines.append("—: not measured. A gradient without its own entry point is timed only inside "
+                 "backward; sgd_step and grad_bias do no convolution, so no TFLOP/s.")
     for name in names:
         ratios = [r for c in results["cases"] for r in c["speedup"].get(name, {}).values()]
         if ratios:

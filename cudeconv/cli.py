@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import shutil
 import subprocess
@@ -35,23 +37,22 @@ def _print_versions():
 
 
 def _emulator_compiler() -> str:
-    """The emulator's own description of its compiler when it has one, else the first g++ found."""
+    """The host compiler the emulator would use ($CUDECONV_EMULATOR_CXX or g++) and its version."""
     try:
-        from . import emulator
-
-        describe = getattr(emulator, "compiler_description", None)
-        if describe is not None:
-            return describe()
-    except ImportError:
-        pass
-    gxx = shutil.which("g++")
-    if gxx is None:
-        return "no g++ on PATH"
+        from .emulator._compiler import compiler_command
+    except ImportError:  # an emulator without its compiler module: it defaults to g++
+        command = ("g++",)
+    else:
+        command = compiler_command()
+    path = shutil.which(command[0])
+    if path is None:
+        return f"{command[0]} not found on PATH"
     try:
-        version = subprocess.run([gxx, "--version"], capture_output=True, text=True, timeout=30)
-        return f"{gxx}: {version.stdout.splitlines()[0]}"
+        version = subprocess.run([path, *command[1:], "--version"], capture_output=True, text=True,
+                                 timeout=30)
+        return f"{path}: {version.stdout.splitlines()[0]}"
     except (OSError, subprocess.SubprocessError, IndexError) as exc:
-        return f"{gxx}: --version failed ({exc})"
+        return f"{path}: --version failed ({exc})"
 
 
 def _info(_args) -> int:
@@ -77,6 +78,30 @@ def _info(_args) -> int:
     return 0
 
 
+def _strict_json(value):
+    """``value`` with NaN and ±inf (a diverged loss, a NaN result) as null: strict JSON for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def _write_json(path, data):
+    with open(path, "w") as out:
+        json.dump(_strict_json(data), out, indent=1, allow_nan=False)
+    print(f"wrote {path}")
+
+
+def _check_output_paths(parser, *paths):
+    """Fail before a long run, not after it, when an output file's folder does not exist."""
+    for path in paths:
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"cannot write {path}: no folder {os.path.dirname(os.path.abspath(path))}")
+
+
 def _bench(args, parser) -> int:
     from . import bench
 
@@ -88,6 +113,7 @@ def _bench(args, parser) -> int:
         cases = bench.select_cases(args.cases)
     except ValueError as exc:
         parser.error(str(exc))
+    _check_output_paths(parser, args.json, args.plot)
     backend = args.backend or backends.default_name()
     try:
         backends.get(backend)
@@ -97,9 +123,7 @@ def _bench(args, parser) -> int:
     results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick)
     print(bench.format_table(results))
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
-        print(f"wrote {args.json}")
+        _write_json(args.json, results)
     if args.plot:
         bench.plot(results, args.plot)
         print(f"wrote {args.plot}")
@@ -112,6 +136,7 @@ def _bench(args, parser) -> int:
 def _demo(args, parser) -> int:
     from . import demo
 
+    _check_output_paths(parser, args.out, args.json)
     backend = args.backend or backends.default_name()
     try:
         backends.get(backend)
@@ -123,9 +148,7 @@ def _demo(args, parser) -> int:
     demo.plot(result, args.out)
     print(f"wrote {args.out}")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(demo.to_json(result), out, indent=1)
-        print(f"wrote {args.json}")
+        _write_json(args.json, demo.to_json(result))
     return 0
 
 
@@ -159,9 +182,11 @@ def build_parser():
                               help="backend to benchmark (default: cuda where usable, else numpy)")
     bench_parser.add_argument("--cases", nargs="+", metavar="NAME",
                               help="case names or globs, comma or space separated (default: all; see --list)")
-    bench_parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    bench_parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                              help="array dtype (default: %(default)s)")
     bench_parser.add_argument("--quick", action="store_true",
-                              help="shrink every case (batch ≤ 2, ≤ 32 channels, ≤ 4096 input positions)")
+                              help="shrink every case (batch ≤ 2, ≤ 32 channels, ≤ 4096 input "
+                                   "positions): the suite takes about a minute on two CPU cores")
     bench_parser.add_argument("--repeat", type=_positive_int,
                               help=f"timed runs per pass, after warm-up; the median is reported "
                                    f"(default: {bench.DEFAULT_REPEAT[False]} on the CPU, "
@@ -176,17 +201,24 @@ def build_parser():
     )
     demo_parser.add_argument("--backend", choices=backends.NAMES,
                              help="backend to train on (default: cuda where usable, else numpy)")
-    demo_parser.add_argument("--steps", type=_positive_int, default=demo.DEFAULTS["steps"])
-    demo_parser.add_argument("--batch", type=_positive_int, default=demo.DEFAULTS["batch"])
+    demo_parser.add_argument("--steps", type=_positive_int, default=demo.DEFAULTS["steps"],
+                             help="SGD steps, each on a fresh batch of images (default: %(default)s)")
+    demo_parser.add_argument("--batch", type=_positive_int, default=demo.DEFAULTS["batch"],
+                             help="images per step (default: %(default)s)")
     demo_parser.add_argument("--size", type=_positive_int, default=demo.DEFAULTS["size"],
-                             help="side of the target images (a multiple of --scale)")
+                             help="side of the target images, a multiple of --scale (default: %(default)s)")
     demo_parser.add_argument("--scale", type=int, choices=(2, 4), default=demo.DEFAULTS["scale"],
-                             help="upsampling factor")
-    demo_parser.add_argument("--lr", type=_positive_float, default=demo.DEFAULTS["lr"])
-    demo_parser.add_argument("--momentum", type=float, default=demo.DEFAULTS["momentum"])
-    demo_parser.add_argument("--seed", type=int, default=demo.DEFAULTS["seed"])
+                             help="upsampling factor (default: %(default)s)")
+    demo_parser.add_argument("--lr", type=_positive_float, default=demo.DEFAULTS["lr"],
+                             help="SGD learning rate (default: %(default)s)")
+    demo_parser.add_argument("--momentum", type=float, default=demo.DEFAULTS["momentum"],
+                             help="SGD momentum (default: %(default)s)")
+    demo_parser.add_argument("--seed", type=int, default=demo.DEFAULTS["seed"],
+                             help="seeds the weights and the images: same seed, same losses "
+                                  "(default: %(default)s)")
     demo_parser.add_argument("--out", default="cudeconv-demo.png", metavar="FILE.png",
-                             help="picture of inputs, outputs, targets and the loss curve")
+                             help="picture of inputs, outputs, targets and the loss curve "
+                                  "(default: %(default)s)")
     demo_parser.add_argument("--json", metavar="FILE", help="write the losses and settings as JSON")
     return parser, {"bench": bench_parser, "demo": demo_parser}
 

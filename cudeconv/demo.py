@@ -1,11 +1,15 @@
 """``cudeconv demo``: learn super-resolution with the library's layers and SGD.
 
-The model is a small decoder, ``ConvTranspose2d(3→32, k=2·scale, stride=scale) → ReLU →
-ConvTranspose2d(32→3, k=3, stride 1, padding 1)``, trained with ``cudeconv.SGD`` (momentum) to turn
-images shrunk ``scale``× (by averaging ``scale``×``scale`` blocks) back into the originals. The
-images are made up on the fly (no downloads): soft coloured blobs over tilted stripes, with values
-in [-1, 1]. The loss is the mean squared error; ReLU, the loss and their gradients are written in
-the backend's array module, and the layers' ``backward`` does the rest.
+The model is a small decoder,
+
+    ConvTranspose2d(3→16 channels, kernel 2·scale, stride scale) → ReLU →
+    ConvTranspose2d(16→3 channels, kernel 3, stride 1, padding 1),
+
+trained with ``cudeconv.SGD`` (momentum) to turn images shrunk ``scale``× (by averaging
+``scale``×``scale`` blocks) back into the originals. The images are made up on the fly (no
+downloads): soft coloured blobs over tilted stripes, with values in [-1, 1]. The loss is the mean
+squared error; ReLU, the loss and their gradients are written in the backend's array module, and
+the layers' ``backward`` does the rest.
 
 For reference the summary also gives the loss of the simplest upsampler, repeating every pixel
 ``scale``×``scale`` times, on the same held-out images. With the same ``--seed`` the NumPy backend
@@ -23,9 +27,10 @@ from . import backends
 from .layers import ConvTranspose2d
 from .optim import SGD
 
-DEFAULTS = dict(steps=300, batch=16, size=32, scale=2, lr=0.05, momentum=0.9, seed=0)
-HIDDEN = 32
-EXAMPLES = 4  # held-out images shown in the picture
+DEFAULTS = dict(steps=300, batch=16, size=32, scale=2, lr=0.3, momentum=0.9, seed=0)
+HIDDEN = 16
+HELD_OUT = 16  # images the trained decoder is scored on
+EXAMPLES = 4  # of which the picture shows these
 
 
 def synthetic_images(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
@@ -57,7 +62,7 @@ def repeat_pixels(images: np.ndarray, scale: int) -> np.ndarray:
 
 
 class Decoder:
-    """ConvTranspose2d (×scale) → ReLU → ConvTranspose2d (3×3, same size), with a hand-written backward."""
+    """ConvTranspose2d (×scale) → ReLU → ConvTranspose2d (3×3, same size); backward by hand."""
 
     def __init__(self, scale: int, backend: str, seed: int):
         self.up = ConvTranspose2d(3, HIDDEN, kernel_size=2 * scale, stride=scale, padding=scale // 2,
@@ -136,7 +141,7 @@ def train(backend="numpy", steps=DEFAULTS["steps"], batch=DEFAULTS["batch"], siz
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     seconds = time.perf_counter() - start
 
-    targets = synthetic_images(np.random.default_rng(seed + 1), EXAMPLES, size)
+    targets = synthetic_images(np.random.default_rng(seed + 1), HELD_OUT, size)
     inputs = shrink(targets, scale)
     outputs = model.forward(impl.asarray(inputs))
     outputs = outputs.get() if hasattr(outputs, "get") else outputs  # CuPy -> NumPy
@@ -145,7 +150,7 @@ def train(backend="numpy", steps=DEFAULTS["steps"], batch=DEFAULTS["batch"], siz
         seed=seed, losses=losses, seconds=seconds,
         held_out_loss=float(np.mean((outputs - targets) ** 2)),
         repeat_pixels_loss=float(np.mean((repeat_pixels(inputs, scale) - targets) ** 2)),
-        inputs=inputs, outputs=outputs, targets=targets,
+        inputs=inputs[:EXAMPLES], outputs=outputs[:EXAMPLES], targets=targets[:EXAMPLES],
     )
 
 
@@ -156,7 +161,8 @@ def summary(result: DemoResult) -> str:
         f"backend {result.backend!r}, {result.steps} steps of batch {result.batch} in {result.seconds:.1f} s",
         f"loss (mean squared error, mean of the first/last {w} steps): {result.first_loss:.4g} → "
         f"{result.last_loss:.4g}, {result.ratio:.1f}× lower",
-        f"held-out images: decoder {result.held_out_loss:.4g}, repeating pixels {result.repeat_pixels_loss:.4g}",
+        f"held-out images: decoder {result.held_out_loss:.4g}, "
+        f"repeating pixels {result.repeat_pixels_loss:.4g}",
     ])
 
 
@@ -176,7 +182,8 @@ def plot(result: DemoResult, path) -> None:
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(rows, 5)
     as_rgb = lambda image: np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1)  # noqa: E731
-    columns = (("input (low resolution)", result.inputs), ("output", result.outputs), ("target", result.targets))
+    columns = (("input (low resolution)", result.inputs), ("output", result.outputs),
+               ("target", result.targets))
     for row in range(rows):
         for col, (title, images) in enumerate(columns):
             ax = fig.add_subplot(grid[row, col])

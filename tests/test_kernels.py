@@ -19,7 +19,6 @@ import pytest
 from cudeconv import backends
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
-from cudeconv.backends import kernel_backend
 from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, geometry_args
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.optim import SGDHyperparameters

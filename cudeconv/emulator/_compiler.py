@@ -75,6 +75,25 @@ def _compiler_identity(command):
     return f"{shutil.which(command[0]) or command[0]}\n{result.stdout}"
 
 
+def compiler_unavailable_reason():
+    """None when the host compiler runs, else why it does not."""
+    try:
+        _compiler_identity(compiler_command())
+    except EmulatorCompileError as exc:
+        return str(exc)
+    return None
+
+
+def compiler_description():
+    """The compiler and CUDA headers the emulator builds with, in one line."""
+    command = compiler_command()
+    compiler = compiler_unavailable_reason()
+    if compiler is None:
+        path, version = _compiler_identity(command).splitlines()[:2]
+        compiler = f"{shlex.join([path, *command[1:]])}: {version}"
+    return f"{compiler}; CUDA headers: {find_cuda_include() or 'none found (no __half/__nv_bfloat16)'}"
+
+
 def find_cuda_include():
     """Directory holding the CUDA toolkit's ``cuda_fp16.h``, or None.
 
@@ -321,7 +340,8 @@ class BuildPlan:
 
 
 def _run_compiler(arguments, plan):
-    result = subprocess.run(arguments, capture_output=True, text=True)
+    # C locale: plain ASCII quotes in diagnostics, whatever the user's locale.
+    result = subprocess.run(arguments, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
     if result.returncode != 0:
         message = f"compiling kernel source for the CPU emulator failed:\n{result.stderr.strip()}"
         if not plan.cuda_include and re.search(r"cuda_(fp16|bf16)\.h|vector_types\.h", result.stderr):

@@ -138,10 +138,11 @@ namespace cudeconv_emu {
 constexpr unsigned kWarpSize = 32;
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr size_t kMaxDynamicShared = 232448;  // sm_90 opt-in maximum (227 KiB)
+// Each fiber's stack region is this size and aligned to it (see current_fiber); a power of two.
 #ifdef __SANITIZE_ADDRESS__
-constexpr size_t kFiberStackSize = 1u << 20;  // ASan redzones inflate stack frames
+constexpr size_t kFiberStackRegion = 1u << 20;  // ASan redzones inflate stack frames
 #else
-constexpr size_t kFiberStackSize = 256u << 10;
+constexpr size_t kFiberStackRegion = 256u << 10;
 #endif
 
 enum class FiberState : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Exited, Aborted };
@@ -165,7 +166,16 @@ struct Fiber {
     unsigned warp_ballot;
     unsigned warp_group;
     unsigned char* stack;  // lowest usable byte; a guard page lies below
+    size_t stack_size;
     void* asan_fake_stack;
+};
+
+struct Worker;
+
+// In the first page of each fiber's stack region, below its guard page.
+struct StackHeader {
+    Fiber* fiber;
+    Worker* worker;
 };
 
 struct Launch {
@@ -196,6 +206,7 @@ struct Worker {
     dim3 grid_dim, block_dim;
     uint3 block_idx;
     unsigned num_threads;
+    Fiber* running;  // the fiber resumed last, null between resumes
     unsigned barrier_count;    // result of the last __syncthreads_count
     unsigned barrier_arrived;  // how many threads took part in it
     std::unique_ptr<Fiber[]> fibers;
@@ -205,15 +216,40 @@ struct Worker {
     void* asan_scheduler_fake_stack;
 };
 
+// The worker of this OS thread; only the scheduler side uses it.
 inline thread_local Worker* tls_worker = nullptr;
-inline thread_local Fiber* tls_fiber = nullptr;
+
+// The running kernel thread is found from the stack pointer: fiber stack regions are aligned
+// to their size, and a header in the region's first page names the fiber. Every threadIdx /
+// blockIdx access goes through here, and this is cheaper than a thread_local in a dlopen'ed
+// module (a __tls_get_addr call; the initial-exec TLS model would move all of the module's
+// thread_local __shared__ arrays into glibc's small static TLS reserve).
+// The header's offset in the page depends on the region's address: at one fixed offset, the
+// headers of a block's threads would all compete for the same cache set.
+inline StackHeader& stack_header_of(uintptr_t region) {
+    constexpr unsigned kRegionBits = __builtin_ctzll(kFiberStackRegion);
+    return *reinterpret_cast<StackHeader*>(region + ((region >> kRegionBits) & 63u) * 64u);
+}
+
+inline StackHeader& current_stack_header() {
+#ifdef __x86_64__
+    uintptr_t sp;
+    __asm__("movq %%rsp, %0" : "=r"(sp));  // not the address of a local: ASan may move locals to a fake stack
+#else
+    char probe;
+    const uintptr_t sp = reinterpret_cast<uintptr_t>(&probe);
+#endif
+    return stack_header_of(sp & ~uintptr_t(kFiberStackRegion - 1));
+}
+inline Fiber& current_fiber() { return *current_stack_header().fiber; }
+inline Worker& current_worker() { return *current_stack_header().worker; }
 
 inline std::string format_uint3(uint3 v) {
     return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
 }
 
 inline std::string where_am_i() {
-    return "block " + format_uint3(tls_worker->block_idx) + ", thread " + format_uint3(tls_fiber->thread_idx);
+    return "block " + format_uint3(current_worker().block_idx) + ", thread " + format_uint3(current_fiber().thread_idx);
 }
 
 // ---- fiber switching -----------------------------------------------------------------------
@@ -250,9 +286,9 @@ __asm__(
 #endif
 
 inline void resume_fiber(Worker& w, Fiber& f) {
-    tls_fiber = &f;
+    w.running = &f;
 #ifdef __SANITIZE_ADDRESS__
-    __sanitizer_start_switch_fiber(&w.asan_scheduler_fake_stack, f.stack, kFiberStackSize);
+    __sanitizer_start_switch_fiber(&w.asan_scheduler_fake_stack, f.stack, f.stack_size);
 #endif
 #ifdef CUDECONV_EMU_USE_UCONTEXT
     swapcontext(&w.scheduler_context, &f.context);
@@ -262,12 +298,13 @@ inline void resume_fiber(Worker& w, Fiber& f) {
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_finish_switch_fiber(w.asan_scheduler_fake_stack, nullptr, nullptr);
 #endif
+    w.running = nullptr;
 }
 
 // Called by a fiber after setting its state; returns when the scheduler resumes it.
 inline void yield_to_scheduler() {
-    Worker& w = *tls_worker;
-    Fiber& f = *tls_fiber;
+    Worker& w = current_worker();
+    Fiber& f = current_fiber();
 #ifdef __SANITIZE_ADDRESS__
     const bool finished = f.state == FiberState::Exited || f.state == FiberState::Aborted;
     __sanitizer_start_switch_fiber(finished ? nullptr : &f.asan_fake_stack, w.asan_scheduler_stack_bottom,
@@ -285,39 +322,46 @@ inline void yield_to_scheduler() {
 
 // Ends the launch from inside a kernel thread (failed assert, __trap, misuse of an intrinsic).
 [[noreturn]] inline void abort_launch(const std::string& message) {
-    tls_worker->launch->fail(message);
-    tls_fiber->state = FiberState::Aborted;
+    current_worker().launch->fail(message);
+    current_fiber().state = FiberState::Aborted;
     yield_to_scheduler();
     __builtin_unreachable();
 }
 
 [[noreturn]] inline void fiber_main() {
-    Worker& w = *tls_worker;
+    Worker& w = current_worker();
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_finish_switch_fiber(nullptr, &w.asan_scheduler_stack_bottom, &w.asan_scheduler_stack_size);
 #endif
     w.launch->invoke(w.launch->params);
-    tls_fiber->state = FiberState::Exited;
+    current_fiber().state = FiberState::Exited;
     yield_to_scheduler();
     __builtin_unreachable();
 }
 
-inline void start_fiber(Fiber& f) {
+inline void start_fiber(Worker& w, Fiber& f) {
     if (!f.stack) {
+        // Layout of the aligned region: header page, guard page, stack.
         const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-        void* mem = mmap(nullptr, kFiberStackSize + page, PROT_READ | PROT_WRITE,
+        void* mem = mmap(nullptr, 2 * kFiberStackRegion, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
         if (mem == MAP_FAILED) {
             std::perror("cudeconv emulator: mmap of a fiber stack failed");
             std::abort();
         }
-        mprotect(mem, page, PROT_NONE);  // stack overflow faults instead of corrupting a neighbour
-        f.stack = static_cast<unsigned char*>(mem) + page;
+        const uintptr_t start = reinterpret_cast<uintptr_t>(mem);
+        const uintptr_t region = (start + kFiberStackRegion - 1) & ~uintptr_t(kFiberStackRegion - 1);
+        if (region > start) munmap(mem, region - start);
+        munmap(reinterpret_cast<void*>(region + kFiberStackRegion), start + kFiberStackRegion - region);
+        stack_header_of(region) = StackHeader{&f, &w};
+        mprotect(reinterpret_cast<void*>(region + page), page, PROT_NONE);  // overflow faults, not corrupts
+        f.stack = reinterpret_cast<unsigned char*>(region + 2 * page);
+        f.stack_size = kFiberStackRegion - 2 * page;
     }
 #ifdef CUDECONV_EMU_USE_UCONTEXT
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;
-    f.context.uc_stack.ss_size = kFiberStackSize;
+    f.context.uc_stack.ss_size = f.stack_size;
     f.context.uc_link = nullptr;
     makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_main), 0);
 #else
@@ -326,7 +370,7 @@ inline void start_fiber(Fiber& f) {
     // The top is staggered per thread so the hot stack tops of a block do not all map to the
     // same cache sets.
     const size_t stagger = (f.linear_idx % 64) * 64 + (f.linear_idx / 64 % 16) * 4096;
-    void** sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(f.stack + kFiberStackSize - stagger) & ~uintptr_t(15));
+    void** sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(f.stack + f.stack_size - stagger) & ~uintptr_t(15));
     *--sp = nullptr;  // fiber_main's (never used) return address
     *--sp = reinterpret_cast<void*>(&fiber_main);
     for (int i = 0; i < 6; ++i) *--sp = nullptr;
@@ -370,7 +414,7 @@ inline Worker& this_thread_worker(Launch& launch) {
 struct DynamicSharedPointer {
     template <class T>
     operator T*() const {
-        return reinterpret_cast<T*>(tls_worker->dynamic_shared);
+        return reinterpret_cast<T*>(current_worker().dynamic_shared);
     }
 };
 
@@ -432,7 +476,7 @@ inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
 
 // Joins the warp-synchronous call of the lanes in `mask`; the scheduler fills in the results.
 inline Fiber& warp_exchange(unsigned mask, uint64_t value, int source_lane) {
-    Fiber& f = *tls_fiber;
+    Fiber& f = current_fiber();
     f.warp_mask = mask;
     f.warp_value = value;
     f.warp_source_lane = source_lane;
@@ -449,7 +493,7 @@ inline T shuffle(unsigned mask, T value, int source_lane) {
     std::memcpy(&bits, &value, sizeof(T));
     const uint64_t result = warp_exchange(mask, bits, source_lane).warp_result;
     T out;
-    std::memcpy(&out, &result, sizeof(T));
+    std::memcpy(static_cast<void*>(&out), &result, sizeof(T));
     return out;
 }
 
@@ -473,7 +517,7 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
         f.thread_idx = uint3{t % b.x, t / b.x % b.y, t / (b.x * b.y)};
         f.linear_idx = t;
         f.lane = t % kWarpSize;
-        start_fiber(f);
+        start_fiber(w, f);
     }
     unsigned live = n;
     for (;;) {
@@ -634,10 +678,10 @@ extern "C" __attribute__((visibility("default"))) const char* cudeconv_emu_descr
         #NAME, &cudeconv_emu_launch_##NAME, ::cudeconv_emu::Entry<&NAME>::signature(), (MAX_THREADS));
 
 // ---- built-in variables --------------------------------------------------------------------
-#define threadIdx (static_cast<const uint3&>(::cudeconv_emu::tls_fiber->thread_idx))
-#define blockIdx (static_cast<const uint3&>(::cudeconv_emu::tls_worker->block_idx))
-#define blockDim (static_cast<const dim3&>(::cudeconv_emu::tls_worker->block_dim))
-#define gridDim (static_cast<const dim3&>(::cudeconv_emu::tls_worker->grid_dim))
+#define threadIdx (static_cast<const uint3&>(::cudeconv_emu::current_fiber().thread_idx))
+#define blockIdx (static_cast<const uint3&>(::cudeconv_emu::current_worker().block_idx))
+#define blockDim (static_cast<const dim3&>(::cudeconv_emu::current_worker().block_dim))
+#define gridDim (static_cast<const dim3&>(::cudeconv_emu::current_worker().grid_dim))
 
 // ---- assert / trap -------------------------------------------------------------------------
 // glibc's assert() calls __assert_fail; this hidden definition takes precedence inside this
@@ -647,7 +691,7 @@ extern "C" __attribute__((visibility("hidden"), noreturn)) void __assert_fail(co
                                                                              const char* function) noexcept {
     std::string message = std::string(file) + ":" + std::to_string(line) + ": " + function + ": Assertion `" +
                           assertion + "` failed";
-    if (!cudeconv_emu::tls_fiber) {
+    if (!cudeconv_emu::tls_worker || !cudeconv_emu::tls_worker->running) {  // not kernel code
         std::fprintf(stderr, "%s\n", message.c_str());
         std::abort();
     }
@@ -658,17 +702,17 @@ extern "C" __attribute__((visibility("hidden"), noreturn)) void __assert_fail(co
 
 // ---- synchronisation -----------------------------------------------------------------------
 inline int cudeconv_emu_block_barrier(int predicate) {
-    cudeconv_emu::Fiber& f = *cudeconv_emu::tls_fiber;
+    cudeconv_emu::Fiber& f = cudeconv_emu::current_fiber();
     f.barrier_predicate = predicate;
     f.state = cudeconv_emu::FiberState::AtBlockBarrier;
     cudeconv_emu::yield_to_scheduler();
-    return static_cast<int>(cudeconv_emu::tls_worker->barrier_count);
+    return static_cast<int>(cudeconv_emu::current_worker().barrier_count);
 }
 inline void __syncthreads() { cudeconv_emu_block_barrier(0); }
 inline int __syncthreads_count(int predicate) { return cudeconv_emu_block_barrier(predicate); }
 inline int __syncthreads_or(int predicate) { return cudeconv_emu_block_barrier(predicate) != 0; }
 inline int __syncthreads_and(int predicate) {
-    return cudeconv_emu_block_barrier(predicate) == static_cast<int>(cudeconv_emu::tls_worker->barrier_arrived);
+    return cudeconv_emu_block_barrier(predicate) == static_cast<int>(cudeconv_emu::current_worker().barrier_arrived);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
@@ -688,8 +732,8 @@ inline int __all_sync(unsigned mask, int predicate) {
 }
 // Lanes of this warp that have not exited (the emulator does not model divergence).
 inline unsigned __activemask() {
-    const cudeconv_emu::Worker& w = *cudeconv_emu::tls_worker;
-    const unsigned begin = cudeconv_emu::tls_fiber->linear_idx / 32 * 32;
+    const cudeconv_emu::Worker& w = cudeconv_emu::current_worker();
+    const unsigned begin = cudeconv_emu::current_fiber().linear_idx / 32 * 32;
     const unsigned end = std::min(w.num_threads, begin + 32);
     unsigned mask = 0;
     for (unsigned t = begin; t < end; ++t)
@@ -700,27 +744,27 @@ inline unsigned __activemask() {
 template <class T>
 inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
     cudeconv_emu::check_shuffle_width(width);
-    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int lane = static_cast<int>(cudeconv_emu::current_fiber().lane);
     return cudeconv_emu::shuffle(mask, var, (lane & ~(width - 1)) + (src_lane & (width - 1)));
 }
 template <class T>
 inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
     cudeconv_emu::check_shuffle_width(width);
-    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int lane = static_cast<int>(cudeconv_emu::current_fiber().lane);
     const int src = lane - static_cast<int>(delta);
     return cudeconv_emu::shuffle(mask, var, src < (lane & ~(width - 1)) ? lane : src);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
     cudeconv_emu::check_shuffle_width(width);
-    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int lane = static_cast<int>(cudeconv_emu::current_fiber().lane);
     const int src = lane + static_cast<int>(delta);
     return cudeconv_emu::shuffle(mask, var, src > (lane | (width - 1)) ? lane : src);
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
     cudeconv_emu::check_shuffle_width(width);
-    const int lane = static_cast<int>(cudeconv_emu::tls_fiber->lane);
+    const int lane = static_cast<int>(cudeconv_emu::current_fiber().lane);
     const int src = lane ^ (lane_mask & 31);
     return cudeconv_emu::shuffle(mask, var, src > (lane | (width - 1)) ? lane : src);
 }
@@ -736,7 +780,7 @@ inline T atomic_update(T* address, Op op) {
     Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
     for (;;) {
         T old_value;
-        std::memcpy(&old_value, &expected, sizeof(T));
+        std::memcpy(static_cast<void*>(&old_value), &expected, sizeof(T));
         const T new_value = op(old_value);
         Bits desired;
         std::memcpy(&desired, &new_value, sizeof(T));
@@ -897,7 +941,7 @@ template <class To, class From>
 inline To bit_cast(From v) {
     static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
     To out;
-    std::memcpy(&out, &v, sizeof(To));
+    std::memcpy(static_cast<void*>(&out), &v, sizeof(To));
     return out;
 }
 }  // namespace cudeconv_emu

@@ -1,0 +1,258 @@
+"""``RawModule``/``RawKernel`` with CuPy's interface, running kernels on the CPU."""
+
+import ctypes
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import _compiler
+from ._errors import EmulatorKernelNotFoundError, EmulatorLaunchError
+
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK_DIM = (1024, 1024, 64)
+MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
+MAX_DYNAMIC_SHARED_BYTES = 232448  # must match kMaxDynamicShared in cudeconv_emu.h
+_ERROR_BUFFER_BYTES = 8192
+# Sanitizer defaults; the caller's own ASAN_OPTIONS/UBSAN_OPTIONS come after and win.
+# (No fake stacks: off x86-64 the emulator finds the running thread from a local's address.)
+_ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1:abort_on_error=0:exitcode=86"
+_UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1"
+_RUNNER_LAUNCH_FAILED = 3  # exit status of cudeconv_emu_runner.cpp for an EmulatorLaunchError
+
+
+class RawModule:
+    """CUDA C++ source compiled for the CPU; mirrors ``cupy.RawModule(code=..., options=...)``.
+
+    The source is compiled when the module is created (``EmulatorCompileError`` on failure),
+    or taken from the build cache. With ``sanitize=True`` the build uses AddressSanitizer and
+    UndefinedBehaviorSanitizer and every launch runs in a child process.
+    """
+
+    def __init__(self, code, options=(), *, sanitize=False):
+        self.code = code
+        self.options = (options,) if isinstance(options, str) else tuple(options)
+        self.sanitize = bool(sanitize)
+        self._compiled = _compiler.load(code, self.options, self.sanitize)
+        self._kernels = {}
+
+    @property
+    def kernel_names(self):
+        """Names of the module's ``extern "C" __global__`` functions."""
+        return tuple(self._compiled.kernels)
+
+    def get_function(self, name):
+        """The entry point ``name``; ``EmulatorKernelNotFoundError`` (a ``KeyError``) if absent."""
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            info = self._compiled.kernels.get(name)
+            if info is None:
+                available = ", ".join(sorted(self._compiled.kernels)) or "none"
+                raise EmulatorKernelNotFoundError(
+                    f"no extern \"C\" __global__ function named {name!r} in the module (entry points: {available})"
+                )
+            kernel = self._kernels[name] = RawKernel(self._compiled, info)
+        return kernel
+
+
+class RawKernel:
+    """One entry point; call it like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)``."""
+
+    def __init__(self, compiled, info):
+        self._compiled = compiled
+        self.name = info.name
+        self.parameters = info.parameters
+        self.max_threads_per_block = info.max_threads or MAX_THREADS_PER_BLOCK
+        if compiled.library is not None:
+            self._launch = getattr(compiled.library, f"cudeconv_emu_launch_{info.name}")
+            self._launch.restype = ctypes.c_int
+            self._launch.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulonglong]
+
+    def __repr__(self):
+        signature = ", ".join(p.c_type for p in self.parameters)
+        return f"<emulated kernel {self.name}({signature})>"
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        grid = _dimensions(grid, "grid")
+        block = _dimensions(block, "block")
+        shared_mem = self._check_configuration(grid, block, shared_mem)
+        values = self._check_arguments(args)
+        if self._compiled.sanitize:
+            self._launch_in_child(grid, block, shared_mem, values)
+        else:
+            self._launch_here(grid, block, shared_mem, values)
+
+    def _check_configuration(self, grid, block, shared_mem):
+        if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
+            raise TypeError(f"shared_mem must be an int, got {type(shared_mem).__name__}")
+        problems = []
+        for axis, (g, b) in enumerate(zip(grid, block)):
+            if not 1 <= g <= MAX_GRID_DIM[axis]:
+                problems.append(f"grid dimension {'xyz'[axis]}={g} outside 1..{MAX_GRID_DIM[axis]}")
+            if not 1 <= b <= MAX_BLOCK_DIM[axis]:
+                problems.append(f"block dimension {'xyz'[axis]}={b} outside 1..{MAX_BLOCK_DIM[axis]}")
+        threads = block[0] * block[1] * block[2]
+        if threads > self.max_threads_per_block:
+            problems.append(f"{threads} threads per block exceed the kernel's limit of {self.max_threads_per_block}")
+        if not 0 <= shared_mem <= MAX_DYNAMIC_SHARED_BYTES:
+            problems.append(f"shared_mem={shared_mem} outside 0..{MAX_DYNAMIC_SHARED_BYTES} bytes")
+        if problems:
+            raise EmulatorLaunchError(f"invalid launch configuration for kernel '{self.name}': " + "; ".join(problems))
+        return int(shared_mem)
+
+    def _check_arguments(self, args):
+        """Arrays for pointer parameters, raw bytes for scalar ones; TypeError on any mismatch."""
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(f"kernel '{self.name}': args must be a tuple, got {type(args).__name__}")
+        if len(args) != len(self.parameters):
+            signature = ", ".join(p.c_type for p in self.parameters)
+            raise TypeError(
+                f"kernel '{self.name}' takes {len(self.parameters)} arguments ({signature}), got {len(args)}"
+            )
+        values = []
+        for index, (parameter, value) in enumerate(zip(self.parameters, args)):
+            problem = _pointer_problem(parameter, value) if parameter.is_pointer else _scalar_problem(parameter, value)
+            if problem:
+                raise TypeError(
+                    f"kernel '{self.name}' argument {index}: parameter type is '{parameter.c_type}', {problem}"
+                )
+            values.append(value if parameter.is_pointer else value.tobytes())
+        return values
+
+    def _launch_here(self, grid, block, shared_mem, values):
+        # Like cuLaunchKernel's kernelParams: params[i] points at argument i's value, a device
+        # pointer (the array's address) or the scalar's bytes; slots are 16-byte aligned.
+        sizes = [8 if isinstance(v, np.ndarray) else len(v) for v in values]
+        offsets = np.cumsum([0] + [(s + 15) // 16 * 16 for s in sizes])
+        storage = np.zeros(int(offsets[-1]) // 8 + 2, np.uint64)
+        base = (storage.ctypes.data + 15) // 16 * 16
+        raw = storage.view(np.uint8)[base - storage.ctypes.data :]
+        params = np.empty(max(len(values), 1), np.uint64)
+        for i, value in enumerate(values):
+            data = struct.pack("=Q", value.ctypes.data) if isinstance(value, np.ndarray) else value
+            raw[offsets[i] : offsets[i] + len(data)] = np.frombuffer(data, np.uint8)
+            params[i] = base + int(offsets[i])
+        dims = (ctypes.c_uint * 6)(*grid, *block)
+        error = ctypes.create_string_buffer(_ERROR_BUFFER_BYTES)
+        if self._launch(dims, shared_mem, params.ctypes.data, error, _ERROR_BUFFER_BYTES) != 0:
+            raise EmulatorLaunchError(f"kernel '{self.name}' failed: {error.value.decode(errors='replace')}")
+
+    def _launch_in_child(self, grid, block, shared_mem, values):
+        buffers = _distinct_buffers([v for v in values if isinstance(v, np.ndarray)])
+        request = [b"CDEMREQ1", struct.pack("=I", len(self.name)), self.name.encode()]
+        request += [struct.pack("=6I", *grid, *block), struct.pack("=Q", shared_mem), struct.pack("=I", len(buffers))]
+        for array in buffers.values():
+            request += [struct.pack("=Q", array.nbytes), array.tobytes()]
+        request.append(struct.pack("=I", len(values)))
+        for value in values:
+            if isinstance(value, np.ndarray):
+                request.append(struct.pack("=II", 0, list(buffers).index(_buffer_key(value))))
+            else:
+                request += [struct.pack("=II", 1, len(value)), value]
+        with tempfile.TemporaryDirectory(prefix="cudeconv-emu-") as scratch:
+            request_path = Path(scratch) / "request"
+            response_path = Path(scratch) / "response"
+            request_path.write_bytes(b"".join(request))
+            env = dict(os.environ)
+            env["ASAN_OPTIONS"] = ":".join(filter(None, [_ASAN_OPTIONS, os.environ.get("ASAN_OPTIONS")]))
+            env["UBSAN_OPTIONS"] = ":".join(filter(None, [_UBSAN_OPTIONS, os.environ.get("UBSAN_OPTIONS")]))
+            sys.stdout.flush()  # kernel printf output goes straight to our stdout
+            result = subprocess.run(
+                [str(self._compiled.path), str(request_path), str(response_path)],
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            report = result.stderr.decode(errors="replace")
+            if result.returncode == _RUNNER_LAUNCH_FAILED:
+                raise EmulatorLaunchError(f"kernel '{self.name}' failed: {report.strip()}", report)
+            if result.returncode != 0:
+                raise EmulatorLaunchError(
+                    f"kernel '{self.name}' failed under the sanitizer (exit status {result.returncode}):\n{report}", report
+                )
+            if report:
+                sys.stderr.write(report)
+            response = response_path.read_bytes()
+        offset = 0
+        for array in buffers.values():
+            if array.flags.writeable and array.nbytes:
+                np.copyto(array.reshape(-1).view(np.uint8), np.frombuffer(response, np.uint8, array.nbytes, offset))
+            offset += array.nbytes
+
+
+def _dimensions(value, what):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    if (
+        not isinstance(value, (tuple, list))
+        or not 1 <= len(value) <= 3
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in value)
+    ):
+        raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
+    return tuple(int(v) for v in value) + (1,) * (3 - len(value))
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"a numpy array (dtype {value.dtype}, shape {value.shape})"
+    if isinstance(value, np.generic):
+        return f"a numpy.{type(value).__name__} scalar"
+    return f"a Python {type(value).__name__} ({value!r})"
+
+
+_CHECKED_POINTEE_KINDS = set("fiubhB")
+
+
+def _pointer_problem(parameter, value):
+    if not isinstance(value, np.ndarray):
+        return f"which takes a C-contiguous numpy array; got {_describe(value)}"
+    if not value.flags.c_contiguous:
+        return f"which takes a C-contiguous numpy array; got a non-contiguous array (strides {value.strides}); use numpy.ascontiguousarray"
+    if not parameter.pointee_const and not value.flags.writeable:
+        return "which the kernel may write through; got a read-only array"
+    # 1-byte pointees (char*, unsigned char*) are raw byte buffers and take any array.
+    if parameter.kind in _CHECKED_POINTEE_KINDS and parameter.size > 1 and value.itemsize != parameter.size:
+        return f"whose elements are {parameter.size} bytes; got {_describe(value)} with {value.itemsize}-byte elements"
+    return None
+
+
+def _scalar_problem(parameter, value):
+    kind, size = parameter.kind, parameter.size
+    if kind in "fiu":
+        wanted = f"numpy.{np.dtype(f'{kind}{size}').name}"
+    elif kind == "b":
+        wanted = "numpy.bool_"
+    elif kind == "h":
+        wanted = "numpy.float16"
+    elif kind == "B":
+        wanted = "a 2-byte numpy.void holding bfloat16 bits"
+    else:
+        wanted = f"a {size}-byte numpy.void (structured scalar)"
+    if isinstance(value, np.generic):
+        dtype = value.dtype
+        if kind in "fiu" and dtype.kind == kind and dtype.itemsize == size:
+            return None
+        if (kind, dtype.kind) in {("b", "b"), ("h", "f")} and dtype.itemsize == size:
+            return None
+        if kind in "Bv" and dtype.itemsize == size and (dtype.kind in "Vc" or dtype.name == "bfloat16"):
+            return None
+    return f"which takes {wanted} (passed by value); got {_describe(value)}"
+
+
+def _buffer_key(array):
+    return array.ctypes.data, array.nbytes
+
+
+def _distinct_buffers(arrays):
+    """One child-side buffer per distinct memory block (the same array may be passed twice)."""
+    buffers = {}
+    for array in arrays:
+        buffers.setdefault(_buffer_key(array), array)
+    spans = sorted((start, start + size) for start, size in buffers if size)
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        if next_start < end:
+            raise ValueError("sanitize=True cannot pass arrays that partially overlap in memory")
+    return buffers

@@ -1,0 +1,300 @@
+"""SGD against a plain-Python reference (tests/oracle.sgd_ref) and torch.optim.SGD, plus a short
+training run of a ConvTranspose2d."""
+import copy
+import itertools
+
+import numpy as np
+import pytest
+
+import cudeconv
+
+from conftest import assert_close, rounding_unit, to_backend, to_numpy
+from oracle import sgd_ref
+
+SHAPES = ((3, 4), (5,), (2, 1, 3))
+STEPS = 5
+
+
+def _options():
+    out = []
+    for momentum, dampening, nesterov, wd, maximize in itertools.product(
+            (0.0, 0.9), (0.0, 0.5), (False, True), (0.0, 0.1), (False, True)):
+        if nesterov and (momentum == 0 or dampening != 0):
+            continue
+        out.append(dict(momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=wd, maximize=maximize))
+    return out
+
+
+OPTIONS = _options()
+
+
+def _opt_id(o):
+    return (f"m{o['momentum']}-d{o['dampening']}-{'nest' if o['nesterov'] else 'plain'}"
+            f"-wd{o['weight_decay']}-{'max' if o['maximize'] else 'min'}")
+
+
+def _problem(dtype, seed=0, steps=STEPS, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
+    return params, grads
+
+
+def _assert_params(actual, expected, dtype, step, name):
+    """Compare a parameter after ``step`` + 1 updates with the float64 reference."""
+    actual = to_numpy(actual)
+    assert actual.dtype == np.dtype(dtype), f"{name}: dtype {actual.dtype} != {np.dtype(dtype)}"
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    if np.dtype(dtype) == np.float16:
+        # each update rounds the stored value to half: at most one rounding per step adds up
+        bound = 2 * (step + 1) * rounding_unit(np.float16) * scale + 1e-3 * rounding_unit(np.float16)
+        err = np.abs(actual.astype(np.float64) - expected)
+        assert np.all(err <= bound), f"{name}: worst |err| {err.max():.3g} > bound {bound:.3g}"
+    else:
+        assert_close(actual, expected, dtype, 6 * (step + 1), scale=scale, name=name)
+
+
+def _run(params0, grads, backend, dtype, lr=0.1, check_grads_unchanged=True, **opts):
+    params = [cudeconv.Parameter(to_backend(p.copy(), backend)) for p in params0]
+    opt = cudeconv.SGD(params, lr=lr, backend=backend, **opts)
+    history = []
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = None if g is None else to_backend(g.copy(), backend)
+        before = [None if p.grad is None else to_numpy(p.grad).copy() for p in params]
+        opt.step()
+        if check_grads_unchanged:
+            for i, (p, b) in enumerate(zip(params, before)):
+                if b is not None:
+                    assert np.array_equal(to_numpy(p.grad), b), f"step modified params[{i}].grad"
+        history.append([to_numpy(p.data).copy() for p in params])
+    return history, params, opt
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("opts", OPTIONS, ids=_opt_id)
+def test_sgd_matches_reference(opts, dtype, backend):
+    params0, grads = _problem(dtype)
+    got, _, _ = _run(params0, grads, backend, dtype, lr=0.1, **opts)
+    ref = sgd_ref(params0, grads, 0.1, **opts)
+    for t, (g_step, r_step) in enumerate(zip(got, ref)):
+        for i, (a, e) in enumerate(zip(g_step, r_step)):
+            _assert_params(a, e, dtype, t, f"step {t} params[{i}] ({_opt_id(opts)})")
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_opt_id)
+def test_sgd_float16(opts, backend):
+    """float16 parameters: the update is done in float32 and stored back to half."""
+    params0, grads = _problem(np.float16, seed=1)
+    got, _, _ = _run(params0, grads, backend, np.float16, lr=0.1, **opts)
+    ref = sgd_ref(params0, grads, 0.1, **opts)
+    for t, (g_step, r_step) in enumerate(zip(got, ref)):
+        for i, (a, e) in enumerate(zip(g_step, r_step)):
+            _assert_params(a, e, np.float16, t, f"step {t} params[{i}]")
+
+
+def test_sgd_float16_single_update_is_rounded_once(backend):
+    """One float16 update equals the exact p - lr·g rounded to half (float32 math, one final
+    rounding; the slack covers the float32 -> float16 double rounding)."""
+    p0 = np.array([1e-4, -2.5e-3, 0.1, 1.0], np.float16)
+    g = np.array([3.0, 0.7, 0.01, 0.3], np.float16)
+    got, _, _ = _run([p0], [[g]], backend, np.float16, lr=1e-3)
+    exact = p0.astype(np.float64) - 1e-3 * g.astype(np.float64)
+    # float32 math then one rounding to half: within one half-ulp of the exact value
+    err = np.abs(got[0][0].astype(np.float64) - exact)
+    ulp = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+    assert np.all(err <= 0.5 * ulp + 4 * rounding_unit(np.float32) * np.abs(exact)), (got[0][0], exact)
+
+
+@pytest.mark.parametrize("momentum", (0.0, 0.9))
+def test_sgd_skips_none_grads(momentum, backend):
+    """A parameter whose grad is None is untouched (no weight decay, no momentum buffer update);
+    its momentum buffer starts at its first real gradient."""
+    params0, grads = _problem(np.float64, seed=2, steps=5)
+    pattern = [(None, 1, 1), (1, None, 1), (None, 1, None), (1, 1, 1), (None, None, 1)]
+    grads = [[g if keep else None for g, keep in zip(step, keep_row)] for step, keep_row in zip(grads, pattern)]
+    opts = dict(momentum=momentum, weight_decay=0.1, dampening=0.0)
+    got, _, _ = _run(params0, grads, backend, np.float64, lr=0.1, **opts)
+    ref = sgd_ref(params0, grads, 0.1, **opts)
+    for t in range(len(grads)):
+        for i in range(len(params0)):
+            if grads[t][i] is None:
+                prev = params0[i] if t == 0 else got[t - 1][i]
+                assert np.array_equal(got[t][i], prev), f"params[{i}] moved at step {t} without a grad"
+            _assert_params(got[t][i], ref[t][i], np.float64, t, f"step {t} params[{i}]")
+
+
+def test_sgd_reused_grad_array_is_not_aliased(backend):
+    """The first momentum buffer is a copy: keeping the same grad array across steps must not let
+    the buffer's in-place updates write into it."""
+    params0, grads = _problem(np.float32, seed=3, steps=1)
+    params = [cudeconv.Parameter(to_backend(p.copy(), backend)) for p in params0]
+    for p, g in zip(params, grads[0]):
+        p.grad = to_backend(g.copy(), backend)
+    opt = cudeconv.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, backend=backend)
+    for _ in range(4):
+        opt.step()
+        for p, g in zip(params, grads[0]):
+            assert np.array_equal(to_numpy(p.grad), g), "grad array modified by step()"
+    ref = sgd_ref(params0, [grads[0]] * 4, 0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+    for i, p in enumerate(params):
+        _assert_params(p.data, ref[-1][i], np.float32, 3, f"params[{i}]")
+
+
+def test_sgd_zero_grad(backend):
+    params0, grads = _problem(np.float32, seed=4, steps=1)
+    params = [cudeconv.Parameter(to_backend(p.copy(), backend)) for p in params0]
+    for p, g in zip(params, grads[0]):
+        p.grad = to_backend(g, backend)
+    opt = cudeconv.SGD(params, lr=0.1, backend=backend)
+    opt.zero_grad()
+    for p in params:
+        assert p.grad is None or not np.any(to_numpy(p.grad))
+    before = [to_numpy(p.data).copy() for p in params]
+    opt.step()  # nothing to apply
+    for p, b in zip(params, before):
+        assert np.array_equal(to_numpy(p.data), b)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(lr=-0.1), r"\blr\b"),
+    (dict(momentum=-0.5), "momentum"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(nesterov=True), "(?i)nesterov"),  # momentum 0
+    (dict(nesterov=True, momentum=0.9, dampening=0.5), "(?i)nesterov"),
+    (dict(backend="tpu"), "backend"),
+])
+def test_sgd_validation(kwargs, pattern):
+    p = cudeconv.Parameter(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=pattern):
+        cudeconv.SGD([p], **{"lr": 0.1, **kwargs})
+
+
+def test_sgd_nesterov_valid():
+    p = cudeconv.Parameter(np.zeros(3, np.float32))
+    cudeconv.SGD([p], lr=0.1, momentum=0.9, nesterov=True)  # no error
+
+
+@pytest.mark.parametrize("opts", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+                                  dict(momentum=0.5, dampening=0.3, maximize=True)], ids=str)
+def test_sgd_state_dict_round_trip(opts, backend):
+    params0, grads = _problem(np.float64, seed=5, steps=6)
+    params = [cudeconv.Parameter(to_backend(p.copy(), backend)) for p in params0]
+    opt = cudeconv.SGD(params, lr=0.1, backend=backend, **opts)
+
+    def step(o, ps, gs):
+        for p, g in zip(ps, gs):
+            p.grad = to_backend(g.copy(), backend)
+        o.step()
+
+    for t in range(3):
+        step(opt, params, grads[t])
+    saved = copy.deepcopy(opt.state_dict())
+    snapshot = [to_numpy(p.data).copy() for p in params]
+    for t in range(3, 6):
+        step(opt, params, grads[t])
+    expected = [to_numpy(p.data) for p in params]
+
+    params2 = [cudeconv.Parameter(to_backend(s.copy(), backend)) for s in snapshot]
+    opt2 = cudeconv.SGD(params2, lr=0.1, backend=backend, **opts)
+    opt2.load_state_dict(saved)
+    for t in range(3, 6):
+        step(opt2, params2, grads[t])
+    for i, (p, e) in enumerate(zip(params2, expected)):
+        assert_close(p.data, e, np.float64, 4, name=f"params[{i}] after reload")
+
+    # Without the state (fresh momentum buffers) the trajectory differs: the test can fail.
+    params3 = [cudeconv.Parameter(to_backend(s.copy(), backend)) for s in snapshot]
+    opt3 = cudeconv.SGD(params3, lr=0.1, backend=backend, **opts)
+    for t in range(3, 6):
+        step(opt3, params3, grads[t])
+    assert not all(np.allclose(to_numpy(p.data), e) for p, e in zip(params3, expected))
+
+
+def test_sgd_load_state_dict_restores_hyperparameters():
+    """As in PyTorch, the state_dict carries the hyperparameters (lr here) along."""
+    params0, grads = _problem(np.float64, seed=6, steps=2)
+    a = [cudeconv.Parameter(p.copy()) for p in params0]
+    opt = cudeconv.SGD(a, lr=0.3, momentum=0.9)
+    b = [cudeconv.Parameter(p.copy()) for p in params0]
+    opt_b = cudeconv.SGD(b, lr=0.01, momentum=0.9)
+    opt_b.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for gs in grads:
+        for pa, pb, g in zip(a, b, gs):
+            pa.grad, pb.grad = g.copy(), g.copy()
+        opt.step()
+        opt_b.step()
+    for pa, pb in zip(a, b):
+        np.testing.assert_allclose(pb.data, pa.data, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("opts", [o for o in OPTIONS if o["momentum"] or o["weight_decay"]], ids=_opt_id)
+def test_sgd_matches_torch(opts, dtype, backend):
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(dtype, seed=7)
+    got, _, _ = _run(params0, grads, backend, dtype, lr=0.1, **opts)
+    tparams = [torch.tensor(p.copy()) for p in params0]
+    topt = torch.optim.SGD(tparams, lr=0.1, **opts)
+    for t, step_grads in enumerate(grads):
+        for p, g in zip(tparams, step_grads):
+            p.grad = torch.tensor(g.copy())
+        topt.step()
+        for i, (a, p) in enumerate(zip(got[t], tparams)):
+            assert_close(a, p.detach().numpy().astype(np.float64), dtype, 12 * (t + 1),
+                         scale=max(1.0, float(np.abs(p.detach().numpy()).max())), name=f"step {t} params[{i}] vs torch")
+
+
+# ------------------------------------------------------------------------------- training
+
+def _regression(backend, dtype="float32", n=8, size=4):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 2, size, size)).astype(dtype)
+    teacher = cudeconv.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, seed=1,
+                                       dtype=dtype, backend="numpy")
+    target = to_numpy(teacher(x))
+    student = cudeconv.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, seed=0,
+                                       dtype=dtype, backend=backend)
+    return x, target, student
+
+
+def _train(layer, x, target, backend, steps, lr=0.5, momentum=0.9):
+    opt = cudeconv.SGD(layer.parameters(), lr=lr, momentum=momentum, backend=backend)
+    xb = to_backend(x, backend)
+    losses, weights = [], []
+    for _ in range(steps):
+        y = to_numpy(layer(xb)).astype(np.float64)
+        diff = y - target
+        losses.append(float(np.mean(diff ** 2)))
+        opt.zero_grad()
+        layer.backward(to_backend((2 * diff / diff.size).astype(x.dtype), backend))
+        opt.step()
+        weights.append((to_numpy(layer.weight.data).copy(), to_numpy(layer.bias.data).copy()))
+    return losses, weights
+
+
+def test_training_reduces_loss():
+    x, target, student = _regression("numpy")
+    losses, _ = _train(student, x, target, "numpy", steps=60)
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+    assert all(np.isfinite(losses))
+
+
+def test_training_on_kernel_backend_follows_numpy(kernel_backend):
+    x, target, ref_layer = _regression("numpy", n=2, size=3)
+    layer = cudeconv.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, seed=0,
+                                     backend=kernel_backend)
+    layer.load_state_dict({k: to_numpy(v) for k, v in ref_layer.state_dict().items()})
+    steps = 6
+    ref_losses, ref_weights = _train(ref_layer, x, target, "numpy", steps)
+    losses, weights = _train(layer, x, target, kernel_backend, steps)
+    assert losses[-1] < losses[0]
+    terms = x.shape[0] * x[0, 0].size
+    for t in range(steps):
+        np.testing.assert_allclose(losses[t], ref_losses[t], rtol=1e-4 * (t + 1))
+        scale = max(1.0, float(np.abs(ref_weights[t][0]).max()))
+        assert_close(weights[t][0], ref_weights[t][0].astype(np.float64), np.float32, terms * (t + 1),
+                     scale=scale, factor=16, name=f"weight after step {t}")
+        assert_close(weights[t][1], ref_weights[t][1].astype(np.float64), np.float32, 18 * (t + 1),
+                     scale=scale, factor=16, name=f"bias after step {t}")
