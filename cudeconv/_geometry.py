@@ -224,21 +224,23 @@ def make_geometry(
     )
 
 
-def output_padding_for(output_size_arg, ndim, in_size, kernel_size, stride, padding, dilation):
+def output_padding_for(output_size_arg, ndim, in_size, kernel_size, stride, padding, dilation,
+                       leading_dims=2):
     """The output_padding that yields the requested ``output_size`` (PyTorch's ``_output_padding``).
 
-    ``output_size`` may list the spatial sizes only or the full shape (N, C, *spatial). Each spatial
-    size must lie in ``[min, min + stride - 1]`` where ``min`` is the size with output_padding 0.
+    ``output_size`` may list the spatial sizes only or the full shape (``leading_dims`` = 2 for
+    (N, C, *spatial), 1 for an unbatched (C, *spatial)). Each spatial size must lie in
+    ``[min, min + stride - 1]`` where ``min`` is the size with output_padding 0.
     """
     requested = tuple(output_size_arg)
-    if len(requested) == ndim + 2:
-        requested = requested[2:]
+    if len(requested) == ndim + leading_dims:
+        requested = requested[leading_dims:]
     if len(requested) != ndim or not all(
         isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
         for v in requested
     ):
         raise ValueError(
-            f"output_size must have {ndim} or {ndim + 2} ints, got {tuple(output_size_arg)!r}"
+            f"output_size must have {ndim} or {ndim + leading_dims} ints, got {tuple(output_size_arg)!r}"
         )
     smallest = output_size(in_size, kernel_size, stride, padding, (0,) * ndim, dilation)
     result = []

@@ -53,7 +53,7 @@ import numpy as np
 
 from . import __version__, backends
 from ._geometry import ConvTransposeGeometry
-from .backends.numpy_backend import NumpyBackend, _crop, _tap_windows, compute_dtype
+from .backends.numpy_backend import NumpyBackend, crop, tap_windows, compute_dtype
 from .cases import BY_NAME, SUITE, Case
 from .optim import SGDHyperparameters
 
@@ -409,9 +409,9 @@ def col2im_forward(xp, x, weight, bias, geom):
     cols = xp.matmul(w.transpose(0, 2, 1), x.astype(dtype).reshape(n, G, cin_g, -1))
     cols = cols.reshape((n, G, cout_g) + geom.kernel_size + geom.in_size)
     full = xp.zeros((n, G, cout_g) + geom.full_extent(), dtype=dtype)
-    for tap, window in _tap_windows(geom):
+    for tap, window in tap_windows(geom):
         full[(Ellipsis,) + window] += cols[(slice(None),) * 3 + tap]
-    y = full.reshape((n, geom.out_channels) + geom.full_extent())[(Ellipsis,) + _crop(geom)]
+    y = full.reshape((n, geom.out_channels) + geom.full_extent())[(Ellipsis,) + crop(geom)]
     if bias is not None:
         y = y + bias.astype(dtype).reshape((-1,) + (1,) * geom.ndim)
     return y.astype(x.dtype)
@@ -422,9 +422,9 @@ def _im2col(xp, grad_output, geom):
     n, G, cout_g = geom.batch, geom.groups, geom.out_channels_per_group
     dtype = compute_dtype(grad_output.dtype)
     padded = xp.zeros((n, G, cout_g) + geom.full_extent(), dtype=dtype)
-    padded[(Ellipsis,) + _crop(geom)] = grad_output.reshape((n, G, cout_g) + geom.out_size)
+    padded[(Ellipsis,) + crop(geom)] = grad_output.reshape((n, G, cout_g) + geom.out_size)
     cols = xp.empty((n, G, cout_g) + geom.kernel_size + geom.in_size, dtype=dtype)
-    for tap, window in _tap_windows(geom):
+    for tap, window in tap_windows(geom):
         cols[(slice(None),) * 3 + tap] = padded[(Ellipsis,) + window]
     return cols.reshape(n, G, cout_g * geom.taps, -1)
 

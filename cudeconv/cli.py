@@ -7,8 +7,6 @@ import json
 import math
 import os
 import platform
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -36,25 +34,6 @@ def _print_versions():
     print(f"torch    {found['torch'] or 'not installed (only a benchmark baseline)'}")
 
 
-def _emulator_compiler() -> str:
-    """The host compiler the emulator would use ($CUDECONV_EMULATOR_CXX or g++) and its version."""
-    try:
-        from .emulator._compiler import compiler_command
-    except ImportError:  # an emulator without its compiler module: it defaults to g++
-        command = ("g++",)
-    else:
-        command = compiler_command()
-    path = shutil.which(command[0])
-    if path is None:
-        return f"{command[0]} not found on PATH"
-    try:
-        version = subprocess.run([path, *command[1:], "--version"], capture_output=True, text=True,
-                                 timeout=30)
-        return f"{path}: {version.stdout.splitlines()[0]}"
-    except (OSError, subprocess.SubprocessError, IndexError) as exc:
-        return f"{path}: --version failed ({exc})"
-
-
 def _info(_args) -> int:
     _print_versions()
     print("backends:")
@@ -74,7 +53,9 @@ def _info(_args) -> int:
               f"{gpu.sms} SMs at {gpu.clock_mhz:.0f} MHz")
         print(f"peaks    FP32 {gpu.fp32_tflops:.1f} TFLOP/s (SMs × clock × FP32 lanes × 2), "
               f"memory {gpu.bandwidth_gbps:.0f} GB/s (memory clock × 2 × bus width)")
-    print(f"emulator compiler: {_emulator_compiler()}")
+    from .emulator import compiler_description
+
+    print(f"emulator compiler: {compiler_description()}")
     return 0
 
 

@@ -44,20 +44,26 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
             dilation=1, *, backend=None, algorithm="gather"):
     """Transposed convolution over ``ndim`` spatial dims; see the module docstring for shapes.
 
+    As in PyTorch, an unbatched input ``(C_in, *in_size)`` gives an unbatched output.
+
     ``algorithm`` picks the CUDA forward kernel: "gather" (default: each output element sums the
     input/tap pairs that reach it; no atomics, bitwise reproducible) or "scatter" (every input
     element scatters x·w over its footprint with atomic adds; the order of the adds, and so the last
     bits of the result, may vary from run to run). The NumPy backend computes the same values either way.
     """
+    unbatched = len(_shape(x, "input")) == ndim + 1
+    if unbatched:
+        x = x[None]
     geom = make_geometry(
-        ndim, _shape(x, "input"), _shape(weight, "weight"), stride, padding, output_padding,
+        ndim, x.shape, _shape(weight, "weight"), stride, padding, output_padding,
         groups, dilation, bias_shape=None if bias is None else _shape(bias, "bias"),
     )
     check_float_dtypes(input=x, weight=weight, bias=bias)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
-    return impl.forward(x, weight, bias, geom, algorithm)
+    y = impl.forward(x, weight, bias, geom, algorithm)
+    return y[0] if unbatched else y
 
 
 def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0, groups=1,
@@ -65,9 +71,15 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     """Gradients of a transposed convolution: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
+    An unbatched input ``(C_in, *in_size)`` takes an unbatched grad_output.
     """
+    unbatched = len(_shape(x, "input")) == ndim + 1
+    if unbatched:
+        x = x[None]
+        if len(_shape(grad_output, "grad_output")) == ndim + 1:
+            grad_output = grad_output[None]
     geom = make_geometry(
-        ndim, _shape(x, "input"), _shape(weight, "weight"), stride, padding, output_padding,
+        ndim, x.shape, _shape(weight, "weight"), stride, padding, output_padding,
         groups, dilation,
     )
     if tuple(_shape(grad_output, "grad_output")) != geom.output_shape:
@@ -77,7 +89,8 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
         )
     check_float_dtypes(grad_output=grad_output, input=x, weight=weight)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
-    return impl.backward(grad_output, x, weight, geom, bool(bias))
+    grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias))
+    return (grad_input[0] if unbatched else grad_input), grad_weight, grad_bias
 
 
 def _make_pair(ndim):

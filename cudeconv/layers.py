@@ -152,18 +152,19 @@ class _ConvTransposeNd:
     def _output_padding(self, x, output_size):
         if output_size is None:
             return self.output_padding
+        leading_dims = x.ndim - self.ndim
         return output_padding_for(
-            output_size, self.ndim, tuple(x.shape[2:]), self.kernel_size, self.stride,
-            self.padding, self.dilation,
+            output_size, self.ndim, tuple(x.shape[leading_dims:]), self.kernel_size, self.stride,
+            self.padding, self.dilation, leading_dims,
         )
 
     def forward(self, x, output_size=None):
         """y = conv_transpose(x); ``output_size`` (spatial, or full N, C, *spatial) picks among the
         sizes a strided layer can produce, as in PyTorch. Caches x for :meth:`backward`."""
-        if getattr(x, "ndim", None) != self.ndim + 2:
+        if getattr(x, "ndim", None) not in (self.ndim + 1, self.ndim + 2):
             raise ValueError(
-                f"input must be {self.ndim + 2}-d (N, C_in, *spatial), got shape "
-                f"{getattr(x, 'shape', type(x).__name__)}"
+                f"input must be {self.ndim + 2}-d (N, C_in, *spatial) or {self.ndim + 1}-d "
+                f"(C_in, *spatial), got shape {getattr(x, 'shape', type(x).__name__)}"
             )
         output_padding = self._output_padding(x, output_size)
         y = _forward(

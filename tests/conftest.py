@@ -7,7 +7,6 @@ the CPU, so every kernel check also runs in CI.
 import numpy as np
 import pytest
 
-import cudeconv
 from cudeconv import backends
 
 BACKENDS = ("numpy", "emulator", "cuda")

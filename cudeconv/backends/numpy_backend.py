@@ -42,7 +42,7 @@ def _batch_slices(geom: ConvTransposeGeometry):
     return [slice(start, min(start + step, geom.batch)) for start in range(0, geom.batch, step)]
 
 
-def _tap_windows(geom: ConvTransposeGeometry):
+def tap_windows(geom: ConvTransposeGeometry):
     """For each kernel tap (multi-index), the strided window of the uncropped output it writes."""
     for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
         yield tap, tuple(
@@ -51,7 +51,7 @@ def _tap_windows(geom: ConvTransposeGeometry):
         )
 
 
-def _crop(geom: ConvTransposeGeometry):
+def crop(geom: ConvTransposeGeometry):
     """The output's place inside the uncropped scatter target."""
     return tuple(slice(p, p + o) for p, o in zip(geom.padding, geom.out_size))
 
@@ -95,9 +95,9 @@ class NumpyBackend:
             cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + geom.in_size)
             cols = np.moveaxis(cols, 2 + geom.ndim, 0)
             out = target[batch]
-            for tap, window in _tap_windows(geom):
+            for tap, window in tap_windows(geom):
                 out[(Ellipsis,) + window] += cols[(slice(None),) * 3 + tap]
-        y = target.reshape((geom.batch, geom.out_channels) + extent)[(Ellipsis,) + _crop(geom)]
+        y = target.reshape((geom.batch, geom.out_channels) + extent)[(Ellipsis,) + crop(geom)]
         if bias is not None:
             y = y + bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
         return np.ascontiguousarray(y, dtype=x.dtype)
@@ -123,12 +123,12 @@ class NumpyBackend:
             n = batch.stop - batch.start
             # Zero-padded grad_output, so every tap reads a full strided window.
             padded = np.zeros((n, G, cout_g) + extent, dtype=dtype)
-            padded[(Ellipsis,) + _crop(geom)] = grad_output[batch].reshape(
+            padded[(Ellipsis,) + crop(geom)] = grad_output[batch].reshape(
                 (n, G, cout_g) + geom.out_size
             )
             cols = np.empty((G, cout_g) + geom.kernel_size + (n,) + geom.in_size, dtype=dtype)
             cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *in) view
-            for tap, window in _tap_windows(geom):
+            for tap, window in tap_windows(geom):
                 cols_by_tap[(slice(None),) * 3 + tap] = padded[(Ellipsis,) + window]
             cols = cols.reshape(G, cout_g * geom.taps, n * int(np.prod(geom.in_size)))
             grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + geom.in_size)
