@@ -703,3 +703,30 @@ def test_array_types_follow_backend(backend):
         y2 = cudeconv.conv_transpose2d(*(to_backend(a, backend) for a in (x, w, b)), **kw)
         assert type(y2) is kind
         assert_close(y2, to_numpy(y), np.float32, 13)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unbatched_input_as_in_pytorch(backend, nd):
+    """An unbatched (C_in, *spatial) input gives the batched result of its single sample."""
+    rng = np.random.default_rng(40 + nd)
+    x = rng.standard_normal((4,) + (3,) * nd)
+    w = rng.standard_normal((4, 3) + (2,) * nd)
+    b = rng.standard_normal(6)
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2)
+    xb, wb, bb = (to_backend(a, backend) for a in (x, w, b))
+    y = fwd(nd)(xb, wb, bb, backend=backend, **kw)
+    y_batched = fwd(nd)(xb[None], wb, bb, backend=backend, **kw)
+    assert y.shape == y_batched.shape[1:]
+    np.testing.assert_array_equal(to_numpy(y), to_numpy(y_batched)[0])
+    gy = to_backend(rng.standard_normal(y.shape), backend)
+    grads = bwd(nd)(gy, xb, wb, backend=backend, **kw)
+    grads_batched = bwd(nd)(gy[None], xb[None], wb, backend=backend, **kw)
+    assert grads[0].shape == x.shape
+    np.testing.assert_array_equal(to_numpy(grads[0]), to_numpy(grads_batched[0])[0])
+    for got, want in zip(grads[1:], grads_batched[1:]):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+    layer = getattr(cudeconv, f"ConvTranspose{nd}d")(4, 6, 2, groups=2, stride=2, padding=1,
+                                                     dtype="float64", backend=backend, seed=0)
+    out = layer.forward(xb, output_size=(6,) + (y.shape[1] - 1,) * nd)  # (C, *spatial) form
+    assert out.shape == (6,) + (y.shape[1] - 1,) * nd
+    assert layer.backward(to_backend(np.ones(out.shape), backend)).shape == x.shape
