@@ -83,6 +83,16 @@ def _check_output_paths(parser, *paths):
             parser.error(f"cannot write {path}: no folder {os.path.dirname(os.path.abspath(path))}")
 
 
+def _usable_backend(parser, name) -> str:
+    """``name`` (default: cuda where usable, else numpy), or a usage error saying why it can't run."""
+    name = name or backends.default_name()
+    try:
+        backends.get(name)
+    except backends.BackendUnavailableError as exc:
+        parser.error(str(exc))
+    return name
+
+
 def _bench(args, parser) -> int:
     from . import bench
 
@@ -95,11 +105,7 @@ def _bench(args, parser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     _check_output_paths(parser, args.json, args.plot)
-    backend = args.backend or backends.default_name()
-    try:
-        backends.get(backend)
-    except backends.BackendUnavailableError as exc:
-        parser.error(str(exc))
+    backend = _usable_backend(parser, args.backend)
     print(bench.first_line(backend), flush=True)
     results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick)
     print(bench.format_table(results))
@@ -118,11 +124,7 @@ def _demo(args, parser) -> int:
     from . import demo
 
     _check_output_paths(parser, args.out, args.json)
-    backend = args.backend or backends.default_name()
-    try:
-        backends.get(backend)
-    except backends.BackendUnavailableError as exc:
-        parser.error(str(exc))
+    backend = _usable_backend(parser, args.backend)
     result = demo.train(backend=backend, steps=args.steps, batch=args.batch, size=args.size,
                         scale=args.scale, lr=args.lr, momentum=args.momentum, seed=args.seed)
     print(demo.summary(result))
