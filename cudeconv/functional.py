@@ -49,7 +49,8 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     ``algorithm`` picks the CUDA forward kernel: "gather" (default: each output element sums the
     input/tap pairs that reach it; no atomics, bitwise reproducible) or "scatter" (every input
     element scatters x·w over its footprint with atomic adds; the order of the adds, and so the last
-    bits of the result, may vary from run to run). The NumPy backend computes the same values either way.
+    bits of the result, may vary from run to run; in float16 every atomic add rounds to half, so
+    its error is a few half ulps larger). The NumPy backend computes the same values either way.
     """
     unbatched = len(_shape(x, "input")) == ndim + 1
     if unbatched:

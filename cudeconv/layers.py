@@ -134,7 +134,7 @@ class _ConvTransposeNd:
                     f"state_dict[{name!r}] has shape {tuple(value.shape)}, the layer's {name} "
                     f"has shape {tuple(param.shape)}"
                 )
-            param.data = self._impl.asarray(value).astype(self.dtype, copy=True)
+            param.data = self._impl.asarray(value).astype(self.dtype, order="C", copy=True)
 
     def save(self, path):
         """Write the state_dict to an ``.npz`` file."""

@@ -66,6 +66,11 @@ class SGD:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
         _check_hyperparameters(defaults)
+        if isinstance(params, (Parameter, dict)):
+            raise TypeError(
+                "params must be an iterable of Parameters or of parameter-group dicts, "
+                f"got a single {type(params).__name__}"
+            )
         params = list(params)
         if not params:
             raise ValueError("params is an empty list: SGD got no parameters to optimize")
@@ -76,7 +81,8 @@ class SGD:
             unknown = set(group) - {"params", *_HYPERPARAMETERS}
             if unknown:
                 raise ValueError(f"unknown parameter-group option(s) {sorted(unknown)}")
-            members = list(group["params"])
+            members = group["params"]
+            members = [members] if isinstance(members, Parameter) else list(members)
             for p in members:
                 if not isinstance(p, Parameter):
                     raise TypeError(f"params must hold cudeconv.Parameter objects, got {type(p).__name__}")
@@ -147,13 +153,19 @@ class SGD:
             len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)
         ):
             raise ValueError("state_dict's parameter groups do not match this optimizer's")
+        candidates = []
         for saved, mine in zip(groups, self.param_groups):
             candidate = {**mine, **{k: saved[k] for k in _HYPERPARAMETERS if k in saved}}
             _check_hyperparameters(candidate)
-            mine.update(candidate)
+            candidates.append(candidate)
         params = self._parameters()
-        self.state = {}
+        state = {}
         for key, entry in state_dict["state"].items():
+            if not 0 <= int(key) < len(params):
+                raise ValueError(
+                    f"state_dict['state'] has an entry for parameter {key!r}; this optimizer has "
+                    f"parameters 0..{len(params) - 1}"
+                )
             p = params[int(key)]
             buf = entry["momentum_buffer"]
             if buf is None:
@@ -165,4 +177,8 @@ class SGD:
                 )
             mine = self._impl.momentum_buffer_for(p.data)
             mine[...] = self._impl.asarray(buf)
-            self.state[id(p)] = {"momentum_buffer": mine}
+            state[id(p)] = {"momentum_buffer": mine}
+        # Nothing changes unless everything above was valid.
+        for mine, candidate in zip(self.param_groups, candidates):
+            mine.update(candidate)
+        self.state = state

@@ -10,9 +10,12 @@
 //
 // Element types: __half (accumulated in float), float, double. Elementwise kernels split their
 // work into rows (n, channel) and positions within a row: blockIdx.y strides over rows, the x
-// dimension over positions. Rows, positions, and every size are int (the host refuses problems
-// where N·C or a channel's spatial size reaches 2^31); flat offsets are long long, so a tensor may
-// exceed 2^31 elements. This keeps 64-bit division — a slow subroutine call — out of the kernels.
+// dimension over positions. Rows, positions, and every size are int; flat offsets are long long,
+// so a tensor may exceed 2^31 elements. This keeps 64-bit division — a slow subroutine call — out
+// of the kernels. The host (check_index_limits, loop_blocks in kernel_backend.py) guarantees that
+// no int here overflows: rows, positions + a block, filter elements and, per dim,
+// (in-1)*stride + (k-1)*dilation + padding + out all stay below 2^31, and grid-stride loops are
+// launched with few enough blocks that index + stride stays below 2^31 too.
 #pragma once
 #include <cuda_fp16.h>
 

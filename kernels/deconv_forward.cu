@@ -6,7 +6,9 @@
 //   1. scatter (deconv_fill_bias_* then deconv_forward_scatter_*): the textbook view. One thread
 //      per (n, co, input position i): for each tap k it sums x·w over the group's input channels in
 //      registers and atomically adds that into y at i*stride + k*dilation - padding. The order of
-//      the atomic adds varies between runs, so the last bits may too.
+//      the atomic adds varies between runs, so the last bits may too. For __half, y itself holds
+//      the running sum, so every atomic add rounds to half: a few half ulps more error than the
+//      gather's single rounding. Needs sm_70+ (atomicAdd on __half).
 //   2. gather (deconv_forward_gather_*): one thread per output element; it visits only the taps
 //      whose input position is an integer (a stride phase) and sums in a fixed order, so the
 //      result is bitwise reproducible. No atomics. The default.

@@ -19,7 +19,7 @@ import pytest
 from cudeconv import backends
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
-from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, geometry_args
+from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, geometry_args, loop_blocks
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.optim import SGDHyperparameters
 
@@ -210,9 +210,29 @@ def test_geometry_args_pad_to_three_dims():
 
 def test_index_limits_are_refused():
     huge = make_geometry(2, (2**16, 2**16, 1, 1), (2**16, 1, 1, 1), 1, 0, 0, 1, 1)
-    with pytest.raises(ValueError, match="32-bit"):
+    with pytest.raises(ValueError, match="32-bit.*N·C"):
         check_index_limits(huge)
+    # A tiny output whose intermediate positions i·stride + k·dilation pass 2^31.
+    far = make_geometry(1, (1, 1, 3), (1, 1, 2), 2**30, 2**31 - 101, 0, 1, 2**31 - 100)
+    with pytest.raises(ValueError, match="32-bit.*spatial dim 0"):
+        check_index_limits(far)
+    with pytest.raises(ValueError, match="32-bit"):
+        kernel_backend_for_limits = KernelBackend("emulator", np, None, lambda: "unused")
+        kernel_backend_for_limits.forward(np.ones((1, 1, 3)), np.ones((1, 1, 2)), None, far)
     check_index_limits(_geometry(CONFIGS[3]))
+
+
+@pytest.mark.parametrize("count", [1, 255, 256, 2**20 + 1, 2**30 + 1, 2**31 - 1 - 256])
+@pytest.mark.parametrize("threads", [1, 256])
+def test_grid_stride_loops_never_overflow_int32(count, threads):
+    """Each thread's last index plus the grid's stride stays a valid int32, and threads cover count."""
+    blocks = loop_blocks(count, threads, 2**31 - 1)
+    stride = blocks * threads
+    assert blocks >= 1
+    last_index_below_count = count - 1
+    assert last_index_below_count + stride <= 2**31 - 1
+    if count <= 2**30:
+        assert stride >= count  # one item per thread where the headroom allows
 
 
 def test_loader_inlines_headers_with_line_marks():

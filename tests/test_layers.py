@@ -436,3 +436,16 @@ def test_layer_other_dtypes_vs_oracle(nd, dtype, backend):
     assert_close(gx, ref[0], dtype, w.shape[1] * int(np.prod(w.shape[2:])), scale=scl[0], name="grad_input")
     assert_close(layer.weight.grad, ref[1], dtype, x.shape[0] * x[0, 0].size, scale=scl[1], name="weight.grad")
     assert_close(layer.bias.grad, ref[2], dtype, gy.shape[0] * gy[0, 0].size, scale=scl[2], name="bias.grad")
+
+
+def test_load_state_dict_of_fortran_ordered_arrays_then_train(backend):
+    layer = cudeconv.ConvTranspose2d(3, 2, 3, backend=backend, seed=0)
+    weight = np.asfortranarray(np.random.default_rng(0).standard_normal((3, 2, 3, 3)).astype(np.float32))
+    layer.load_state_dict({"weight": weight, "bias": np.zeros(2, np.float32)})
+    assert layer.weight.data.flags.c_contiguous
+    np.testing.assert_array_equal(to_numpy(layer.weight.data), weight)
+    opt = cudeconv.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    x = to_backend(np.ones((1, 3, 2, 2), np.float32), backend)
+    layer.backward(layer(x))
+    opt.step()
+    assert np.all(np.isfinite(to_numpy(layer.weight.data)))

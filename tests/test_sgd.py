@@ -298,3 +298,30 @@ def test_training_on_kernel_backend_follows_numpy(kernel_backend):
                      scale=scale, factor=16, name=f"weight after step {t}")
         assert_close(weights[t][1], ref_weights[t][1].astype(np.float64), np.float32, 18 * (t + 1),
                      scale=scale, factor=16, name=f"bias after step {t}")
+
+
+def test_state_dict_keys_out_of_range_are_refused_and_change_nothing():
+    p = cudeconv.Parameter(np.ones(3))
+    opt = cudeconv.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    for bad_key in (-1, 5):
+        bad = {"state": {bad_key: {"momentum_buffer": np.zeros(3)}},
+               "param_groups": [{**saved["param_groups"][0], "lr": 0.5}]}
+        with pytest.raises(ValueError, match="parameter"):
+            opt.load_state_dict(bad)
+        assert opt.param_groups[0]["lr"] == 0.1  # a refused load leaves the optimizer as it was
+        np.testing.assert_array_equal(opt.state_dict()["state"][0]["momentum_buffer"],
+                                      saved["state"][0]["momentum_buffer"])
+
+
+def test_param_group_with_a_single_parameter_and_single_parameter_refused():
+    p, q = cudeconv.Parameter(np.ones(2)), cudeconv.Parameter(np.ones(2))
+    opt = cudeconv.SGD([{"params": p}, {"params": [q], "lr": 0.5}], lr=0.1)
+    p.grad, q.grad = np.ones(2), np.ones(2)
+    opt.step()
+    np.testing.assert_allclose(p.data, 0.9)
+    np.testing.assert_allclose(q.data, 0.5)
+    with pytest.raises(TypeError, match="iterable"):
+        cudeconv.SGD(p, lr=0.1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 
 NAMES = ("numpy", "cuda", "emulator")
+MIN_COMPUTE_CAPABILITY = 70  # Volta: the float16 scatter forward uses atomicAdd on __half
 
 
 class BackendUnavailableError(RuntimeError):
@@ -39,6 +40,16 @@ def cuda_unavailable_reason():
         return f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if count == 0:
         return "no CUDA device found"
+    try:
+        capability = int(cupy.cuda.Device().compute_capability)
+    except Exception as exc:
+        return f"the current CUDA device cannot be queried ({type(exc).__name__}: {exc})"
+    if capability < MIN_COMPUTE_CAPABILITY:
+        return (
+            f"the current GPU has compute capability {capability // 10}.{capability % 10}; the "
+            f"kernels need {MIN_COMPUTE_CAPABILITY // 10}.{MIN_COMPUTE_CAPABILITY % 10} or newer "
+            f"(atomicAdd on half)"
+        )
     return None
 
 

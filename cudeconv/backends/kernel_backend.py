@@ -18,12 +18,9 @@ from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
-MAX_GRID_X = 2**31 - 1
+INT32_MAX = 2**31 - 1
+MAX_GRID_X = INT32_MAX
 MAX_GRID_Y = 65535
-# Kernels index rows (n, channel) and positions in a channel with 32-bit ints (see
-# kernels/deconv_common.cuh); a position plus one block's stride must stay below 2**31 too.
-MAX_ROWS = 2**31 - 1
-MAX_POSITIONS = 2**31 - 1 - 1024
 
 _SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -45,20 +42,39 @@ def geometry_args(geom: ConvTransposeGeometry):
 
 
 def check_index_limits(geom: ConvTransposeGeometry):
-    """Refuse problems whose rows or per-channel positions would overflow the kernels' int32 indices."""
-    rows = geom.batch * max(geom.in_channels, geom.out_channels)
-    positions = max(math.prod(geom.in_size), math.prod(geom.out_size))
-    filters = geom.in_channels * geom.out_channels_per_group * geom.taps
-    if rows > MAX_ROWS or positions > MAX_POSITIONS or filters > MAX_ROWS:
-        raise ValueError(
-            f"problem too large for the CUDA kernels' 32-bit indices: N·C = {rows}, spatial size "
-            f"{positions}, filter elements {filters} (each must be below {MAX_POSITIONS})"
+    """Refuse problems whose indices would overflow the kernels' 32-bit ints (see
+    kernels/deconv_common.cuh): rows N·C, positions within a channel (plus a block's stride of
+    threads), filter elements, and per dim every intermediate ``i·stride + k·dilation ± padding``."""
+    limits = {
+        "N·C (batch times channels)": geom.batch * max(geom.in_channels, geom.out_channels),
+        "spatial size of one channel": max(math.prod(geom.in_size), math.prod(geom.out_size)) + BLOCK,
+        "filter elements (C_in·C_out/groups·∏kernel_size)":
+            geom.in_channels * geom.out_channels_per_group * geom.taps,
+    }
+    for dim, (i, k, o, s, p, d) in enumerate(zip(geom.in_size, geom.kernel_size, geom.out_size,
+                                                 geom.stride, geom.padding, geom.dilation)):
+        limits[f"(in-1)·stride + (k-1)·dilation + padding + out along spatial dim {dim}"] = (
+            (i - 1) * s + (k - 1) * d + p + o
         )
+    for what, value in limits.items():
+        if value > INT32_MAX:
+            raise ValueError(
+                f"problem too large for the CUDA kernels' 32-bit indices: {what} is {value}, "
+                f"above {INT32_MAX}"
+            )
+
+
+def loop_blocks(count: int, threads_per_block: int, limit: int) -> int:
+    """Blocks for a grid-stride loop over ``count`` items: enough for one item per thread, at most
+    ``limit``, and few enough that an int32 index plus the grid's stride never overflows."""
+    wanted = -(-count // threads_per_block)
+    headroom = max(1, (INT32_MAX - count) // threads_per_block)
+    return max(1, min(wanted, limit, headroom))
 
 
 def rows_grid(rows: int, positions: int):
     """Grid for a kernel looping over (rows × positions): x over positions, y over rows."""
-    return (min(-(-positions // BLOCK), MAX_GRID_X), min(rows, MAX_GRID_Y), 1)
+    return (loop_blocks(positions, BLOCK, MAX_GRID_X), loop_blocks(rows, 1, MAX_GRID_Y), 1)
 
 
 class KernelBackend:
@@ -142,7 +158,7 @@ class KernelBackend:
         grad_weight = self._output(geom.weight_shape, x.dtype)
         filters = geom.in_channels * geom.out_channels_per_group * geom.taps
         self._launch("deconv_backward.cu", f"deconv_grad_weight_{_SUFFIX[x.dtype]}",
-                     (min(filters, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                     (loop_blocks(filters, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                      (grad_output, x, grad_weight) + geometry_args(geom))
         return grad_weight
 
@@ -151,7 +167,7 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         grad_bias = self._output((geom.out_channels,), grad_output.dtype)
         self._launch("deconv_backward.cu", f"deconv_grad_bias_{_SUFFIX[grad_output.dtype]}",
-                     (min(geom.out_channels, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                     (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                      (grad_output, grad_bias, np.int32(geom.batch), np.int32(geom.out_channels),
                       np.int32(math.prod(geom.out_size))))
         return grad_bias
@@ -178,7 +194,7 @@ class KernelBackend:
         if count == 0:
             return
         self._launch("sgd.cu", f"sgd_step_{_SUFFIX[param.dtype]}",
-                     (min(-(-count // BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                     (min(-(-count // BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),  # 64-bit index
                      (param, grad, momentum_buffer, np.int64(count), math_type(hyper.lr),
                       math_type(hyper.momentum), math_type(1.0 - hyper.dampening),
                       math_type(hyper.weight_decay), np.int32(hyper.nesterov),
