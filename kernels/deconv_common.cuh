@@ -38,6 +38,18 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type load(cons
 }
 
 // ---------------------------------------------------------------------------------------------
+// Register tiles. The host passes its values with -D (kernel_backend.py), since it sizes the grids
+// from them; the defaults here serve standalone nvcc builds.
+#ifndef CHANNEL_TILE
+#define CHANNEL_TILE 4  // channels one thread of the gather kernels computes
+#endif
+#ifndef TAP_TILE
+#define TAP_TILE 8  // kernel taps one block of the weight-gradient kernel reduces
+#endif
+
+__device__ __forceinline__ int channel_tiles(int channels) { return (channels + CHANNEL_TILE - 1) / CHANNEL_TILE; }
+
+// ---------------------------------------------------------------------------------------------
 // Geometry, passed to every convolution kernel as the same 22 int scalars, in this order
 // (cudeconv/backends/kernel_backend.py builds them in one place).
 #define DECONV_GEOMETRY_PARAMS                                                                   \

@@ -37,6 +37,10 @@ CONFIGS = [
     ((2, 3), (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 3, 3, 3, 2),   # depthwise, U-Net-like k2 s2
     ((2, 2, 2), (2, 3, 2), (2, 1, 3), (0, 1, 1), (1, 0, 2), (1, 2, 1), 1, 2, 2, 1),
     ((2, 2), (3, 3), (1, 1), (0, 0), (0, 0), (1, 1), 1, 1, 1, 1),   # the textbook 2x2 -> 4x4
+    # Channel counts that leave partial register tiles (CHANNEL_TILE) and taps spanning partial
+    # TAP_TILEs, grouped and not.
+    ((3, 2), (3, 3), (2, 1), (1, 1), (0, 0), (1, 1), 1, 6, 10, 2),
+    ((4,), (11,), (3,), (2,), (1,), (1,), 2, 10, 6, 1),
 ]
 
 
@@ -177,7 +181,8 @@ def test_every_entry_point_under_the_sanitizer():
 
     sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
                               lambda: "cpu-sanitized")
-    for config, dtype in ((CONFIGS[3], np.float32), (CONFIGS[5], np.float16), (CONFIGS[1], np.float64)):
+    for config, dtype in ((CONFIGS[3], np.float32), (CONFIGS[5], np.float16), (CONFIGS[1], np.float64),
+                          (CONFIGS[7], np.float32), (CONFIGS[8], np.float64)):
         geom = _geometry(config)
         x, weight, bias, grad_output = _arrays(geom, dtype, 1)
         (y_ref, gi_ref, gw_ref, gb_ref), scales = _reference(geom, x, weight, bias, grad_output)

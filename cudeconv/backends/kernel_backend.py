@@ -18,6 +18,11 @@ from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
+# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), passed to
+# the compiler from here because the grids are sized from them.
+CHANNEL_TILE = 4
+TAP_TILE = 8
+COMPILE_OPTIONS = (f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}")
 INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
 MAX_GRID_Y = 65535
@@ -64,10 +69,19 @@ def check_index_limits(geom: ConvTransposeGeometry):
             )
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tiled_rows(geom: ConvTransposeGeometry, channels_per_group: int) -> int:
+    """Rows (n, group, tile of CHANNEL_TILE channels) of the channel-tiled gather kernels."""
+    return geom.batch * geom.groups * ceil_div(channels_per_group, CHANNEL_TILE)
+
+
 def loop_blocks(count: int, threads_per_block: int, limit: int) -> int:
     """Blocks for a grid-stride loop over ``count`` items: enough for one item per thread, at most
     ``limit``, and few enough that an int32 index plus the grid's stride never overflows."""
-    wanted = -(-count // threads_per_block)
+    wanted = ceil_div(count, threads_per_block)
     headroom = max(1, (INT32_MAX - count) // threads_per_block)
     return max(1, min(wanted, limit, headroom))
 
@@ -109,7 +123,7 @@ class KernelBackend:
         return self.xp.empty(param.shape, dtype=dtype)
 
     def _launch(self, filename, entry, grid, block, args):
-        module = load_module(filename, self._module_class, self._device_key())
+        module = load_module(filename, self._module_class, self._device_key(), COMPILE_OPTIONS)
         module.get_function(entry)(grid, block, args)
 
     # -- convolution ----------------------------------------------------------------------------
@@ -126,7 +140,8 @@ class KernelBackend:
             return y
         if algorithm == "gather":
             self._launch("deconv_forward.cu", f"deconv_forward_gather_{suffix}",
-                         rows_grid(rows, out_positions), (BLOCK, 1, 1),
+                         rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions),
+                         (BLOCK, 1, 1),
                          (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
         elif algorithm == "scatter":
             self._launch("deconv_forward.cu", f"deconv_fill_bias_{suffix}",
@@ -145,7 +160,7 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
-        rows = geom.batch * geom.in_channels
+        rows = tiled_rows(geom, geom.in_channels_per_group)
         if rows:
             self._launch("deconv_backward.cu", f"deconv_grad_input_{_SUFFIX[weight.dtype]}",
                          rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
@@ -156,9 +171,9 @@ class KernelBackend:
         check_index_limits(geom)
         grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
-        filters = geom.in_channels * geom.out_channels_per_group * geom.taps
+        work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
         self._launch("deconv_backward.cu", f"deconv_grad_weight_{_SUFFIX[x.dtype]}",
-                     (loop_blocks(filters, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                     (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                      (grad_output, x, grad_weight) + geometry_args(geom))
         return grad_weight
 
@@ -194,7 +209,7 @@ class KernelBackend:
         if count == 0:
             return
         self._launch("sgd.cu", f"sgd_step_{_SUFFIX[param.dtype]}",
-                     (min(-(-count // BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),  # 64-bit index
+                     (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),  # 64-bit index
                      (param, grad, momentum_buffer, np.int64(count), math_type(hyper.lr),
                       math_type(hyper.momentum), math_type(1.0 - hyper.dampening),
                       math_type(hyper.weight_decay), np.int32(hyper.nesterov),
