@@ -5,9 +5,13 @@ Forward (per group g, as one BLAS product plus a col2im scatter):
     cols[g] (C_out/g·∏k, N·∏in) = weight[g]ᵀ (C_out/g·∏k, C_in/g) @ x[g] (C_in/g, N·∏in)
     y[n, co, i·stride + k·dilation - padding] += cols[g][(co, k), (n, i)]     for every tap k
 
-The scatter is a Python loop over the ∏k kernel taps only; each tap adds a whole strided block
-(no loops over batch, channels or pixels). Backward reuses the adjoint: one im2col gather of the
-zero-padded grad_output into the same ``cols`` layout, then
+The scatter is a Python loop over the ∏k kernel taps only; each tap adds a whole block (no loops
+over batch, channels or pixels). It works in a stride-phase layout: writing k·dilation =
+m·stride + r, tap k sends input i to uncropped position (i + m)·stride + r, so in a target laid
+out as (phase r, q) per dim each tap's block is a contiguous run q ∈ [m, m + in) of phase r
+instead of a stride-spaced comb; one transpose at the end interleaves the phases. Backward is the
+adjoint: the zero-padded grad_output in the same phase layout, one im2col gather per tap into the
+same ``cols`` layout, then
 
     grad_input[g]  = weight[g] (C_in/g, C_out/g·∏k) @ cols[g]
     grad_weight[g] = x[g] (C_in/g, N·∏in) @ cols[g]ᵀ
@@ -56,6 +60,31 @@ def crop(geom: ConvTransposeGeometry):
     return tuple(slice(p, p + o) for p, o in zip(geom.padding, geom.out_size))
 
 
+def _phase_counts(geom: ConvTransposeGeometry):
+    """Per dim, positions q per stride phase: the uncropped target is q·stride + r < counts·stride."""
+    return tuple(-(-f // s) for f, s in zip(geom.full_extent(), geom.stride))
+
+
+def _tap_phase_blocks(geom: ConvTransposeGeometry):
+    """For each kernel tap, its block in a phase-major target (…, r_1..r_d, q_1..q_d): phase
+    r = (k·dilation) mod stride and the run q ∈ [m, m + in) with m = (k·dilation) div stride."""
+    for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
+        shifts = [divmod(k * d, s) for k, d, s in zip(tap, geom.dilation, geom.stride)]
+        yield tap, tuple(r for _, r in shifts) + tuple(
+            slice(m, m + i) for (m, _), i in zip(shifts, geom.in_size)
+        )
+
+
+def _phase_major_axes(ndim):
+    """Axes taking (n, G, c, q_1, r_1, …, q_d, r_d) to (n, G, c, r_1..r_d, q_1..q_d)."""
+    return (0, 1, 2) + tuple(4 + 2 * j for j in range(ndim)) + tuple(3 + 2 * j for j in range(ndim))
+
+
+def _interleaved_axes(ndim):
+    """Axes taking (n, G, c, r_1..r_d, q_1..q_d) back to (n, G, c, q_1, r_1, …, q_d, r_d)."""
+    return (0, 1, 2) + tuple(a for j in range(ndim) for a in (3 + ndim + j, 3 + j))
+
+
 def _grouped_columns_of_input(x, geom, dtype):
     """x (n, C_in, *in) -> (G, C_in/G, n·∏in) in ``dtype``, the right operand of the BLAS products."""
     n = x.shape[0]
@@ -82,22 +111,28 @@ class NumpyBackend:
         # One algorithm serves both names: the result does not depend on the order of the adds here.
         dtype = compute_dtype(x.dtype)
         G, cout_g = geom.groups, geom.out_channels_per_group
-        # (G, C_out/G·∏k, C_in/G): a transposed view; BLAS reads it with the transpose flag.
-        weight_t = weight.astype(dtype, copy=False).reshape(
+        # (G, C_out/G·∏k, C_in/G), contiguous: BLAS is much slower on the transposed view.
+        weight_t = np.ascontiguousarray(weight.astype(dtype, copy=False).reshape(
             G, geom.in_channels_per_group, cout_g * geom.taps
-        ).transpose(0, 2, 1)
-        extent = geom.full_extent()
-        target = np.zeros((geom.batch, G, cout_g) + extent, dtype=dtype)
+        ).transpose(0, 2, 1))
+        counts = _phase_counts(geom)
+        target = np.zeros((geom.batch, G, cout_g) + geom.stride + counts, dtype=dtype)
         for batch in _batch_slices(geom):
             n = batch.stop - batch.start
-            cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
+            if geom.in_channels_per_group == 1:  # depthwise-like: an outer product, no BLAS needed
+                cols = weight_t * _grouped_columns_of_input(x[batch], geom, dtype)
+            else:
+                cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
             # (G, C_out/G, *k, n, *in) -> per tap a (n, G, C_out/G, *in) block
             cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + geom.in_size)
             cols = np.moveaxis(cols, 2 + geom.ndim, 0)
             out = target[batch]
-            for tap, window in tap_windows(geom):
-                out[(Ellipsis,) + window] += cols[(slice(None),) * 3 + tap]
-        y = target.reshape((geom.batch, geom.out_channels) + extent)[(Ellipsis,) + crop(geom)]
+            for tap, block in _tap_phase_blocks(geom):
+                out[(Ellipsis,) + block] += cols[(slice(None),) * 3 + tap]
+        full = target.transpose(_interleaved_axes(geom.ndim)).reshape(
+            (geom.batch, geom.out_channels) + tuple(c * s for c, s in zip(counts, geom.stride))
+        )
+        y = full[(Ellipsis,) + crop(geom)]
         if bias is not None:
             y = y + bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
         return np.ascontiguousarray(y, dtype=x.dtype)
@@ -118,18 +153,23 @@ class NumpyBackend:
         weight_g = weight.astype(dtype, copy=False).reshape(G, cin_g, cout_g * geom.taps)
         grad_input = np.empty(geom.input_shape, dtype=x.dtype)
         grad_weight = np.zeros((G, cin_g, cout_g * geom.taps), dtype=dtype)
-        extent = geom.full_extent()
+        counts = _phase_counts(geom)
+        interleaved = tuple(a for c, s in zip(counts, geom.stride) for a in (c, s))
         for batch in _batch_slices(geom):
             n = batch.stop - batch.start
-            # Zero-padded grad_output, so every tap reads a full strided window.
-            padded = np.zeros((n, G, cout_g) + extent, dtype=dtype)
+            # Zero-padded grad_output, in the phase layout, so every tap reads a contiguous block.
+            padded = np.zeros((n, G, cout_g) + tuple(c * s for c, s in zip(counts, geom.stride)),
+                              dtype=dtype)
             padded[(Ellipsis,) + crop(geom)] = grad_output[batch].reshape(
                 (n, G, cout_g) + geom.out_size
             )
+            phases = np.ascontiguousarray(
+                padded.reshape((n, G, cout_g) + interleaved).transpose(_phase_major_axes(geom.ndim))
+            )
             cols = np.empty((G, cout_g) + geom.kernel_size + (n,) + geom.in_size, dtype=dtype)
             cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *in) view
-            for tap, window in tap_windows(geom):
-                cols_by_tap[(slice(None),) * 3 + tap] = padded[(Ellipsis,) + window]
+            for tap, block in _tap_phase_blocks(geom):
+                cols_by_tap[(slice(None),) * 3 + tap] = phases[(Ellipsis,) + block]
             cols = cols.reshape(G, cout_g * geom.taps, n * int(np.prod(geom.in_size)))
             grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + geom.in_size)
             grad_input[batch] = np.moveaxis(grad_input_g, 2, 0).reshape(
