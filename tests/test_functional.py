@@ -730,3 +730,25 @@ def test_unbatched_input_as_in_pytorch(backend, nd):
     out = layer.forward(xb, output_size=(6,) + (y.shape[1] - 1,) * nd)  # (C, *spatial) form
     assert out.shape == (6,) + (y.shape[1] - 1,) * nd
     assert layer.backward(to_backend(np.ones(out.shape), backend)).shape == x.shape
+
+
+# Innermost strides of 4 and more, where the NumPy backend lays its scatter buffer out by stride
+# phase (PHASE_LAYOUT_MIN_STRIDE): dilations that do and do not divide the stride, output_padding
+# up to stride - 1, padding crossing phases.
+LARGE_STRIDE_CASES = [
+    dict(nd=1, n=2, cin=3, cout=4, groups=1, in_sp=(5,), kernel=(16,), stride=8, padding=4,
+         output_padding=0, dilation=1, bias=True, seed=11),
+    dict(nd=1, n=1, cin=4, cout=2, groups=2, in_sp=(4,), kernel=(5,), stride=(6,), padding=(3,),
+         output_padding=(5,), dilation=(3,), bias=False, seed=12),
+    dict(nd=2, n=1, cin=2, cout=3, groups=1, in_sp=(3, 4), kernel=(3, 9), stride=(2, 4), padding=(1, 2),
+         output_padding=(1, 3), dilation=(1, 2), bias=True, seed=13),
+    dict(nd=3, n=1, cin=2, cout=2, groups=2, in_sp=(2, 2, 3), kernel=(2, 2, 5), stride=(1, 3, 5),
+         padding=(0, 1, 6), output_padding=(0, 2, 4), dilation=(1, 1, 2), bias=True, seed=14),
+]
+_CASE_BY_KEY.update({"stride:" + _case_id(c): c for c in LARGE_STRIDE_CASES})
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case_key", [k for k in _CASE_BY_KEY if k.startswith("stride:")])
+def test_matches_oracle_large_strides(case_key, dtype, backend):
+    _check_case(case_key, dtype, backend)
