@@ -164,8 +164,29 @@ def make_geometry(
 ) -> ConvTransposeGeometry:
     """Validate a transposed convolution's arguments and compute its sizes.
 
-    Raises ValueError/TypeError naming the offending argument and its value.
+    Raises ValueError/TypeError naming the offending argument and its value. Valid argument sets
+    are remembered: a training loop calls this with the same arguments at every step, and the
+    checks would otherwise cost more than a small layer's arithmetic.
     """
+    args = (ndim, input_shape, weight_shape, stride, padding, output_padding, groups, dilation,
+            bias_shape, input_name)
+    # Keyed by repr, which tells 1 from True, 2 from 2.0 and np.int64(2): equal under ==, but
+    # not all of them valid.
+    key = repr(args)
+    geometry = _valid_geometries.get(key)
+    if geometry is None:
+        geometry = _make_geometry(*args)
+        if len(_valid_geometries) >= 1024:
+            _valid_geometries.clear()
+        _valid_geometries[key] = geometry
+    return geometry
+
+
+_valid_geometries = {}
+
+
+def _make_geometry(ndim, input_shape, weight_shape, stride, padding, output_padding, groups,
+                   dilation, bias_shape, input_name) -> ConvTransposeGeometry:
     input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
     if len(input_shape) != ndim + 2:
         raise ValueError(

@@ -752,3 +752,12 @@ _CASE_BY_KEY.update({"stride:" + _case_id(c): c for c in LARGE_STRIDE_CASES})
 @pytest.mark.parametrize("case_key", [k for k in _CASE_BY_KEY if k.startswith("stride:")])
 def test_matches_oracle_large_strides(case_key, dtype, backend):
     _check_case(case_key, dtype, backend)
+
+
+def test_remembered_geometries_still_reject_look_alike_arguments():
+    """Validated argument sets are cached; 1 == True == 1.0 must not let a bad one through."""
+    x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))
+    cudeconv.conv_transpose2d(x, w, stride=1, groups=1)
+    for bad in (dict(stride=True), dict(stride=1.0), dict(stride=(1, True)), dict(groups=True)):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            cudeconv.conv_transpose2d(x, w, **bad)

@@ -24,6 +24,7 @@ elements — the peak extra memory is about that plus the padded output.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -111,6 +112,11 @@ class _TapLayout:
         return np.ascontiguousarray(full.reshape(full.shape[:3] + self._split).transpose(axes))
 
 
+@functools.lru_cache(maxsize=256)
+def _tap_layout(geom: ConvTransposeGeometry) -> _TapLayout:
+    return _TapLayout(geom)
+
+
 def _grouped_columns_of_input(x, geom, dtype):
     """x (n, C_in, *in) -> (G, C_in/G, n·∏in) in ``dtype``, the right operand of the BLAS products."""
     n = x.shape[0]
@@ -141,7 +147,7 @@ class NumpyBackend:
         weight_t = np.ascontiguousarray(weight.astype(dtype, copy=False).reshape(
             G, geom.in_channels_per_group, cout_g * geom.taps
         ).transpose(0, 2, 1))
-        layout = _TapLayout(geom)
+        layout = _tap_layout(geom)
         target = np.zeros((geom.batch, G, cout_g) + layout.shape, dtype=dtype)
         for batch in _batch_slices(geom):
             n = batch.stop - batch.start
@@ -177,7 +183,7 @@ class NumpyBackend:
         weight_g = weight.astype(dtype, copy=False).reshape(G, cin_g, cout_g * geom.taps)
         grad_input = np.empty(geom.input_shape, dtype=x.dtype)
         grad_weight = np.zeros((G, cin_g, cout_g * geom.taps), dtype=dtype)
-        layout = _TapLayout(geom)
+        layout = _tap_layout(geom)
         for batch in _batch_slices(geom):
             n = batch.stop - batch.start
             # Zero-padded grad_output, in the scatter's layout, so every tap reads a full block.
