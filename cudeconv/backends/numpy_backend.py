@@ -143,22 +143,31 @@ class NumpyBackend:
         # One algorithm serves both names: the result does not depend on the order of the adds here.
         dtype = compute_dtype(x.dtype)
         G, cout_g = geom.groups, geom.out_channels_per_group
-        # (G, C_out/G·∏k, C_in/G), contiguous: BLAS is much slower on the transposed view.
-        weight_t = np.ascontiguousarray(weight.astype(dtype, copy=False).reshape(
-            G, geom.in_channels_per_group, cout_g * geom.taps
-        ).transpose(0, 2, 1))
+        if geom.in_channels_per_group > 1:
+            # (G, C_out/G·∏k, C_in/G), contiguous: BLAS is much slower on the transposed view.
+            weight_t = np.ascontiguousarray(weight.astype(dtype, copy=False).reshape(
+                G, geom.in_channels_per_group, cout_g * geom.taps
+            ).transpose(0, 2, 1))
         layout = _tap_layout(geom)
         target = np.zeros((geom.batch, G, cout_g) + layout.shape, dtype=dtype)
         for batch in _batch_slices(geom):
             n = batch.stop - batch.start
-            if geom.in_channels_per_group == 1:  # depthwise-like: an outer product, no BLAS needed
-                cols = weight_t * _grouped_columns_of_input(x[batch], geom, dtype)
-            else:
-                cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
+            out = target[batch]
+            if geom.in_channels_per_group == 1:
+                # Depthwise-like: a tap's block is x times one weight per output channel, so no
+                # column buffer (measured 2× faster than building one by outer product).
+                x_g = x[batch].astype(dtype, copy=False).reshape((n, G, 1) + geom.in_size)
+                w_g = weight.astype(dtype, copy=False).reshape((1, G, cout_g) + geom.kernel_size)
+                product = np.empty((n, G, cout_g) + geom.in_size, dtype=dtype)
+                for tap, block in layout.blocks:
+                    np.multiply(x_g, w_g[(Ellipsis,) + tap].reshape((1, G, cout_g) + (1,) * geom.ndim),
+                                out=product)
+                    out[(Ellipsis,) + block] += product
+                continue
+            cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
             # (G, C_out/G, *k, n, *in) -> per tap a (n, G, C_out/G, *in) block
             cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + geom.in_size)
             cols = np.moveaxis(cols, 2 + geom.ndim, 0)
-            out = target[batch]
             for tap, block in layout.blocks:
                 out[(Ellipsis,) + block] += cols[(slice(None),) * 3 + tap]
         full = layout.to_uncropped(target).reshape((geom.batch, geom.out_channels) + layout.extent)
