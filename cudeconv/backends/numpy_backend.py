@@ -5,7 +5,9 @@ Forward (per group g, as one BLAS product plus a col2im scatter):
     cols[g] (C_out/g·∏k, N·∏in) = weight[g]ᵀ (C_out/g·∏k, C_in/g) @ x[g] (C_in/g, N·∏in)
     y[n, co, i·stride + k·dilation - padding] += cols[g][(co, k), (n, i)]     for every tap k
 
-The scatter is a Python loop over the ∏k kernel taps only; each tap adds a whole block (no loops
+(With one input channel per group, as in depthwise layers, a tap's block is just x times one
+weight per output channel, and no column buffer is built.) The scatter is a Python loop over the
+∏k kernel taps only; each tap adds a whole block (no loops
 over batch, channels or pixels): a stride-spaced comb of the uncropped output. Where the innermost
 stride is large, a comb wastes most of every cache line it touches, so there the target is laid out
 by stride phase instead: writing k·dilation = m·stride + r, tap k sends input i to uncropped
