@@ -3,6 +3,7 @@
 Outputs are pre-filled with NaN or sentinels so elements a kernel fails to write show up.
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ from cudeconv.emulator import (
     EmulatorLaunchError,
     RawModule,
 )
-from cudeconv.emulator import _compiler
+from cudeconv.emulator import _compiler, _kernel
 
 KERNELS = Path(__file__).parent / "emulator_kernels"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -264,6 +265,49 @@ def test_large_grid_elementwise_and_reduction(features):
     np.testing.assert_allclose(sums, x.reshape(-1, 256).sum(1), rtol=1e-4)
 
 
+UNWRITTEN_SHARED_SOURCE = r"""
+extern __shared__ float file_scope_dynamic[];  // file scope: fine with sanitize=True too
+
+// Reads static shared memory no thread has written in this block, then writes it, so the next
+// block on the same core would see that if shared memory were not poisoned per block.
+extern "C" __global__ void read_unwritten_static_shared(int* seen, float* seen_tile) {
+    __shared__ int never_written;
+    __shared__ float tile[4];
+    __syncthreads();
+    if (threadIdx.x == 0) seen[blockIdx.x] = never_written;
+    seen_tile[blockIdx.x * 4 + threadIdx.x] = tile[threadIdx.x];
+    __syncthreads();
+    never_written = blockIdx.x;
+    tile[threadIdx.x] = 0.0f;
+}
+
+extern "C" __global__ void reverse_through_file_scope_buffer(float* x) {
+    file_scope_dynamic[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    x[threadIdx.x] = file_scope_dynamic[blockDim.x - 1 - threadIdx.x];
+}
+"""
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+def test_unwritten_static_shared_memory_is_poisoned_in_every_block(sanitize):
+    # A fresh module: its first launch is the first use of its shared memory on every core.
+    module = RawModule(UNWRITTEN_SHARED_SOURCE + f"// {sanitize}\n", sanitize=sanitize)
+    seen = np.zeros(64, np.int32)
+    seen_tile = np.zeros(64 * 4, np.float32)
+    module.get_function("read_unwritten_static_shared")((64,), (4,), (seen, seen_tile))
+    np.testing.assert_array_equal(seen, -1)
+    assert np.isnan(seen_tile).all()
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+def test_file_scope_extern_shared(sanitize):
+    module = RawModule(UNWRITTEN_SHARED_SOURCE, sanitize=sanitize)
+    x = np.arange(8, dtype=np.float32)
+    module.get_function("reverse_through_file_scope_buffer")((1,), (8,), (x,), shared_mem=32)
+    np.testing.assert_array_equal(x, np.arange(8)[::-1])
+
+
 # ---- argument checking --------------------------------------------------------------------
 
 
@@ -291,6 +335,21 @@ def test_argument_type_errors(features, index, replacement, message):
     with pytest.raises(TypeError, match=message):
         features.get_function("axpy")((1,), (4,), tuple(args))
     np.testing.assert_array_equal(y, 5.0)  # nothing ran
+
+
+POINTERS_SOURCE = r"""
+struct Pair { int a; float b; };
+extern "C" __global__ void takes_pointers(float* f, const char* c, void* v, Pair* p) {}
+"""
+
+
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("objects", [np.array([1.5, None, "x", 4], object), np.zeros(4, [("a", object)])])
+def test_arrays_of_python_objects_are_refused(index, objects):
+    args = [np.zeros(4, np.float32), np.zeros(4, np.uint8), np.zeros(4, np.uint8), np.zeros(4, [("a", "<i4"), ("b", "<f4")])]
+    args[index] = objects
+    with pytest.raises(TypeError, match=rf"argument {index}: .*holds Python object references"):
+        RawModule(POINTERS_SOURCE).get_function("takes_pointers")((1,), (1,), tuple(args))
 
 
 def test_wrong_argument_count(features):
@@ -373,6 +432,12 @@ def test_options_defines_includes_and_ignored_nvrtc_flags(tmp_path):
         RawModule(source, options=("-DFACTOR=3", "-DOFFSET=10", f"-I{tmp_path}", "--frobnicate"))
 
 
+@pytest.mark.parametrize("name", ["div", "index"])
+def test_kernel_named_like_a_c_library_function(name):
+    with pytest.raises(EmulatorCompileError, match=rf"kernel name '{name}' is also the name of a C library function"):
+        RawModule(f'extern "C" __global__ void {name}(float* x) {{ x[0] = 1.0f; }}\n')
+
+
 UCONTEXT_SOURCE = r"""
 extern "C" __global__ void sums(const float* x, float* block_total, float* warp_total) {
     __shared__ float partial[64];
@@ -436,6 +501,9 @@ extern "C" __global__ void in_place(const float* a, float* b) {
     b[threadIdx.x] += 1.0f;
     b[threadIdx.x] += a[threadIdx.x];
 }
+extern "C" __global__ void add_from(const float* a, float* b) {
+    b[threadIdx.x] += a[threadIdx.x];
+}
 """
 
 
@@ -468,7 +536,8 @@ def test_sanitizer_catches_out_of_bounds_write_and_process_survives(sanitized, f
 def test_sanitizer_catches_shared_memory_overflows(sanitized):
     with pytest.raises(EmulatorLaunchError, match=r"index 32 out of bounds for type 'float \[32\]'"):
         sanitized.get_function("shared_past_end")((1,), (40,), (np.zeros(40, np.float32),))
-    with pytest.raises(EmulatorLaunchError, match="heap-buffer-overflow"):
+    # Bytes past the launch's dynamic shared memory are poisoned by hand (they are not a heap block).
+    with pytest.raises(EmulatorLaunchError, match=r"use-after-poison[\s\S]*cudeconv_kernel\.cu:17"):
         sanitized.get_function("dynamic_shared_past_end")((1,), (16,), (np.zeros(16, np.float32),), shared_mem=60)
     sanitized.get_function("dynamic_shared_past_end")((1,), (16,), (np.zeros(16, np.float32),), shared_mem=64)
 
@@ -478,6 +547,119 @@ def test_sanitized_launch_with_the_same_array_twice(sanitized):
     x = np.arange(8, dtype=np.float32)
     sanitized.get_function("in_place")((1,), (8,), (x, x))
     np.testing.assert_array_equal(x, np.arange(8) * 2 + 2)
+
+
+def test_sanitized_launch_writes_back_through_a_read_only_alias_first(sanitized):
+    x = np.arange(8, dtype=np.float32)
+    read_only = x.view()
+    read_only.flags.writeable = False
+    sanitized.get_function("in_place")((1,), (8,), (read_only, x))
+    np.testing.assert_array_equal(x, np.arange(8) * 2 + 2)
+
+
+@pytest.mark.parametrize("a, b", [(slice(0, 12), slice(4, 8)), (slice(0, 8), slice(4, 12)), (slice(4, 8), slice(0, 12))])
+def test_sanitized_launch_with_arrays_inside_or_overlapping_others(sanitized, a, b):
+    """One buffer per stretch of memory: writes through one view are seen through the others."""
+    source = np.arange(12, dtype=np.float32)
+    expected = source.copy()
+    RawModule(SANITIZED_SOURCE).get_function("add_from")((1,), (4,), (expected[a], expected[b]))
+    sanitized.get_function("add_from")((1,), (4,), (source[a], source[b]))
+    np.testing.assert_array_equal(source, expected)
+
+
+# ---- time limit ---------------------------------------------------------------------------
+
+HANGING_SOURCE = r"""
+// Threads 0-15 wait at barriers for a flag that threads 16.. spin on: on a GPU this deadlocks
+// too; here a spinning thread never yields to the others.
+extern "C" __global__ void deadlock(int* out) {
+    __shared__ volatile int flag;
+    if (threadIdx.x == 0) flag = 0;
+    __syncthreads();
+    if (threadIdx.x < 16) {
+        while (!flag) __syncthreads();
+    } else {
+        while (!flag) {}
+    }
+    out[blockIdx.x] = 1;
+}
+extern "C" __global__ void barriers_forever(int* out) {
+    __shared__ volatile int flag;
+    if (threadIdx.x == 0) flag = 0;
+    __syncthreads();
+    while (!flag) __syncthreads();
+    out[blockIdx.x] = 1;
+}
+extern "C" __global__ void fill(int* out) { out[blockIdx.x * blockDim.x + threadIdx.x] = 7; }
+"""
+
+_HANG_CHECK = f"""
+import time
+import numpy as np
+from cudeconv.emulator import EmulatorLaunchError, RawModule
+module = RawModule({HANGING_SOURCE!r})
+for name, grid in [("deadlock", 1), ("deadlock", 6), ("barriers_forever", 1), ("barriers_forever", 6)]:
+    start = time.monotonic()
+    try:
+        module.get_function(name)((grid,), (32,), (np.zeros(grid, np.int32),))
+    except EmulatorLaunchError as exc:
+        print(f"{{name}} grid={{grid}} after {{time.monotonic() - start:.1f}} s: {{exc}}")
+    else:
+        print(f"{{name}} grid={{grid}}: no error")
+out = np.zeros(64, np.int32)
+module.get_function("fill")((2,), (32,), (out,))
+print("afterwards:", (out == 7).all())
+"""
+
+
+def test_hanging_launches_are_stopped_and_the_process_carries_on():
+    # In a child process, so that a watchdog that fails to stop a launch fails the test
+    # instead of hanging the test run.
+    env = dict(os.environ, CUDECONV_EMULATOR_TIMEOUT="2", PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", _HANG_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, result.stdout
+    for line in lines[:4]:
+        assert re.search(r"after [2-5]\.\d s: kernel '\w+' failed: timed out: it did not finish within 2 s \(CUDECONV_EMULATOR_TIMEOUT\)", line), line
+        assert "spin-wait or a deadlock" in line
+    assert "block (0,0,0): thread (16,0,0) was running without reaching a barrier; 16 threads waiting at __syncthreads, 0 in a warp-synchronous call, 15 not yet run since the last barrier, 0 exited" in lines[0]
+    assert re.search(r"block \(\d,0,0\): thread \(16,0,0\) was running without reaching a barrier", lines[1])
+    assert re.search(r"block \(0,0,0\): its threads were still meeting at barriers \(\d+ __syncthreads so far\)", lines[2])
+    assert lines[4] == "afterwards: True"
+
+
+def test_sanitized_hanging_launch_is_stopped(monkeypatch):
+    monkeypatch.setenv("CUDECONV_EMULATOR_TIMEOUT", "2")
+    module = RawModule(HANGING_SOURCE, sanitize=True)
+    with pytest.raises(
+        EmulatorLaunchError,
+        match=r"kernel 'deadlock' failed: cudeconv emulator: kernel 'deadlock' did not finish within 2 s "
+        r"\(CUDECONV_EMULATOR_TIMEOUT\) and could not be stopped; block \(0,0,0\) thread \(16,0,0\) is still running;",
+    ):
+        module.get_function("deadlock")((1,), (32,), (np.zeros(1, np.int32),))
+    with pytest.raises(EmulatorLaunchError, match=r"timed out: .*block \(0,0,0\): its threads were still meeting at barriers"):
+        module.get_function("barriers_forever")((1,), (32,), (np.zeros(1, np.int32),))
+
+
+def test_sanitizer_child_that_hangs_is_killed(sanitized, tmp_path, monkeypatch):
+    """The parent's own limit, for a child that hangs where its watchdog cannot see it."""
+    hanging = tmp_path / "hanging-runner"
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    compiled = dataclasses.replace(sanitized._compiled, path=hanging)
+    kernel = _kernel.RawKernel(compiled, compiled.kernels["add_one"])
+    monkeypatch.setenv("CUDECONV_EMULATOR_TIMEOUT", "1")
+    monkeypatch.setattr(_kernel, "_CHILD_TIMEOUT_MARGIN_SECONDS", 0.5)
+    with pytest.raises(EmulatorLaunchError, match=r"kernel 'add_one' timed out under the sanitizer: .* within 1\.5 s .*killed; likely a deadlock or a spin-wait"):
+        kernel((1,), (1,), (np.zeros(1, np.float32), np.int32(1)))
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_invalid_timeout_setting(features, monkeypatch, value):
+    monkeypatch.setenv("CUDECONV_EMULATOR_TIMEOUT", value)
+    with pytest.raises(ValueError, match="CUDECONV_EMULATOR_TIMEOUT must be a number of seconds"):
+        launch(features, "axpy", (1,), (4,), _axpy_args())
 
 
 # ---- caching ------------------------------------------------------------------------------
@@ -505,6 +687,52 @@ def test_disk_cache_hit_skips_the_compiler(tmp_path, monkeypatch):
     np.testing.assert_array_equal(x, 42)
     with pytest.raises(AssertionError, match="the compiler ran"):
         RawModule(source, options=("-DSOMETHING_NEW",))  # a different key does compile
+
+
+def _replace_file(path, data):
+    # A new file rather than rewriting this one, which this process has mapped.
+    scratch = path.with_name(path.name + ".new")
+    scratch.write_bytes(data)
+    os.replace(scratch, path)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped byte", "no record"])
+def test_damaged_cache_artifact_is_rebuilt(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("CUDECONV_EMULATOR_CACHE", str(tmp_path))
+    source = CACHE_SOURCE % 3
+    RawModule(source)
+    (artifact,) = tmp_path.glob("*.so")
+    record = artifact.with_name(artifact.name + ".sha256")
+    size, digest = record.read_text().split()
+    assert int(size) == artifact.stat().st_size and len(digest) == 64
+    data = artifact.read_bytes()
+    if damage == "empty":
+        _replace_file(artifact, b"")
+    elif damage == "truncated":  # loading it as it is can end the process with SIGBUS
+        _replace_file(artifact, data[: len(data) // 2])
+    elif damage == "flipped byte":
+        _replace_file(artifact, data[:-100] + bytes([data[-100] ^ 1]) + data[-99:])
+    else:
+        record.unlink()
+    monkeypatch.setattr(_compiler, "_loaded", {})
+    x = np.zeros(4, np.int32)
+    RawModule(source).get_function("fill")((1,), (4,), (x, np.int32(1)))
+    np.testing.assert_array_equal(x, 4)
+    assert artifact.read_bytes() == data
+    assert record.read_text().split() == [size, digest]
+
+
+def test_cache_artifact_that_matches_its_record_but_does_not_load_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDECONV_EMULATOR_CACHE", str(tmp_path))
+    source = CACHE_SOURCE % 4
+    RawModule(source)
+    (artifact,) = tmp_path.glob("*.so")
+    _replace_file(artifact, b"not a shared object")
+    artifact.with_name(artifact.name + ".sha256").write_text(_compiler._file_record(artifact))
+    monkeypatch.setattr(_compiler, "_loaded", {})
+    x = np.zeros(4, np.int32)
+    RawModule(source).get_function("fill")((1,), (4,), (x, np.int32(1)))
+    np.testing.assert_array_equal(x, 5)
 
 
 @pytest.mark.slow

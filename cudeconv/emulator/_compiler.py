@@ -5,8 +5,9 @@ One module's translation unit is the shim header, the kernel source and one expo
 once with the ``__global__``/``__launch_bounds__`` keywords turned into markers, so kernels
 produced by macros or hidden behind ``#if`` are seen exactly as the compiler sees them.
 
-Builds are cached on disk by a hash of everything that affects the output, and loaded modules
-are cached in memory by their file.
+Builds are cached on disk by a hash of everything that affects the output, each with a record
+of its size and SHA-256 that is checked before it is loaded; loaded modules are cached in
+memory by their file.
 """
 
 import ctypes
@@ -184,15 +185,20 @@ def translate_options(options):
 
 
 def rewrite_extern_shared(source):
-    """``extern __shared__ T name[];`` becomes a per-block pointer to the dynamic shared buffer.
+    """``extern __shared__ T name[];`` becomes a declaration of the shim's dynamic shared buffer.
 
     C++ has no way to express CUDA's unsized shared array, so the declaration is replaced in
-    the text (keeping its line count); the element type is picked up by a templated conversion
-    in the shim. Only the source itself is rewritten, not headers it includes.
+    the text (keeping its line count) by a thread-local array of unknown size whose assembler
+    name is the buffer's: every such declaration aliases the one per-thread (so per-block)
+    buffer, at file scope as well as in a function, and, as in CUDA, all declarations of one
+    name must agree on the type. Only the source itself is rewritten, not headers it includes.
     """
 
     def replace(match):
-        text = f"CUDECONV_EMU_SHARED{match.group(1)}* const {match.group(2)} = ::cudeconv_emu::DynamicSharedPointer{{}};"
+        text = (
+            f'extern thread_local __attribute__((visibility("hidden"))){match.group(1)}{match.group(2)}[]'
+            ' __asm__("cudeconv_emu_dynamic_shared");'
+        )
         return text + "\n" * (match.group(0).count("\n") - text.count("\n"))
 
     return _EXTERN_SHARED.sub(replace, source)
@@ -316,7 +322,7 @@ class BuildPlan:
 
     def flags(self):
         flags = [*self.user_args, "-fno-strict-aliasing", "-fdiagnostics-color=never", "-Wno-unknown-pragmas"]
-        flags += ["-fvisibility=hidden", "-I", str(PACKAGE_DIR)]
+        flags += ["-fvisibility=hidden", "-pthread", "-I", str(PACKAGE_DIR)]
         if self.cuda_include:
             flags += ["-isystem", self.cuda_include, "-DCUDECONV_EMU_HAVE_CUDA_HEADERS=1"]
         if self.sanitize:
@@ -339,11 +345,21 @@ class BuildPlan:
         return "".join(parts)
 
 
-def _run_compiler(arguments, plan):
+def _run_compiler(arguments, plan, cwd):
     # C locale: plain ASCII quotes in diagnostics, whatever the user's locale.
-    result = subprocess.run(arguments, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    result = subprocess.run(arguments, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}, cwd=cwd)
     if result.returncode != 0:
         message = f"compiling kernel source for the CPU emulator failed:\n{result.stderr.strip()}"
+        # A kernel named like a C library function (div, fadd, index, round, ...) either
+        # conflicts with its declaration or overloads it, so that no single entry point exists.
+        clash = re.search(r"conflicting declaration of C function '[^']*?\b(\w+)\(", result.stderr) or re.search(
+            r"unable to deduce 'auto' from '&\s*(\w+)'", result.stderr
+        )
+        if clash:
+            message += (
+                f"\n(the kernel name {clash.group(1)!r} is also the name of a C library function, which the "
+                "emulator's host build declares; rename the kernel)"
+            )
         if not plan.cuda_include and re.search(r"cuda_(fp16|bf16)\.h|vector_types\.h", result.stderr):
             message += (
                 "\n(no CUDA toolkit headers were found; set CUDA_PATH or CUDECONV_EMULATOR_CUDA_INCLUDE "
@@ -354,21 +370,64 @@ def _run_compiler(arguments, plan):
     return result.stdout
 
 
+def artifact_path(plan):
+    return cache_dir() / (plan.key() + ("-sanitize.bin" if plan.sanitize else ".so"))
+
+
+def _record_path(artifact):
+    return artifact.with_name(artifact.name + ".sha256")
+
+
+def _file_record(path):
+    """``"<size> <sha256>"`` of a file's contents."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return f"{size} {digest.hexdigest()}\n"
+
+
+def _intact(artifact):
+    try:
+        return _record_path(artifact).read_text() == _file_record(artifact)
+    except OSError:
+        return False
+
+
+def discard(artifact):
+    """Removes a cached build and its record."""
+    for path in (artifact, _record_path(artifact)):
+        path.unlink(missing_ok=True)
+
+
 def build(plan):
-    """Path of the built module for ``plan``, compiling it unless the disk cache has it."""
-    directory = cache_dir()
-    artifact = directory / (plan.key() + ("-sanitize.bin" if plan.sanitize else ".so"))
-    if artifact.exists():
+    """Path of the built module for ``plan``, compiling it unless the disk cache has it intact.
+
+    A cached file that does not match its record (truncated, corrupt, or from before records)
+    is deleted and built again: loading a truncated shared object can crash the process.
+    """
+    artifact = artifact_path(plan)
+    if _intact(artifact):
         return artifact
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as scratch:
+    discard(artifact)
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=artifact.parent, prefix=".build-") as scratch:
+        # Relative names and the prefix map (for debug information): no build's output depends
+        # on where it was made, so concurrent builds of one key write identical files.
         unit = Path(scratch) / "module.cpp"
         unit.write_text(plan.translation_unit(None))
-        preprocessed = _run_compiler([*plan.compiler, *plan.flags(), "-E", "-DCUDECONV_EMU_DISCOVER", str(unit)], plan)
+        preprocessed = _run_compiler([*plan.compiler, *plan.flags(), "-E", "-DCUDECONV_EMU_DISCOVER", unit.name], plan, scratch)
         unit.write_text(plan.translation_unit(find_entry_points(preprocessed)))
         output = Path(scratch) / artifact.name
-        _run_compiler([*plan.compiler, *plan.flags(), str(unit), "-o", str(output)], plan)
-        # Atomic: a concurrent build of the same key replaces it with an identical file.
+        _run_compiler(
+            [*plan.compiler, *plan.flags(), f"-ffile-prefix-map={scratch}=.", unit.name, "-o", output.name], plan, scratch
+        )
+        record = Path(scratch) / _record_path(artifact).name
+        record.write_text(_file_record(output))
+        # Each rename is atomic; the record goes first, so whoever finds the new file finds its record.
+        os.replace(record, _record_path(artifact))
         os.replace(output, artifact)
     return artifact
 
@@ -421,10 +480,17 @@ def load(source, options, sanitize):
         raise TypeError(f"kernel source must be a str, got {type(source).__name__}")
     plan = BuildPlan(source, tuple(translate_options(options)), bool(sanitize), compiler_command(), find_cuda_include() or "")
     with _loaded_lock:
-        path = build(plan)
+        path = artifact_path(plan)
         module = _loaded.get(path)
         if module is None:
-            module = _open(path, plan.sanitize)
+            build(plan)
+            try:
+                module = _open(path, plan.sanitize)
+            except (OSError, EmulatorError):
+                # It matched its record yet does not load (a record written for a damaged
+                # file, say): build it afresh, once.
+                discard(path)
+                module = _open(build(plan), plan.sanitize)
             _loaded[path] = module
         return module
 

@@ -1,6 +1,7 @@
 """``RawModule``/``RawKernel`` with CuPy's interface, running kernels on the CPU."""
 
 import ctypes
+import math
 import os
 import struct
 import subprocess
@@ -23,6 +24,24 @@ _ERROR_BUFFER_BYTES = 8192
 _ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1:abort_on_error=0:exitcode=86"
 _UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1"
 _RUNNER_LAUNCH_FAILED = 3  # exit status of cudeconv_emu_runner.cpp for an EmulatorLaunchError
+DEFAULT_TIMEOUT_SECONDS = 300.0
+# A sanitizer child gets this long beyond the launch's own limit: its watchdog reports first,
+# naming the block and thread; the parent's limit catches a child that hangs anywhere else.
+_CHILD_TIMEOUT_MARGIN_SECONDS = 10.0
+
+
+def launch_timeout():
+    """Seconds one launch may run: ``$CUDECONV_EMULATOR_TIMEOUT``, default 300; 0 means no limit."""
+    text = os.environ.get("CUDECONV_EMULATOR_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise ValueError(f"CUDECONV_EMULATOR_TIMEOUT must be a number of seconds (0 for no limit), got {text!r}")
+    return seconds
 
 
 class RawModule:
@@ -70,7 +89,9 @@ class RawKernel:
         if compiled.library is not None:
             self._launch = getattr(compiled.library, f"cudeconv_emu_launch_{info.name}")
             self._launch.restype = ctypes.c_int
-            self._launch.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulonglong]
+            self._launch.argtypes = [
+                ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong
+            ]
 
     def __repr__(self):
         signature = ", ".join(p.c_type for p in self.parameters)
@@ -81,10 +102,11 @@ class RawKernel:
         block = _dimensions(block, "block")
         shared_mem = self._check_configuration(grid, block, shared_mem)
         values = self._check_arguments(args)
+        timeout = launch_timeout()
         if self._compiled.sanitize:
-            self._launch_in_child(grid, block, shared_mem, values)
+            self._launch_in_child(grid, block, shared_mem, values, timeout)
         else:
-            self._launch_here(grid, block, shared_mem, values)
+            self._launch_here(grid, block, shared_mem, values, timeout)
 
     def _check_configuration(self, grid, block, shared_mem):
         if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
@@ -123,7 +145,7 @@ class RawKernel:
             values.append(value if parameter.is_pointer else value.tobytes())
         return values
 
-    def _launch_here(self, grid, block, shared_mem, values):
+    def _launch_here(self, grid, block, shared_mem, values, timeout):
         # Like cuLaunchKernel's kernelParams: params[i] points at argument i's value, a device
         # pointer (the array's address) or the scalar's bytes; slots are 16-byte aligned.
         sizes = [8 if isinstance(v, np.ndarray) else len(v) for v in values]
@@ -138,19 +160,23 @@ class RawKernel:
             params[i] = base + int(offsets[i])
         dims = (ctypes.c_uint * 6)(*grid, *block)
         error = ctypes.create_string_buffer(_ERROR_BUFFER_BYTES)
-        if self._launch(dims, shared_mem, params.ctypes.data, error, _ERROR_BUFFER_BYTES) != 0:
+        if self._launch(dims, shared_mem, params.ctypes.data, timeout, error, _ERROR_BUFFER_BYTES) != 0:
             raise EmulatorLaunchError(f"kernel '{self.name}' failed: {error.value.decode(errors='replace')}")
 
-    def _launch_in_child(self, grid, block, shared_mem, values):
-        buffers = _distinct_buffers([v for v in values if isinstance(v, np.ndarray)])
-        request = [b"CDEMREQ1", struct.pack("=I", len(self.name)), self.name.encode()]
-        request += [struct.pack("=6I", *grid, *block), struct.pack("=Q", shared_mem), struct.pack("=I", len(buffers))]
-        for array in buffers.values():
-            request += [struct.pack("=Q", array.nbytes), array.tobytes()]
+    def _launch_in_child(self, grid, block, shared_mem, values, timeout):
+        arrays = [v for v in values if isinstance(v, np.ndarray)]
+        regions = _memory_regions(arrays)
+        request = [b"CDEMREQ2", struct.pack("=I", len(self.name)), self.name.encode()]
+        request += [struct.pack("=6I", *grid, *block), struct.pack("=Q", shared_mem), struct.pack("=d", timeout)]
+        request.append(struct.pack("=I", len(regions)))
+        for start, end in regions:
+            # Every byte of a region belongs to one of the arrays that make it up.
+            request += [struct.pack("=Q", end - start), ctypes.string_at(start, end - start)]
         request.append(struct.pack("=I", len(values)))
         for value in values:
             if isinstance(value, np.ndarray):
-                request.append(struct.pack("=II", 0, list(buffers).index(_buffer_key(value))))
+                region = _region_of(regions, value)
+                request.append(struct.pack("=IIQ", 0, region, value.ctypes.data - regions[region][0]))
             else:
                 request += [struct.pack("=II", 1, len(value)), value]
         with tempfile.TemporaryDirectory(prefix="cudeconv-emu-") as scratch:
@@ -161,11 +187,24 @@ class RawKernel:
             env["ASAN_OPTIONS"] = ":".join(filter(None, [_ASAN_OPTIONS, os.environ.get("ASAN_OPTIONS")]))
             env["UBSAN_OPTIONS"] = ":".join(filter(None, [_UBSAN_OPTIONS, os.environ.get("UBSAN_OPTIONS")]))
             sys.stdout.flush()  # kernel printf output goes straight to our stdout
-            result = subprocess.run(
-                [str(self._compiled.path), str(request_path), str(response_path)],
-                stderr=subprocess.PIPE,
-                env=env,
-            )
+            child_timeout = timeout + _CHILD_TIMEOUT_MARGIN_SECONDS if timeout else None
+            try:
+                result = subprocess.run(
+                    [str(self._compiled.path), str(request_path), str(response_path)],
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    timeout=child_timeout,
+                )
+            except subprocess.TimeoutExpired as exc:  # subprocess.run has killed the child
+                report = (exc.stderr or b"").decode(errors="replace")
+                raise EmulatorLaunchError(
+                    f"kernel '{self.name}' timed out under the sanitizer: its child process did not finish within "
+                    f"{child_timeout:g} s (CUDECONV_EMULATOR_TIMEOUT plus {_CHILD_TIMEOUT_MARGIN_SECONDS:g} s) and was "
+                    "killed; likely a deadlock or a spin-wait between threads of a block, which the emulator cannot "
+                    "run (it runs the threads of a block one at a time between barriers)"
+                    + (f":\n{report}" if report else ""),
+                    report,
+                ) from None
             report = result.stderr.decode(errors="replace")
             if result.returncode == _RUNNER_LAUNCH_FAILED:
                 raise EmulatorLaunchError(f"kernel '{self.name}' failed: {report.strip()}", report)
@@ -175,12 +214,15 @@ class RawKernel:
                 )
             if report:
                 sys.stderr.write(report)
-            response = response_path.read_bytes()
-        offset = 0
-        for array in buffers.values():
+            response = np.frombuffer(response_path.read_bytes(), np.uint8)
+        offsets = np.cumsum([0] + [end - start for start, end in regions])
+        # Writable arrays get their bytes back; where arrays alias, each writable one gets the
+        # same bytes, and read-only ones are only ever read through const pointers.
+        for array in arrays:
             if array.flags.writeable and array.nbytes:
-                np.copyto(array.reshape(-1).view(np.uint8), np.frombuffer(response, np.uint8, array.nbytes, offset))
-            offset += array.nbytes
+                region = _region_of(regions, array)
+                offset = int(offsets[region]) + array.ctypes.data - regions[region][0]
+                np.copyto(array.reshape(-1).view(np.uint8), response[offset : offset + array.nbytes])
 
 
 def _dimensions(value, what):
@@ -209,6 +251,8 @@ _CHECKED_POINTEE_KINDS = set("fiubhB")
 def _pointer_problem(parameter, value):
     if not isinstance(value, np.ndarray):
         return f"which takes a C-contiguous numpy array; got {_describe(value)}"
+    if value.dtype.hasobject:
+        return f"which takes an array of plain data; got {_describe(value)}, which holds Python object references"
     if not value.flags.c_contiguous:
         return f"which takes a C-contiguous numpy array; got a non-contiguous array (strides {value.strides}); use numpy.ascontiguousarray"
     if not parameter.pointee_const and not value.flags.writeable:
@@ -242,17 +286,19 @@ def _scalar_problem(parameter, value):
     return f"which takes {wanted} (passed by value); got {_describe(value)}"
 
 
-def _buffer_key(array):
-    return array.ctypes.data, array.nbytes
+def _memory_regions(arrays):
+    """Sorted, disjoint ``(start, end)`` address ranges covering the arrays, merging those that
+    share memory (the same array twice, a view inside another, overlapping views): the child
+    gets one buffer per region, so writes through one alias are seen through the others."""
+    regions = []
+    for start, end in sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays):
+        if regions and start < regions[-1][1]:
+            regions[-1] = (regions[-1][0], max(end, regions[-1][1]))
+        else:
+            regions.append((start, end))
+    return regions
 
 
-def _distinct_buffers(arrays):
-    """One child-side buffer per distinct memory block (the same array may be passed twice)."""
-    buffers = {}
-    for array in arrays:
-        buffers.setdefault(_buffer_key(array), array)
-    spans = sorted((start, start + size) for start, size in buffers if size)
-    for (_, end), (next_start, _) in zip(spans, spans[1:]):
-        if next_start < end:
-            raise ValueError("sanitize=True cannot pass arrays that partially overlap in memory")
-    return buffers
+def _region_of(regions, array):
+    start = array.ctypes.data
+    return next(i for i, (begin, end) in enumerate(regions) if begin <= start and start + array.nbytes <= end)

@@ -11,7 +11,11 @@
 // stacks) on that worker's OS thread; a fiber runs until it finishes or reaches a barrier
 // (__syncthreads, or a warp-synchronous intrinsic), then the scheduler resumes the next one.
 // Because all fibers of a block share one OS thread, `static thread_local` storage is exactly
-// block-shared storage, which is how __shared__ is implemented.
+// block-shared storage, which is how __shared__ is implemented: the module's thread-local
+// storage holds the static __shared__ variables, the dynamic shared buffer and the worker
+// pointer, and nothing else, so the scheduler poisons all of it at the start of each block.
+//
+// A watchdog thread stops a launch that runs past its time limit (see launch()).
 #ifndef CUDECONV_EMU_H
 #define CUDECONV_EMU_H
 
@@ -30,15 +34,22 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
 #include <cxxabi.h>
+#include <link.h>
 #include <math.h>
 #include <memory>
 #include <mutex>
+#include <pthread.h>
 #include <stdint.h>
 #include <string>
 #include <sys/mman.h>
+#include <thread>
 #include <type_traits>
 #include <typeinfo>
+#include <ucontext.h>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -46,11 +57,17 @@
 #include <omp.h>
 #endif
 #ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #if !defined(__x86_64__) || defined(CUDECONV_EMU_UCONTEXT)
 #define CUDECONV_EMU_USE_UCONTEXT 1
-#include <ucontext.h>
+#endif
+// The watchdog can stop a thread stuck in kernel code only where it knows how to switch stacks
+// from a signal handler: the x86-64 fiber switch, outside the sanitizers (a sanitized launch is
+// a child process, which the watchdog ends instead).
+#if !defined(CUDECONV_EMU_USE_UCONTEXT) && !defined(__SANITIZE_ADDRESS__)
+#define CUDECONV_EMU_CAN_INTERRUPT 1
 #endif
 
 #if CUDECONV_EMU_HAVE_CUDA_HEADERS
@@ -121,15 +138,10 @@ struct dim3 {
 #define __global__
 #define __launch_bounds__(...)
 #endif
-// One block at a time runs on each OS thread, so per-thread storage is per-block storage. The
-// sanitizer build runs blocks on a single thread and uses plain statics, which ASan guards
-// with redzones (it does not instrument thread_local storage).
-#ifdef _OPENMP
-#define CUDECONV_EMU_SHARED static thread_local
-#else
-#define CUDECONV_EMU_SHARED static
-#endif
-#define __shared__ CUDECONV_EMU_SHARED
+// One block at a time runs on each OS thread, so per-thread storage is per-block storage.
+// (AddressSanitizer puts no redzones around thread-local variables: under sanitize=True only
+// UBSan's bounds check on subscripts catches overflows of static __shared__ arrays.)
+#define __shared__ static thread_local
 
 static constexpr int warpSize = 32;
 
@@ -145,7 +157,8 @@ constexpr size_t kFiberStackRegion = 1u << 20;  // ASan redzones inflate stack f
 constexpr size_t kFiberStackRegion = 256u << 10;
 #endif
 
-enum class FiberState : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Exited, Aborted };
+// Interrupted: stopped by the watchdog's signal, anywhere in kernel code.
+enum class FiberState : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Exited, Aborted, Interrupted };
 
 struct Fiber {
 #ifdef CUDECONV_EMU_USE_UCONTEXT
@@ -186,6 +199,12 @@ struct Launch {
     std::atomic<bool> failed{false};
     std::mutex error_mutex;
     std::string error;
+    // Set by the watchdog; each worker then stops its block and describes it. Separate from
+    // `error`: a thread stopped inside fail() would leave error_mutex locked.
+    std::atomic<bool> timed_out{false};
+    std::mutex timeout_mutex;
+    std::string timeout_report;
+    std::vector<Worker*> workers;  // under timeout_mutex
 
     void fail(const std::string& message) {
         std::lock_guard<std::mutex> lock(error_mutex);
@@ -193,6 +212,9 @@ struct Launch {
             error = message;
             failed.store(true);
         }
+    }
+    bool stopping() const {
+        return failed.load(std::memory_order_relaxed) || timed_out.load(std::memory_order_relaxed);
     }
 };
 
@@ -206,11 +228,14 @@ struct Worker {
     dim3 grid_dim, block_dim;
     uint3 block_idx;
     unsigned num_threads;
-    Fiber* running;  // the fiber resumed last, null between resumes
+    // The fiber resumed last, null between resumes; atomic because the watchdog reads it.
+    std::atomic<Fiber*> running{nullptr};
     unsigned barrier_count;    // result of the last __syncthreads_count
     unsigned barrier_arrived;  // how many threads took part in it
     std::unique_ptr<Fiber[]> fibers;
-    unsigned char* dynamic_shared;
+    pthread_t os_thread;
+    unsigned char* tls_begin;  // this thread's instance of the module's thread-local storage
+    unsigned char* tls_end;
     const void* asan_scheduler_stack_bottom;
     size_t asan_scheduler_stack_size;
     void* asan_scheduler_fake_stack;
@@ -218,6 +243,10 @@ struct Worker {
 
 // The worker of this OS thread; only the scheduler side uses it.
 inline thread_local Worker* tls_worker = nullptr;
+
+// Dynamic shared memory: every `extern __shared__ T name[];` is rewritten to a declaration of
+// this symbol (see _compiler.py), so all of them alias it, as in CUDA, wherever they are declared.
+alignas(128) thread_local unsigned char dynamic_shared[kMaxDynamicShared] __asm__("cudeconv_emu_dynamic_shared");
 
 // The running kernel thread is found from the stack pointer: fiber stack regions are aligned
 // to their size, and a header in the region's first page names the fiber. Every threadIdx /
@@ -282,11 +311,14 @@ __asm__(
     // pop + jmp rather than ret: the return-stack predictor would mispredict every switch
     "    popq %rax\n"
     "    jmp *%rax\n"
+    ".hidden cudeconv_emu_switch_stack_end\n"
+    ".globl cudeconv_emu_switch_stack_end\n"
+    "cudeconv_emu_switch_stack_end:\n"
     ".size cudeconv_emu_switch_stack, .-cudeconv_emu_switch_stack\n");
 #endif
 
 inline void resume_fiber(Worker& w, Fiber& f) {
-    w.running = &f;
+    w.running.store(&f, std::memory_order_release);
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_start_switch_fiber(&w.asan_scheduler_fake_stack, f.stack, f.stack_size);
 #endif
@@ -298,7 +330,7 @@ inline void resume_fiber(Worker& w, Fiber& f) {
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_finish_switch_fiber(w.asan_scheduler_fake_stack, nullptr, nullptr);
 #endif
-    w.running = nullptr;
+    w.running.store(nullptr, std::memory_order_relaxed);
 }
 
 // Called by a fiber after setting its state; returns when the scheduler resumes it.
@@ -381,42 +413,69 @@ inline void start_fiber(Worker& w, Fiber& f) {
 }
 
 // ---- per-thread worker ---------------------------------------------------------------------
+// The loaded segment of `info`'s object that holds this module's code, or null for another object.
+inline const ElfW(Phdr)* module_code_segment(const dl_phdr_info* info) {
+    const uintptr_t here = reinterpret_cast<uintptr_t>(&module_code_segment);
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& segment = info->dlpi_phdr[i];
+        const uintptr_t start = info->dlpi_addr + segment.p_vaddr;
+        if (segment.p_type == PT_LOAD && here >= start && here < start + segment.p_memsz) return &segment;
+    }
+    return nullptr;
+}
+
+// Finds this thread's instance of the module's thread-local storage (dl_iterate_phdr callback).
+inline int find_module_tls(dl_phdr_info* info, size_t, void* out) {
+    if (!module_code_segment(info)) return 0;
+    Worker& w = *static_cast<Worker*>(out);
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        if (info->dlpi_phdr[i].p_type == PT_TLS && info->dlpi_tls_data) {
+            w.tls_begin = static_cast<unsigned char*>(info->dlpi_tls_data);
+            w.tls_end = w.tls_begin + info->dlpi_phdr[i].p_memsz;
+        }
+    }
+    return 1;
+}
+
 inline Worker& this_thread_worker(Launch& launch) {
-    if (!tls_worker) {
+    if (!tls_worker) {  // this first access also allocates the thread's TLS block
         Worker* w = new Worker();
         w->fibers.reset(new Fiber[kMaxThreadsPerBlock]());
-#ifdef __SANITIZE_ADDRESS__
-        // A sanitized process runs exactly one launch: an exactly-sized heap buffer lets ASan
-        // catch out-of-bounds dynamic shared memory accesses.
-        w->dynamic_shared = static_cast<unsigned char*>(std::malloc(launch.dynamic_shared_bytes));
-#else
-        // Fixed address for the life of the thread (extern __shared__ pointers are cached per
-        // thread); pages are committed only when touched.
-        void* mem = mmap(nullptr, kMaxDynamicShared, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (mem == MAP_FAILED) {
-            std::perror("cudeconv emulator: mmap of dynamic shared memory failed");
+        w->os_thread = pthread_self();
+        dl_iterate_phdr(find_module_tls, w);
+        if (!(w->tls_begin <= dynamic_shared && dynamic_shared + kMaxDynamicShared <= w->tls_end)) {
+            std::fprintf(stderr, "cudeconv emulator: cannot locate the module's thread-local storage\n");
             std::abort();
         }
-        w->dynamic_shared = static_cast<unsigned char*>(mem);
-#endif
         tls_worker = w;
     }
     Worker& w = *tls_worker;
     w.launch = &launch;
     w.grid_dim = launch.grid_dim;
     w.block_dim = launch.block_dim;
+#ifdef __SANITIZE_ADDRESS__
+    // A sanitized process runs exactly one launch: bytes past its dynamic shared memory are
+    // poisoned, so ASan reports accesses to them (as use-after-poison).
+    __asan_poison_memory_region(dynamic_shared + launch.dynamic_shared_bytes,
+                                kMaxDynamicShared - launch.dynamic_shared_bytes);
+#endif
+    {
+        std::lock_guard<std::mutex> lock(launch.timeout_mutex);
+        launch.workers.push_back(&w);
+    }
     return w;
 }
 
-// `extern __shared__ T name[];` is rewritten to `CUDECONV_EMU_SHARED T* const name =
-// ::cudeconv_emu::DynamicSharedPointer{};`: the conversion picks up the element type.
-struct DynamicSharedPointer {
-    template <class T>
-    operator T*() const {
-        return reinterpret_cast<T*>(current_worker().dynamic_shared);
-    }
-};
+// Uninitialised shared memory reads as NaN / -1 (0xff bytes) rather than as zeros or as what
+// the previous block left: every byte of the module's thread-local storage except the worker
+// pointer is shared memory (dynamic shared memory only up to the launch's size).
+inline void poison_shared_memory(Worker& w) {
+    unsigned char* const dynamic_end = dynamic_shared + kMaxDynamicShared;
+    std::memset(w.tls_begin, 0xff, static_cast<size_t>(dynamic_shared - w.tls_begin));
+    std::memset(dynamic_shared, 0xff, w.launch->dynamic_shared_bytes);
+    std::memset(dynamic_end, 0xff, static_cast<size_t>(w.tls_end - dynamic_end));
+    tls_worker = &w;
+}
 
 // ---- warp collectives ----------------------------------------------------------------------
 inline std::string hex(unsigned v) {
@@ -503,12 +562,34 @@ inline void check_shuffle_width(int width) {
 }
 
 // ---- block scheduler -----------------------------------------------------------------------
+// Ends a block that the watchdog stopped, describing where its threads were.
+inline bool stop_timed_out_block(Worker& w, const Fiber* stuck, unsigned long long barriers) {
+    unsigned waiting = 0, in_warp_call = 0, exited = 0, not_run = 0;
+    for (unsigned t = 0; t < w.num_threads; ++t) {
+        const FiberState state = w.fibers[t].state;
+        waiting += state == FiberState::AtBlockBarrier;
+        in_warp_call += state == FiberState::AtWarpCollective;
+        exited += state == FiberState::Exited;
+        not_run += state == FiberState::Ready;
+    }
+    std::string report = "block " + format_uint3(w.block_idx) + ": ";
+    if (stuck)
+        report += "thread " + format_uint3(stuck->thread_idx) + " was running without reaching a barrier";
+    else
+        report += "its threads were still meeting at barriers (" + std::to_string(barriers) + " __syncthreads so far)";
+    report += "; " + std::to_string(waiting) + " threads waiting at __syncthreads, " + std::to_string(in_warp_call) +
+              " in a warp-synchronous call, " + std::to_string(not_run) + " not yet run since the last barrier, " +
+              std::to_string(exited) + " exited";
+    std::lock_guard<std::mutex> lock(w.launch->timeout_mutex);
+    w.launch->timeout_report += (w.launch->timeout_report.empty() ? "" : "; ") + report;
+    return false;
+}
+
 inline bool run_block(Worker& w, unsigned long long linear_block) {
     const dim3 g = w.grid_dim, b = w.block_dim;
     w.block_idx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
                         static_cast<unsigned>(linear_block / (static_cast<unsigned long long>(g.x) * g.y))};
-    // Uninitialised dynamic shared memory reads as NaN (0xff bytes) rather than stale data.
-    std::memset(w.dynamic_shared, 0xff, w.launch->dynamic_shared_bytes);
+    poison_shared_memory(w);
     const unsigned n = b.x * b.y * b.z;
     w.num_threads = n;
     Fiber* fibers = w.fibers.get();
@@ -520,11 +601,12 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
         start_fiber(w, f);
     }
     unsigned live = n;
-    for (;;) {
+    for (unsigned long long barriers = 0;; ++barriers) {
         // Run warp by warp until every live thread waits at __syncthreads.
         for (unsigned begin = 0; begin < n; begin += kWarpSize) {
             const unsigned end = std::min(n, begin + kWarpSize);
             for (;;) {
+                if (w.launch->timed_out.load(std::memory_order_relaxed)) return stop_timed_out_block(w, nullptr, barriers);
                 bool warp_waiting = false;
                 for (unsigned t = begin; t < end; ++t) {
                     Fiber& f = fibers[t];
@@ -532,6 +614,7 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
                         resume_fiber(w, f);
                         if (f.state == FiberState::Exited) --live;
                         if (f.state == FiberState::Aborted) return false;
+                        if (f.state == FiberState::Interrupted) return stop_timed_out_block(w, &f, barriers);
                     }
                     warp_waiting |= f.state == FiberState::AtWarpCollective;
                 }
@@ -551,8 +634,144 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
     }
 }
 
-inline int launch(const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
-                  void (*invoke)(void**), char* error, unsigned long long error_size) {
+// ---- watchdog ------------------------------------------------------------------------------
+// Exit status of a sanitizer child whose launch failed (see cudeconv_emu_runner.cpp).
+constexpr int kRunnerLaunchFailed = 3;
+// How long stopped workers get to wind down before the watchdog ends the process.
+constexpr std::chrono::seconds kStopGrace{2};
+
+#ifdef CUDECONV_EMU_CAN_INTERRUPT
+// Where a fiber may be stopped from a signal handler: the module's own code (kernel code and
+// the shim inlined into it), which holds no lock of the C library, but not the stack switch.
+struct CodeRange {
+    uintptr_t begin = 0, end = 0;
+};
+
+inline int find_module_code(dl_phdr_info* info, size_t, void* out) {
+    const ElfW(Phdr)* segment = module_code_segment(info);
+    if (!segment) return 0;
+    const uintptr_t start = info->dlpi_addr + segment->p_vaddr;
+    *static_cast<CodeRange*>(out) = CodeRange{start, start + segment->p_memsz};
+    return 1;
+}
+
+inline CodeRange module_code() {
+    static const CodeRange range = [] {
+        CodeRange r;
+        dl_iterate_phdr(find_module_code, &r);
+        return r;
+    }();
+    return range;
+}
+
+extern "C" char cudeconv_emu_switch_stack_end[];
+
+// SIGURG handler: the watchdog queues it to each worker thread with the worker as its value.
+// A thread found running kernel code on a fiber stack switches to the scheduler for good,
+// abandoning the fiber (start_fiber gives its stack a fresh frame in the next block).
+inline void interrupt_kernel_thread(int, siginfo_t* info, void* context) {
+    if (info->si_code != SI_QUEUE || info->si_pid != getpid()) return;
+    const Worker& w = *static_cast<const Worker*>(info->si_value.sival_ptr);
+    Fiber* f = w.running.load(std::memory_order_relaxed);
+    if (!f) return;
+    const greg_t* registers = static_cast<const ucontext_t*>(context)->uc_mcontext.gregs;
+    const uintptr_t pc = static_cast<uintptr_t>(registers[REG_RIP]);
+    const uintptr_t sp = static_cast<uintptr_t>(registers[REG_RSP]);
+    const uintptr_t stack = reinterpret_cast<uintptr_t>(f->stack);
+    const CodeRange code = module_code();
+    if (sp < stack || sp >= stack + f->stack_size || pc < code.begin || pc >= code.end ||
+        (pc >= reinterpret_cast<uintptr_t>(&cudeconv_emu_switch_stack) &&
+         pc < reinterpret_cast<uintptr_t>(cudeconv_emu_switch_stack_end)))
+        return;  // not stoppable here; the watchdog signals again shortly
+    f->state = FiberState::Interrupted;
+    yield_to_scheduler();
+}
+#endif
+
+// Stops a launch that runs longer than its time limit. Threads meeting at barriers stop at the
+// next one; a thread that never yields (a spin-wait on another thread of its block, which only
+// runs when this one reaches a barrier) is interrupted by a signal where that is possible.
+// Workers that have not stopped after kStopGrace end the process with a diagnostic.
+class Watchdog {
+  public:
+    Watchdog(Launch& launch, const char* kernel, double seconds) : launch_(launch), kernel_(kernel), seconds_(seconds) {
+        if (seconds > 0) thread_ = std::thread([this] { watch(); });
+    }
+    ~Watchdog() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            finished_ = true;
+        }
+        wake_.notify_one();
+        if (thread_.joinable()) thread_.join();
+    }
+
+  private:
+    void watch() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        const auto finished = [this] { return finished_; };
+        if (wake_.wait_for(lock, std::chrono::duration<double>(seconds_), finished)) return;
+        launch_.timed_out.store(true);
+        const auto give_up = std::chrono::steady_clock::now() + kStopGrace;
+#ifdef CUDECONV_EMU_CAN_INTERRUPT
+        module_code();  // computed here, not in the signal handler
+        // SIGURG: ignored by default, so a signal still in flight after the old action is back
+        // is harmless.
+        struct sigaction action {}, previous {};
+        action.sa_sigaction = interrupt_kernel_thread;
+        action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;  // NODEFER: the handler never returns
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGURG, &action, &previous);
+        while (!wake_.wait_for(lock, std::chrono::milliseconds(10), finished) &&
+               std::chrono::steady_clock::now() < give_up) {
+            std::lock_guard<std::mutex> workers_lock(launch_.timeout_mutex);
+            for (Worker* w : launch_.workers) {
+                sigval value;
+                value.sival_ptr = w;
+                pthread_sigqueue(w->os_thread, SIGURG, value);
+            }
+        }
+        sigaction(SIGURG, &previous, nullptr);
+#else
+        wake_.wait_until(lock, give_up, finished);
+#endif
+        if (!finished_) end_process();
+    }
+
+    // The stuck workers cannot be unwound: report them without taking any lock they may hold.
+    [[noreturn]] void end_process() {
+        char seconds[32];
+        std::snprintf(seconds, sizeof seconds, "%g", seconds_);
+        std::string message = std::string("cudeconv emulator: kernel '") + kernel_ + "' did not finish within " +
+                              seconds + " s (CUDECONV_EMULATOR_TIMEOUT) and could not be stopped;";
+        {
+            std::lock_guard<std::mutex> lock(launch_.timeout_mutex);
+            for (const Worker* w : launch_.workers)
+                if (const Fiber* f = w->running.load(std::memory_order_acquire))
+                    message += " block " + format_uint3(w->block_idx) + " thread " + format_uint3(f->thread_idx) +
+                               " is still running;";
+        }
+        message += " a thread waiting for another thread of its block (a spin-wait or a deadlock) never finishes "
+                   "in the emulator, which runs the threads of a block one at a time between barriers\n";
+        if (write(STDERR_FILENO, message.data(), message.size()) < 0) {}
+#ifdef __SANITIZE_ADDRESS__
+        _exit(kRunnerLaunchFailed);  // a sanitizer child: the parent raises EmulatorLaunchError
+#else
+        std::abort();
+#endif
+    }
+
+    Launch& launch_;
+    const char* kernel_;
+    const double seconds_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool finished_ = false;
+    std::thread thread_;
+};
+
+inline int launch(const char* kernel, const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
+                  double timeout_seconds, void (*invoke)(void**), char* error, unsigned long long error_size) {
     Launch launch;
     launch.grid_dim = dim3(dims[0], dims[1], dims[2]);
     launch.block_dim = dim3(dims[3], dims[4], dims[5]);
@@ -560,12 +779,24 @@ inline int launch(const unsigned* dims, unsigned long long dynamic_shared_bytes,
     launch.invoke = invoke;
     launch.params = params;
     const long long num_blocks = static_cast<long long>(dims[0]) * dims[1] * dims[2];
-#pragma omp parallel if (num_blocks > 1)
     {
-        Worker& w = this_thread_worker(launch);
+        Watchdog watchdog(launch, kernel, timeout_seconds);
+#pragma omp parallel if (num_blocks > 1)
+        {
+            Worker& w = this_thread_worker(launch);
 #pragma omp for schedule(dynamic, 1)
-        for (long long block = 0; block < num_blocks; ++block)
-            if (!launch.failed.load(std::memory_order_relaxed)) run_block(w, static_cast<unsigned long long>(block));
+            for (long long block = 0; block < num_blocks; ++block)
+                if (!launch.stopping()) run_block(w, static_cast<unsigned long long>(block));
+        }
+    }
+    if (launch.timed_out.load()) {
+        std::snprintf(error, error_size,
+                      "timed out: it did not finish within %g s (CUDECONV_EMULATOR_TIMEOUT): %s. A thread waiting "
+                      "for another thread of its block (a spin-wait or a deadlock) never finishes in the emulator, "
+                      "which runs the threads of a block one at a time, switching only at barriers and "
+                      "warp-synchronous calls",
+                      timeout_seconds, launch.timeout_report.c_str());
+        return 1;
     }
     if (!launch.failed.load()) return 0;
     std::snprintf(error, error_size, "%s", launch.error.c_str());
@@ -635,7 +866,7 @@ struct Entry<Kernel> {
     }
 };
 
-using LaunchFunction = int (*)(const unsigned*, unsigned long long, void**, char*, unsigned long long);
+using LaunchFunction = int (*)(const unsigned*, unsigned long long, void**, double, char*, unsigned long long);
 
 struct KernelRecord {
     std::string name;
@@ -669,10 +900,10 @@ extern "C" __attribute__((visibility("default"))) const char* cudeconv_emu_descr
 
 #define CUDECONV_EMU_EXPORT_KERNEL(NAME, MAX_THREADS)                                                              \
     extern "C" __attribute__((visibility("default"))) int cudeconv_emu_launch_##NAME(                             \
-        const unsigned* dims, unsigned long long shared_bytes, void** params, char* error,                        \
+        const unsigned* dims, unsigned long long shared_bytes, void** params, double timeout_seconds, char* error,  \
         unsigned long long error_size) {                                                                           \
-        return ::cudeconv_emu::launch(dims, shared_bytes, params, &::cudeconv_emu::Entry<&NAME>::invoke, error,   \
-                                      error_size);                                                                 \
+        return ::cudeconv_emu::launch(#NAME, dims, shared_bytes, params, timeout_seconds,                          \
+                                      &::cudeconv_emu::Entry<&NAME>::invoke, error, error_size);                   \
     }                                                                                                              \
     static const int cudeconv_emu_registered_##NAME = ::cudeconv_emu::register_kernel(                            \
         #NAME, &cudeconv_emu_launch_##NAME, ::cudeconv_emu::Entry<&NAME>::signature(), (MAX_THREADS));
@@ -691,7 +922,7 @@ extern "C" __attribute__((visibility("hidden"), noreturn)) void __assert_fail(co
                                                                              const char* function) noexcept {
     std::string message = std::string(file) + ":" + std::to_string(line) + ": " + function + ": Assertion `" +
                           assertion + "` failed";
-    if (!cudeconv_emu::tls_worker || !cudeconv_emu::tls_worker->running) {  // not kernel code
+    if (!cudeconv_emu::tls_worker || !cudeconv_emu::tls_worker->running.load()) {  // not kernel code
         std::fprintf(stderr, "%s\n", message.c_str());
         std::abort();
     }

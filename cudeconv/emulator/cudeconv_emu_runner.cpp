@@ -6,7 +6,8 @@
 //   runner REQUEST RESPONSE    run the launch described in REQUEST (written by _kernel.py),
 //                              write the final contents of its array buffers to RESPONSE
 //
-// Array arguments are copied into exactly-sized malloc'ed buffers, so ASan knows their bounds.
+// Array arguments are copied into exactly-sized malloc'ed buffers, so ASan knows their bounds;
+// arrays that share memory share a buffer, and point into it at their offsets.
 
 namespace cudeconv_emu_runner {
 
@@ -48,7 +49,7 @@ int run(const char* request_path, const char* response_path) {
     Reader in{read_file(request_path)};
     char magic[8];
     in.take(magic, sizeof magic);
-    if (std::memcmp(magic, "CDEMREQ1", 8) != 0) {
+    if (std::memcmp(magic, "CDEMREQ2", 8) != 0) {
         std::fprintf(stderr, "cudeconv emulator runner: bad request file\n");
         return 2;
     }
@@ -57,6 +58,7 @@ int run(const char* request_path, const char* response_path) {
     unsigned dims[6];
     in.take(dims, sizeof dims);
     const auto shared_bytes = in.get<uint64_t>();
+    const auto timeout_seconds = in.get<double>();
 
     std::vector<std::pair<void*, uint64_t>> buffers(in.get<uint32_t>());
     for (auto& buffer : buffers) {
@@ -70,7 +72,8 @@ int run(const char* request_path, const char* response_path) {
     std::vector<void*> params(num_params);
     for (uint32_t i = 0; i < num_params; ++i) {
         if (in.get<uint32_t>() == 0) {
-            pointer_values[i] = buffers.at(in.get<uint32_t>()).first;
+            const auto buffer = in.get<uint32_t>();
+            pointer_values[i] = static_cast<char*>(buffers.at(buffer).first) + in.get<uint64_t>();
             params[i] = &pointer_values[i];
         } else {
             const auto size = in.get<uint32_t>();
@@ -83,9 +86,9 @@ int run(const char* request_path, const char* response_path) {
     for (const auto& kernel : cudeconv_emu::kernel_registry()) {
         if (kernel.name != name) continue;
         char error[4096];
-        if (kernel.launch(dims, shared_bytes, params.data(), error, sizeof error) != 0) {
+        if (kernel.launch(dims, shared_bytes, params.data(), timeout_seconds, error, sizeof error) != 0) {
             std::fprintf(stderr, "%s\n", error);
-            return 3;
+            return cudeconv_emu::kRunnerLaunchFailed;
         }
         std::FILE* out = std::fopen(response_path, "wb");
         if (!out) {
