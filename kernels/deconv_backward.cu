@@ -26,12 +26,11 @@ __device__ void grad_input(const T* __restrict__ gy, const T* __restrict__ w, T*
     typedef typename Acc<T>::type A;
     const int in_spatial = g.in_spatial(), out_spatial = g.out_spatial();
     const int cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
-    const int tiles = channel_tiles(cin_g);
     // Rows are (n, group, tile of CHANNEL_TILE input channels); consecutive threads take
     // consecutive input positions. Each grad_output value loaded serves the whole tile.
-    FOR_EACH_ROW(row, g.N * g.groups * tiles) FOR_EACH_POSITION(i_flat, in_spatial) {
-        const int tile = row % tiles, group = (row / tiles) % g.groups, n = row / tiles / g.groups;
-        const int c0 = tile * CHANNEL_TILE, count = min(CHANNEL_TILE, cin_g - c0);
+    FOR_EACH_ROW(row, g.N * g.groups * channel_tiles(cin_g)) FOR_EACH_POSITION(i_flat, in_spatial) {
+        const ChannelTileRow r(row, g.groups, cin_g);
+        const int n = r.n, group = r.group, c0 = r.first, count = r.count;
         int i[3];
         unflatten3(i_flat, g.in, i);
         const T* gy_group = gy + ((long long)n * g.C_out + (long long)group * cout_g) * out_spatial;

@@ -49,6 +49,20 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type load(cons
 
 __device__ __forceinline__ int channel_tiles(int channels) { return (channels + CHANNEL_TILE - 1) / CHANNEL_TILE; }
 
+// A row of the channel-tiled gather kernels: (n, group, tile), row = (n·groups + group)·tiles + tile.
+// Its channels within the group are first .. first + count - 1 (count < CHANNEL_TILE in a last,
+// partial tile).
+struct ChannelTileRow {
+    int n, group, first, count;
+    __device__ __forceinline__ ChannelTileRow(int row, int groups, int channels_per_group) {
+        const int tiles = channel_tiles(channels_per_group);
+        first = (row % tiles) * CHANNEL_TILE;
+        count = min(CHANNEL_TILE, channels_per_group - first);
+        group = (row / tiles) % groups;
+        n = row / tiles / groups;
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Geometry, passed to every convolution kernel as the same 22 int scalars, in this order
 // (cudeconv/backends/kernel_backend.py builds them in one place).

@@ -71,12 +71,11 @@ __device__ void forward_gather(const T* __restrict__ x, const T* __restrict__ w,
     typedef typename Acc<T>::type A;
     const int in_spatial = g.in_spatial(), out_spatial = g.out_spatial();
     const int cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
-    const int tiles = channel_tiles(cout_g);
     // Rows are (n, group, tile of CHANNEL_TILE output channels); consecutive threads take
     // consecutive output positions. Each input value loaded serves the whole tile.
-    FOR_EACH_ROW(row, g.N * g.groups * tiles) FOR_EACH_POSITION(o_flat, out_spatial) {
-        const int tile = row % tiles, group = (row / tiles) % g.groups, n = row / tiles / g.groups;
-        const int c0 = tile * CHANNEL_TILE, count = min(CHANNEL_TILE, cout_g - c0);
+    FOR_EACH_ROW(row, g.N * g.groups * channel_tiles(cout_g)) FOR_EACH_POSITION(o_flat, out_spatial) {
+        const ChannelTileRow r(row, g.groups, cout_g);
+        const int n = r.n, group = r.group, c0 = r.first, count = r.count;
         int o[3];
         unflatten3(o_flat, g.out, o);
         const T* x_group = x + ((long long)n * g.C_in + (long long)group * cin_g) * in_spatial;
