@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU validation: the one prepared command to run when a task is lent a GPU (DEVELOPERS.md).
+# The GPU validation: the one prepared command to run when a task is lent a GPU (see the
+# developers' guide).
 # Run from the repository root on the GPU machine (python3 there has cupy-cuda13x, numpy, torch,
 # pytest; no network):   bash scripts/gpu_check.sh        (about 8 minutes at most)
 # Each step has its own time limit. Everything lands in $OUT (default ./gpu-check-out):
@@ -32,8 +33,16 @@ step gpu 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.s
 step info 30 python3 -m cudeconv info
 # The suite's "cuda" cases, the CUDA-graph capture/replay of a training step among them.
 step tests 180 python3 -m pytest -q -p no:cacheprovider -k cuda tests/
-step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
-step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+# compute-sanitizer refuses the device on some machines (gVisor): probe it on a trivial program first,
+# so that its absence reads as skipped, not as a fault of the kernels.
+if timeout 60 compute-sanitizer --tool memcheck --error-exitcode 1 python3 -c "import cupy; cupy.zeros(1)" \
+        >> "$LOG" 2>&1; then
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+    step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+else
+    echo "memcheck skipped: compute-sanitizer does not run on this machine (see $LOG)" | tee -a "$OUT/summary.txt"
+    echo "racecheck skipped: compute-sanitizer does not run on this machine" | tee -a "$OUT/summary.txt"
+fi
 step bench 150 python3 -m cudeconv bench --backend cuda --json "$OUT/bench.json" --plot "$OUT/bench.png"
 cat "$OUT/summary.txt"
 exit $failed

@@ -4,6 +4,8 @@
 the reason when CuPy or a GPU is not usable here; the "emulator" case runs the same CUDA kernels on
 the CPU, so every kernel check also runs in CI.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -20,22 +22,37 @@ def _skip_reason(name):
     return None
 
 
+def skip_unless_kernel_checks_can_run(what, reason):
+    """Skip a check of the kernels that cannot run here — or fail it, when
+    CUDECONV_REQUIRE_KERNEL_CHECKS=1 (CI sets it): there the emulator and nvcc must work, so a
+    broken toolchain cannot turn every kernel test into a silent skip."""
+    if reason is None:
+        return
+    if os.environ.get("CUDECONV_REQUIRE_KERNEL_CHECKS") == "1":
+        pytest.fail(f"{what} unavailable although CUDECONV_REQUIRE_KERNEL_CHECKS=1: {reason}")
+    pytest.skip(f"{what} unavailable: {reason}")
+
+
+def _usable(name):
+    if name == "cuda":  # no CI machine has a GPU: always a skip
+        reason = _skip_reason(name)
+        if reason is not None:
+            pytest.skip(f"backend 'cuda' unavailable: {reason}")
+    else:
+        skip_unless_kernel_checks_can_run(f"backend {name!r}", _skip_reason(name))
+    return name
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Name of a usable backend; the test skips (with the reason) where it is not usable."""
-    reason = _skip_reason(request.param)
-    if reason is not None:
-        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
-    return request.param
+    return _usable(request.param)
 
 
 @pytest.fixture(params=("emulator", "cuda"))
 def kernel_backend(request):
     """The backends that run the CUDA kernels (on the GPU, or on the CPU through the emulator)."""
-    reason = _skip_reason(request.param)
-    if reason is not None:
-        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
-    return request.param
+    return _usable(request.param)
 
 
 def to_backend(array, backend):

@@ -49,6 +49,9 @@ def test_cuda_graph_replays_a_training_step(cupy, algorithm):
         _train_step(eager_layer, eager_opt, x, target, keep)
 
     layer, opt = make()
+    # The layer's weights were uploaded on the legacy default stream, which a non-blocking
+    # stream does not wait for.
+    cupy.cuda.Stream.null.synchronize()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         _train_step(layer, opt, x, target, keep)  # warm-up: compiles, creates grads and buffers

@@ -210,10 +210,7 @@ MEDIUM = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("c", MEDIUM, ids=_case_id)
 def test_medium_sizes(c, dtype, kernel_backend):
-    """Sizes big enough for many thread blocks and channel tiles. The emulator (a CPU emulation)
-    runs the cheaper ones in float32; the GPU runs them all."""
-    if kernel_backend == "emulator" and (c is MEDIUM[0] or dtype != np.float32):
-        pytest.skip("the emulator runs the cheaper medium cases in float32 only")
+    """Sizes big enough for many thread blocks and channel tiles, on the GPU and the emulator."""
     x, w, b, gy = _inputs(c, dtype)
     kw = _kw(c)
     t = _terms(c)

@@ -23,7 +23,7 @@ from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, 
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.optim import SGDHyperparameters
 
-from conftest import assert_close, rounding_unit, to_backend, to_numpy
+from conftest import assert_close, rounding_unit, skip_unless_kernel_checks_can_run, to_backend, to_numpy
 
 DTYPES = (np.float16, np.float32, np.float64)
 REFERENCE = NumpyBackend()
@@ -174,9 +174,7 @@ def test_sgd_kernel_matches_numpy(kernel_backend, dtype):
 
 def test_every_entry_point_under_the_sanitizer():
     """AddressSanitizer + UBSan builds of every kernel file, each entry point launched once."""
-    reason = backends.emulator_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"emulator unavailable: {reason}")
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
     from cudeconv import emulator
 
     sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
@@ -254,9 +252,7 @@ def test_loader_inlines_headers_with_line_marks():
 
 
 def test_compile_errors_point_at_the_real_file(tmp_path, monkeypatch):
-    reason = backends.emulator_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"emulator unavailable: {reason}")
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
     from cudeconv import _loader, emulator
 
     (tmp_path / "helper.cuh").write_text("#pragma once\n__device__ int ok() { return 1; }\n")
@@ -286,8 +282,9 @@ NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if shutil.os.path.exists("
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source", sorted(p.name for p in kernels_dir().glob("*.cu")))
 def test_nvcc_builds_without_spills(source, arch, tmp_path):
-    if NVCC is None:
-        pytest.skip("nvcc not found (looked on PATH and at /usr/local/bin/nvcc); the emulator still runs every kernel")
+    skip_unless_kernel_checks_can_run(
+        "nvcc", None if NVCC else "not found on PATH or at /usr/local/bin/nvcc (the emulator still runs every kernel)"
+    )
     result = subprocess.run(
         [NVCC, f"-arch={arch}", "-Xptxas", "-v", "-c", str(kernels_dir() / source), "-o",
          str(tmp_path / "out.o")],

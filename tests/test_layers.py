@@ -449,3 +449,25 @@ def test_load_state_dict_of_fortran_ordered_arrays_then_train(backend):
     layer.backward(layer(x))
     opt.step()
     assert np.all(np.isfinite(to_numpy(layer.weight.data)))
+
+
+def test_zero_grad_in_place_keeps_the_arrays(backend):
+    """zero_grad(set_to_none=False) zeroes the same gradient arrays (a CUDA graph keeps their
+    addresses), and the next backward accumulates into them."""
+    layer = cudeconv.ConvTranspose2d(2, 3, 3, stride=2, backend=backend, seed=1, dtype="float64")
+    opt = cudeconv.SGD(layer.parameters(), lr=0.1)
+    x = to_backend(np.random.default_rng(2).standard_normal((2, 2, 4, 4)), backend)
+    gy = to_backend(np.ones(layer(x).shape), backend)
+    layer.backward(gy)
+    single = [to_numpy(p.grad).copy() for p in layer.parameters()]
+    arrays = [p.grad for p in layer.parameters()]
+    layer.zero_grad(set_to_none=False)
+    for p, array in zip(layer.parameters(), arrays):
+        assert p.grad is array and not np.any(to_numpy(p.grad))
+    layer.backward(gy)
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is a and not np.any(to_numpy(p.grad)) for p, a in zip(layer.parameters(), arrays))
+    layer.backward(gy)
+    for p, array, want in zip(layer.parameters(), arrays, single):
+        assert p.grad is array
+        np.testing.assert_allclose(to_numpy(p.grad), want, rtol=1e-12, atol=1e-12)

@@ -50,7 +50,22 @@ def cuda_unavailable_reason():
             f"kernels need {MIN_COMPUTE_CAPABILITY // 10}.{MIN_COMPUTE_CAPABILITY % 10} or newer "
             f"(atomicAdd on half)"
         )
+    try:  # the kernels include cuda_fp16.h, which NVRTC finds only with the CUDA headers installed
+        cupy.RawModule(code=_PROBE_KERNEL).get_function("cudeconv_probe")
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (
+            f"CuPy cannot compile a kernel that includes cuda_fp16.h ({type(exc).__name__}: "
+            f"{first_line}); install cudeconv[cuda12] or cudeconv[cuda13], which bring CuPy's "
+            f"[ctk] CUDA components, or a CUDA toolkit"
+        )
     return None
+
+
+_PROBE_KERNEL = r"""
+#include <cuda_fp16.h>
+extern "C" __global__ void cudeconv_probe(__half* out) { out[0] = __float2half(1.0f); }
+"""
 
 
 @functools.lru_cache(maxsize=None)
