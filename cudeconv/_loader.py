@@ -47,13 +47,19 @@ def _inline(path: Path, inlined: set) -> str:
     return "\n".join(lines) + "\n"
 
 
+def source_with_headers(path) -> str:
+    """The text of the CUDA source file ``path`` with its local headers inlined and ``#line``
+    marks (also for test kernels outside ``kernels/``)."""
+    return _inline(Path(path).resolve(), set())
+
+
 @functools.lru_cache(maxsize=None)
 def kernel_source(filename: str) -> str:
     """The full source of ``kernels/<filename>`` with its local headers inlined and ``#line`` marks."""
     path = kernels_dir() / filename
     if not path.is_file():
         raise FileNotFoundError(f"no kernel source {filename!r} in {kernels_dir()}")
-    return _inline(path.resolve(), set())
+    return source_with_headers(path)
 
 
 _modules = {}

@@ -160,6 +160,21 @@ constexpr size_t kFiberStackRegion = 256u << 10;
 // Interrupted: stopped by the watchdog's signal, anywhere in kernel code.
 enum class FiberState : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Exited, Aborted, Interrupted };
 
+struct Fiber;
+struct Worker;
+// A warp collective that needs more than a 64-bit value per lane (mma.sync, ldmatrix): run by the
+// scheduler once all 32 lanes have arrived, reading each lane's operands through warp_operands.
+// Returns an empty string, or what was wrong (the launch then fails with it).
+using WarpOperation = std::string (*)(Worker&, Fiber* const* lanes);
+
+// One cp.async copy between its issue and the cp.async.wait_group that covers it.
+struct PendingCopy {
+    unsigned char* destination;
+    unsigned size;   // cp-size: 4, 8 or 16
+    unsigned group;  // index of the commit group it belongs to
+    unsigned char bytes[16];  // the source bytes read at issue, zero-filled past src-size
+};
+
 struct Fiber {
 #ifdef CUDECONV_EMU_USE_UCONTEXT
     ucontext_t context;
@@ -178,12 +193,16 @@ struct Fiber {
     uint64_t warp_result;
     unsigned warp_ballot;
     unsigned warp_group;
+    WarpOperation warp_operation;  // null for shuffles, votes and __syncwarp
+    const char* warp_operation_name;
+    void* warp_operands;           // points into the fiber's own stack while it waits
+    // cp.async copies not yet completed, in issue order, and the number of commit groups so far
+    std::vector<PendingCopy> pending_copies;
+    unsigned committed_copy_groups;
     unsigned char* stack;  // lowest usable byte; a guard page lies below
     size_t stack_size;
     void* asan_fake_stack;
 };
-
-struct Worker;
 
 // In the first page of each fiber's stack region, below its guard page.
 struct StackHeader {
@@ -360,12 +379,28 @@ inline void yield_to_scheduler() {
     __builtin_unreachable();
 }
 
+// Makes the cp.async copies of commit groups below `group_limit` (and, for ~0u, every copy,
+// committed or not) land in shared memory, in issue order.
+inline void complete_copies(Fiber& f, unsigned group_limit) {
+    auto& pending = f.pending_copies;
+    size_t kept = 0;
+    for (size_t i = 0; i < pending.size(); ++i) {
+        PendingCopy& copy = pending[i];
+        if (group_limit == ~0u || copy.group < group_limit)
+            std::memcpy(copy.destination, copy.bytes, copy.size);
+        else
+            pending[kept++] = copy;
+    }
+    pending.resize(kept);
+}
+
 [[noreturn]] inline void fiber_main() {
     Worker& w = current_worker();
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_finish_switch_fiber(nullptr, &w.asan_scheduler_stack_bottom, &w.asan_scheduler_stack_size);
 #endif
     w.launch->invoke(w.launch->params);
+    complete_copies(current_fiber(), ~0u);  // a thread's copies still land after it exits
     current_fiber().state = FiberState::Exited;
     yield_to_scheduler();
     __builtin_unreachable();
@@ -410,6 +445,8 @@ inline void start_fiber(Worker& w, Fiber& f) {
 #endif
     f.state = FiberState::Ready;
     f.asan_fake_stack = nullptr;
+    f.pending_copies.clear();
+    f.committed_copy_groups = 0;
 }
 
 // ---- per-thread worker ---------------------------------------------------------------------
@@ -509,6 +546,28 @@ inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
                 problem = "lane " + std::to_string(other) + " is waiting at __syncthreads (deadlock)";
             else if (g.warp_mask != mask)
                 problem = "lane " + std::to_string(other) + " is in a warp-synchronous call with mask " + hex(g.warp_mask);
+            else if (g.warp_operation != f.warp_operation)
+                problem = "lane " + std::to_string(other) + " is in " +
+                          (g.warp_operation ? g.warp_operation_name : "a shuffle, vote or __syncwarp") + ", not in " +
+                          (f.warp_operation ? f.warp_operation_name : "a shuffle, vote or __syncwarp");
+        }
+        if (problem.empty() && f.warp_operation) {
+            // .aligned instructions: every lane of a full warp executes the same instruction.
+            if (num_lanes != 32)
+                problem = std::string(f.warp_operation_name) + " needs a full warp of 32 threads; this warp has " +
+                          std::to_string(num_lanes) + " (blockDim is not a multiple of 32)";
+            else if (mask != ~0u)
+                problem = std::string(f.warp_operation_name) + " is executed by all 32 lanes together (.sync.aligned)";
+            else {
+                Fiber* lanes[32];
+                for (unsigned other = 0; other < 32; ++other) lanes[other] = &fibers[begin + other];
+                problem = f.warp_operation(w, lanes);
+                if (!problem.empty()) {
+                    w.launch->fail(std::string(f.warp_operation_name) + " in block " + format_uint3(w.block_idx) +
+                                   ", warp " + std::to_string(begin / 32) + ": " + problem);
+                    return false;
+                }
+            }
         }
         if (!problem.empty()) {
             w.launch->fail("warp-synchronous intrinsic misuse in block " + format_uint3(w.block_idx) + ", thread " +
@@ -536,6 +595,7 @@ inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
 // Joins the warp-synchronous call of the lanes in `mask`; the scheduler fills in the results.
 inline Fiber& warp_exchange(unsigned mask, uint64_t value, int source_lane) {
     Fiber& f = current_fiber();
+    f.warp_operation = nullptr;
     f.warp_mask = mask;
     f.warp_value = value;
     f.warp_source_lane = source_lane;
@@ -1196,5 +1256,205 @@ inline float __ll2float_rn(long long x) { return static_cast<float>(x); }
 inline float __double2float_rn(double x) { return static_cast<float>(x); }
 inline int __double2int_rn(double x) { return static_cast<int>(nearbyint(x)); }
 inline int __double2int_rz(double x) { return static_cast<int>(x); }
+
+// ---- tensor-core and async-copy primitives: mma.sync, ldmatrix, cp.async, cvt.rna.tf32 ------
+// Implemented as the PTX ISA defines them, so a kernel that puts an element in the wrong register
+// or reads a tile before its copy has landed computes a wrong answer here as on the GPU.
+// kernels/mma.cuh is the only caller: it maps its wrappers onto these under CUDECONV_EMULATOR.
+namespace cudeconv_emu {
+
+// Joins a warp collective whose per-lane operands live at `operands` (on this fiber's stack).
+inline void warp_operation(WarpOperation operation, const char* name, void* operands) {
+    Fiber& f = current_fiber();
+    f.warp_operation = operation;
+    f.warp_operation_name = name;
+    f.warp_operands = operands;
+    f.warp_mask = ~0u;
+    f.warp_value = 0;
+    f.warp_source_lane = -1;
+    f.state = FiberState::AtWarpCollective;
+    yield_to_scheduler();
+}
+
+// Is [address, address + bytes) inside this block's shared memory (static __shared__ variables,
+// or the dynamic buffer up to the launch's size)?
+inline bool in_shared_memory(const Worker& w, const void* address, size_t bytes) {
+    const unsigned char* p = static_cast<const unsigned char*>(address);
+    const unsigned char* dynamic_end = dynamic_shared + kMaxDynamicShared;
+    const unsigned char* worker_pointer = reinterpret_cast<const unsigned char*>(&tls_worker);
+    if (p >= dynamic_shared && p < dynamic_end) return p + bytes <= dynamic_shared + w.launch->dynamic_shared_bytes;
+    if (p < w.tls_begin || p + bytes > w.tls_end) return false;
+    if (p < dynamic_end && p + bytes > dynamic_shared) return false;
+    return p + bytes <= worker_pointer || p >= worker_pointer + sizeof(tls_worker);
+}
+
+inline std::string pointer_text(const void* p) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%p", p);
+    return buf;
+}
+
+// ---- cvt.rna.tf32.f32 and the operand formats
+// Round to nearest, ties away from zero, to 10 mantissa bits: the low 13 bits of the result are
+// zero. Infinities stay; a NaN stays a (quiet) NaN; a finite value may round up to infinity.
+inline unsigned float_to_tf32(float x) {
+    const unsigned bits = bit_cast<unsigned>(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u)
+        return (bits & 0x007fffffu) ? ((bits | 0x00400000u) & 0xffffe000u) : bits;
+    return (bits + 0x1000u) & 0xffffe000u;  // magnitude + half an ulp, truncated
+}
+// A .tf32 register as the tensor core reads it: only its top 19 bits take part.
+inline double tf32_operand(unsigned bits) { return static_cast<double>(bit_cast<float>(bits & 0xffffe000u)); }
+inline double half_bits_to_double(unsigned h) {
+    const unsigned sign = h >> 15 & 1u, exponent = h >> 10 & 0x1fu, mantissa = h & 0x3ffu;
+    double magnitude;
+    if (exponent == 0x1fu) magnitude = mantissa ? NAN : INFINITY;
+    else if (exponent == 0) magnitude = std::ldexp(static_cast<double>(mantissa), -24);
+    else magnitude = std::ldexp(static_cast<double>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+    return sign ? -magnitude : magnitude;
+}
+inline double bfloat16_bits_to_double(unsigned b) { return static_cast<double>(bit_cast<float>((b & 0xffffu) << 16)); }
+
+// ---- mma.sync.aligned.m16n8k{8,16}.row.col.f32.{tf32,f16,bf16}.f32
+struct MmaOperands {
+    const unsigned* a;
+    const unsigned* b;
+    const float* c;
+    float* d;
+};
+
+// D = A·B + C for one warp, each lane's registers placed by the PTX ISA's fragment layouts
+// ("Matrix Fragments for mma.m16n8k8" and "... mma.m16n8k16 with floating point type"), with
+// groupID = lane >> 2 and threadID_in_group = lane % 4. Products are exact and the K products
+// and C are summed in double and rounded once to float (the hardware's own summation may
+// differ in the last bits; NaN and infinity propagate as in IEEE arithmetic).
+template <int K, double (*Element)(unsigned)>
+inline std::string mma_m16n8(Worker&, Fiber* const* lanes) {
+    double a[16][K], b[K][8], acc[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaOperands& op = *static_cast<const MmaOperands*>(lanes[lane]->warp_operands);
+        const unsigned group = lane >> 2, thread_in_group = lane % 4;
+        if constexpr (K == 8) {  // .tf32: one element per register
+            a[group][thread_in_group] = Element(op.a[0]);
+            a[group + 8][thread_in_group] = Element(op.a[1]);
+            a[group][thread_in_group + 4] = Element(op.a[2]);
+            a[group + 8][thread_in_group + 4] = Element(op.a[3]);
+            b[thread_in_group][group] = Element(op.b[0]);
+            b[thread_in_group + 4][group] = Element(op.b[1]);
+        } else {  // .f16/.bf16: two elements per register, the lower-numbered one in the low half
+            for (unsigned r = 0; r < 4; ++r) {
+                const unsigned row = group + (r & 1u) * 8, col = thread_in_group * 2 + (r >> 1) * 8;
+                a[row][col] = Element(op.a[r] & 0xffffu);
+                a[row][col + 1] = Element(op.a[r] >> 16);
+            }
+            for (unsigned r = 0; r < 2; ++r) {
+                const unsigned row = thread_in_group * 2 + r * 8;
+                b[row][group] = Element(op.b[r] & 0xffffu);
+                b[row + 1][group] = Element(op.b[r] >> 16);
+            }
+        }
+        for (unsigned i = 0; i < 4; ++i) acc[group + (i >> 1) * 8][thread_in_group * 2 + (i & 1u)] = op.c[i];
+    }
+    for (unsigned m = 0; m < 16; ++m)
+        for (unsigned n = 0; n < 8; ++n)
+            for (unsigned k = 0; k < K; ++k) acc[m][n] += a[m][k] * b[k][n];
+    for (unsigned lane = 0; lane < 32; ++lane) {  // after every lane's C was read: d may alias c
+        const MmaOperands& op = *static_cast<const MmaOperands*>(lanes[lane]->warp_operands);
+        for (unsigned i = 0; i < 4; ++i)
+            op.d[i] = static_cast<float>(acc[(lane >> 2) + (i >> 1) * 8][(lane % 4) * 2 + (i & 1u)]);
+    }
+    return {};
+}
+
+inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    MmaOperands op{a, b, c, d};
+    warp_operation(&mma_m16n8<8, tf32_operand>, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", &op);
+}
+inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    MmaOperands op{a, b, c, d};
+    warp_operation(&mma_m16n8<16, half_bits_to_double>, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", &op);
+}
+inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    MmaOperands op{a, b, c, d};
+    warp_operation(&mma_m16n8<16, bfloat16_bits_to_double>, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+                   &op);
+}
+
+// ---- ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
+struct LdmatrixOperands {
+    const void* row_address;
+    unsigned* out;
+};
+
+// Matrix i (i < Count) has its 8 rows of 8 b16 elements at the addresses of lanes 8i..8i+7
+// (16 bytes each, 16-byte aligned, in shared memory). Lane t receives in out[i] the elements
+// (row t/4, columns 2(t%4) and 2(t%4)+1), or with .trans (rows 2(t%4) and 2(t%4)+1, column t/4);
+// the first of the pair in the low half. Addresses of lanes past 8·Count are not used.
+template <int Count, bool Transposed>
+inline std::string ldmatrix(Worker& w, Fiber* const* lanes) {
+    uint16_t matrices[Count][8][8];
+    for (unsigned lane = 0; lane < 8u * Count; ++lane) {
+        const void* address = static_cast<const LdmatrixOperands*>(lanes[lane]->warp_operands)->row_address;
+        if (!in_shared_memory(w, address, 16))
+            return "lane " + std::to_string(lane) + "'s row address " + pointer_text(address) +
+                   " is not 16 bytes inside the block's shared memory";
+        if (reinterpret_cast<uintptr_t>(address) % 16 != 0)
+            return "lane " + std::to_string(lane) + "'s row address " + pointer_text(address) + " is not 16-byte aligned";
+        std::memcpy(matrices[lane / 8][lane % 8], address, 16);
+    }
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        unsigned* out = static_cast<const LdmatrixOperands*>(lanes[lane]->warp_operands)->out;
+        const unsigned row = lane / 4, col = 2 * (lane % 4);
+        for (unsigned i = 0; i < Count; ++i) {
+            const auto& m = matrices[i];
+            out[i] = Transposed ? (m[col][row] | static_cast<unsigned>(m[col + 1][row]) << 16)
+                                : (m[row][col] | static_cast<unsigned>(m[row][col + 1]) << 16);
+        }
+    }
+    return {};
+}
+
+template <int Count, bool Transposed>
+inline void ldmatrix_sync(unsigned* out, const void* row_address) {
+    static const std::string name = std::string("ldmatrix.sync.aligned.m8n8.x") + std::to_string(Count) +
+                                    (Transposed ? ".trans" : "") + ".shared.b16";
+    LdmatrixOperands op{row_address, out};
+    warp_operation(&ldmatrix<Count, Transposed>, name.c_str(), &op);
+}
+
+// ---- cp.async.{ca,cg}.shared.global, commit_group, wait_group, wait_all
+// The source is read at issue; the destination reads as poison (0xff bytes: NaN) until the
+// cp.async.wait_group that covers the copy, where the bytes land. Copies of a thread that exits
+// land as it exits.
+template <unsigned Size>
+inline void cp_async(void* shared_destination, const void* global_source, int source_bytes) {
+    const Worker& w = current_worker();
+    const std::string what = "cp.async of " + std::to_string(Size) + " bytes (" + where_am_i() + "): ";
+    if (source_bytes < 0 || source_bytes > static_cast<int>(Size))
+        abort_launch(what + "src-size " + std::to_string(source_bytes) + " is not in [0, " + std::to_string(Size) + "]");
+    if (!in_shared_memory(w, shared_destination, Size))
+        abort_launch(what + "destination " + pointer_text(shared_destination) + " is not inside the block's shared memory");
+    if (reinterpret_cast<uintptr_t>(shared_destination) % Size || reinterpret_cast<uintptr_t>(global_source) % Size)
+        abort_launch(what + "source " + pointer_text(global_source) + " and destination " +
+                     pointer_text(shared_destination) + " must be aligned to the copy size");
+    Fiber& f = current_fiber();
+    PendingCopy copy{static_cast<unsigned char*>(shared_destination), Size, f.committed_copy_groups, {}};
+    if (source_bytes > 0) std::memcpy(copy.bytes, global_source, static_cast<size_t>(source_bytes));
+    std::memset(shared_destination, 0xff, Size);
+    f.pending_copies.push_back(copy);
+}
+inline void cp_async_commit() { ++current_fiber().committed_copy_groups; }
+// Waits until at most `newest_pending` of the most recent commit groups are still in flight.
+inline void cp_async_wait_group(unsigned newest_pending) {
+    Fiber& f = current_fiber();
+    if (f.committed_copy_groups > newest_pending) complete_copies(f, f.committed_copy_groups - newest_pending);
+}
+// cp.async.wait_all: commits the open group and waits for every group.
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    cp_async_wait_group(0);
+}
+
+}  // namespace cudeconv_emu
 
 #endif  // CUDECONV_EMU_H
