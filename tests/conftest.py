@@ -4,7 +4,9 @@
 the reason when CuPy or a GPU is not usable here; the "emulator" case runs the same CUDA kernels on
 the CPU, so every kernel check also runs in CI.
 """
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,18 @@ import pytest
 from cudeconv import backends
 
 BACKENDS = ("numpy", "emulator", "cuda")
+
+
+def _load_sass_report():
+    """scripts/sass_report.py (a script, not part of the package): nvcc + cuobjdump per kernel."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "sass_report.py"
+    spec = importlib.util.spec_from_file_location("sass_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sass_report = _load_sass_report()
 
 
 def _skip_reason(name):

@@ -6,30 +6,18 @@ emulator's implementation: a kernel with a misplaced register must fail, and doe
 the emulator (always, in CI) and on the GPU when one is here; the tiled product also goes through
 nvcc and the SASS check (tensor-core, ldmatrix and async-copy instructions present, no local memory).
 """
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_close, skip_unless_kernel_checks_can_run, to_backend, to_numpy
+from conftest import assert_close, sass_report, skip_unless_kernel_checks_can_run, to_backend, to_numpy
 from cudeconv._loader import source_with_headers
 from cudeconv import backends
 from cudeconv.emulator import EmulatorLaunchError, RawModule
 
 SOURCE = Path(__file__).parent / "emulator_kernels" / "mma_primitives.cu"
-REPO = Path(__file__).resolve().parent.parent
 POISON_BITS = 0xFFFFFFFF  # what an unlanded cp.async destination and fresh shared memory read as
-
-
-def _load_sass_report():
-    spec = importlib.util.spec_from_file_location("sass_report", REPO / "scripts" / "sass_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sass_report = _load_sass_report()
 
 
 @pytest.fixture(scope="module", params=("emulator", "cuda"))
