@@ -27,20 +27,30 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_int(value) -> bool:
+    """An integer scalar: Python or NumPy int, or a 0-d integer array — never a bool or a float."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iu"
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def spatial_tuple(value, name: str, ndim: int) -> Tuple[int, ...]:
-    """``value`` (an int, or a sequence of ``ndim`` ints) as a tuple of ``ndim`` Python ints."""
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    """``value`` (an int, or a sequence of ``ndim`` ints) as a tuple of ``ndim`` Python ints.
+
+    Integer NumPy arrays count as such, 0-d as an int and 1-d as a sequence (PyTorch's layers
+    take them too); bool and float arrays do not.
+    """
+    if is_int(value):
         return (int(value),) * ndim
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
+        value = value.tolist()
     if isinstance(value, (tuple, list)):
         if len(value) != ndim:
             raise ValueError(
                 f"{name} must be an int or a sequence of {ndim} ints for a {ndim}-d transposed "
                 f"convolution, got {value!r} (length {len(value)})"
             )
-        if not all(
-            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
-            for v in value
-        ):
+        if not all(is_int(v) for v in value):
             raise TypeError(f"{name} must contain ints, got {value!r}")
         return tuple(int(v) for v in value)
     raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
@@ -111,6 +121,27 @@ class ConvTransposeGeometry:
             )
         )
 
+    def output_position(self, dim: int, i: int, k: int) -> int:
+        """Where input ``i`` and kernel tap ``k`` meet along spatial dim ``dim`` (may be outside the output)."""
+        return i * self.stride[dim] + k * self.dilation[dim] - self.padding[dim]
+
+    def tap_reach(self, dim: int, k: int) -> Tuple[int, int]:
+        """The inputs ``[low, high)`` along spatial dim ``dim`` whose product with kernel tap ``k``
+        lands inside the output; empty (``low >= high``) when none does."""
+        s, shift = self.stride[dim], k * self.dilation[dim] - self.padding[dim]
+        low = max(0, -(shift // s))  # ceil(-shift / s): the first i with i·s + shift >= 0
+        high = min(self.in_size[dim], (self.out_size[dim] - 1 - shift) // s + 1)
+        return low, high
+
+    def reaching_inputs(self, dim: int) -> Tuple[int, int]:
+        """The smallest range ``[low, high)`` along spatial dim ``dim`` holding every input that
+        reaches the output through some tap; ``(0, 0)`` when none does. Inputs outside it only
+        meet taps that land in the padding or beyond the output."""
+        reaches = [r for r in (self.tap_reach(dim, k) for k in range(self.kernel_size[dim])) if r[0] < r[1]]
+        if not reaches:
+            return 0, 0
+        return min(low for low, _ in reaches), max(high for _, high in reaches)
+
     def flops(self) -> int:
         """Useful floating-point operations of one pass: 2·N·C_in·(C_out/groups)·∏in·∏k."""
         return (
@@ -171,8 +202,9 @@ def make_geometry(
     args = (ndim, input_shape, weight_shape, stride, padding, output_padding, groups, dilation,
             bias_shape, input_name)
     # Keyed by repr, which tells 1 from True, 2 from 2.0 and np.int64(2): equal under ==, but
-    # not all of them valid.
-    key = repr(args)
+    # not all of them valid. Arrays are keyed by dtype and values, since their repr follows
+    # NumPy's print options and may elide elements.
+    key = repr(tuple(_array_free(a) for a in args))
     geometry = _valid_geometries.get(key)
     if geometry is None:
         geometry = _make_geometry(*args)
@@ -183,6 +215,15 @@ def make_geometry(
 
 
 _valid_geometries = {}
+
+
+def _array_free(value):
+    """``value`` with NumPy arrays (also inside tuples and lists) replaced by their dtype and values."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tolist())
+    if isinstance(value, (tuple, list)) and any(isinstance(v, np.ndarray) for v in value):
+        return (type(value).__name__,) + tuple(_array_free(v) for v in value)
+    return value
 
 
 def _make_geometry(ndim, input_shape, weight_shape, stride, padding, output_padding, groups,
@@ -198,7 +239,7 @@ def _make_geometry(ndim, input_shape, weight_shape, stride, padding, output_padd
             f"weight must be {ndim + 2}-d (C_in, C_out/groups, *kernel_size) for conv_transpose{ndim}d, "
             f"got shape {weight_shape}"
         )
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
+    if not is_int(groups):
         raise TypeError(f"groups must be an int, got {groups!r}")
     groups = int(groups)
     if groups <= 0:
@@ -256,10 +297,7 @@ def output_padding_for(output_size_arg, ndim, in_size, kernel_size, stride, padd
     requested = tuple(output_size_arg)
     if len(requested) == ndim + leading_dims:
         requested = requested[leading_dims:]
-    if len(requested) != ndim or not all(
-        isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
-        for v in requested
-    ):
+    if len(requested) != ndim or not all(is_int(v) for v in requested):
         raise ValueError(
             f"output_size must have {ndim} or {ndim + leading_dims} ints, got {tuple(output_size_arg)!r}"
         )

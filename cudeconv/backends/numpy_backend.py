@@ -7,27 +7,31 @@ Forward (per group g, as one BLAS product plus a col2im scatter):
 
 (With one input channel per group, as in depthwise layers, a tap's block is just x times one
 weight per output channel, and no column buffer is built.) The scatter is a Python loop over the
-∏k kernel taps only; each tap adds a whole block (no loops
-over batch, channels or pixels): a stride-spaced comb of the uncropped output. Where the innermost
-stride is large, a comb wastes most of every cache line it touches, so there the target is laid out
-by stride phase instead: writing k·dilation = m·stride + r, tap k sends input i to uncropped
-position (i + m)·stride + r, so in a (phase r, q) layout each tap's block is a contiguous run
-q ∈ [m, m + in) of phase r, and one transpose at the end interleaves the phases (measured: FCN's
-stride 8 forward 1.8× faster; stride 2 a little slower, so it keeps the combs). Backward is the
-adjoint: the zero-padded grad_output in the same layout, one im2col gather per tap into the same
-``cols`` layout, then
+∏k kernel taps only; each tap adds a whole block (no loops over batch, channels or pixels): the
+inputs whose products with that tap land inside the output (the geometry's ``tap_reach``) go to a
+stride-spaced comb of the output itself. Nothing is computed for the padded canvas around it: x is
+first cut to the inputs that reach the output at all, so work and memory follow the output and
+the taps that reach it, even where a huge padding crops almost everything away. Where the
+innermost stride is large, a comb wastes most of every cache line it touches, so there the target
+is laid out by stride phase instead: writing k·dilation = m·stride + r, tap k sends input i to
+canvas position (i + m)·stride + r, so in a (phase r, q) layout of the stride-aligned window around
+the output each tap's block is a contiguous run of phase r, and one transpose at the end
+interleaves the phases (measured: FCN's stride 8 forward 1.8× faster; stride 2 a little slower, so
+it keeps the combs). Backward is the adjoint: grad_output in the same layout, one im2col gather per
+tap into the same ``cols`` layout (zeros for the pairs that land outside the output), then
 
     grad_input[g]  = weight[g] (C_in/g, C_out/g·∏k) @ cols[g]
     grad_weight[g] = x[g] (C_in/g, N·∏in) @ cols[g]ᵀ
 
 float16 is computed in float32 and rounded once at the end. The column buffer (C_out·∏k·N·∏in
 elements) is built for a slice of the batch at a time so that it stays under ``COLUMN_BUDGET``
-elements — the peak extra memory is about that plus the padded output.
+elements — the peak extra memory is about that plus the output.
 """
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import numpy as np
 
@@ -42,9 +46,10 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
-def _batch_slices(geom: ConvTransposeGeometry):
-    """Batch slices whose column buffer fits COLUMN_BUDGET (at least one sample each)."""
-    per_sample = geom.out_channels * geom.taps * int(np.prod(geom.in_size))
+def _batch_slices(geom: ConvTransposeGeometry, positions: int):
+    """Batch slices whose column buffer (``positions`` input positions per sample) fits
+    COLUMN_BUDGET (at least one sample each)."""
+    per_sample = geom.out_channels * geom.taps * positions
     step = max(1, COLUMN_BUDGET // max(per_sample, 1))
     if geom.batch == 0:
         return [slice(0, 0)]
@@ -52,7 +57,8 @@ def _batch_slices(geom: ConvTransposeGeometry):
 
 
 def tap_windows(geom: ConvTransposeGeometry):
-    """For each kernel tap (multi-index), the strided window of the uncropped output it writes."""
+    """For each kernel tap (multi-index), the strided window of the uncropped output it writes
+    (the textbook col2im over the padded canvas; the benchmark's Chainer baseline uses it)."""
     for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
         yield tap, tuple(
             slice(k * d, k * d + s * (i - 1) + 1, s)
@@ -61,7 +67,7 @@ def tap_windows(geom: ConvTransposeGeometry):
 
 
 def crop(geom: ConvTransposeGeometry):
-    """The output's place inside the uncropped scatter target."""
+    """The output's place inside the uncropped scatter target of :func:`tap_windows`."""
     return tuple(slice(p, p + o) for p, o in zip(geom.padding, geom.out_size))
 
 
@@ -69,60 +75,120 @@ def crop(geom: ConvTransposeGeometry):
 PHASE_LAYOUT_MIN_STRIDE = 4
 
 
-def _tap_phase_blocks(geom: ConvTransposeGeometry):
-    """For each kernel tap, its block in a phase-major buffer (…, r_1..r_d, q_1..q_d): phase
-    r = (k·dilation) mod stride and the run q ∈ [m, m + in) with m = (k·dilation) div stride."""
+def _reaching_taps(geom: ConvTransposeGeometry):
+    """Each kernel tap that reaches the output, with per spatial dim the inputs ``(low, high)``
+    whose products with it land there."""
     for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
-        shifts = [divmod(k * d, s) for k, d, s in zip(tap, geom.dilation, geom.stride)]
-        yield tap, tuple(r for _, r in shifts) + tuple(
-            slice(m, m + i) for (m, _), i in zip(shifts, geom.in_size)
-        )
+        ranges = tuple(geom.tap_reach(dim, k) for dim, k in enumerate(tap))
+        if all(low < high for low, high in ranges):
+            yield tap, ranges
 
 
-class _TapLayout:
-    """The buffer the forward scatters into (and the backward gathers from), (n, G, C_out/G, *shape),
-    with each tap's block in it: the uncropped output itself with stride-spaced combs, or, where the
-    innermost stride is at least PHASE_LAYOUT_MIN_STRIDE, a stride-phase-major layout."""
+def _output_comb(geom: ConvTransposeGeometry, tap, ranges):
+    """The output positions that inputs ``ranges`` meet through ``tap``: one strided slice per dim."""
+    comb = []
+    for dim, (k, (low, high)) in enumerate(zip(tap, ranges)):
+        first, s = geom.output_position(dim, low, k), geom.stride[dim]
+        comb.append(slice(first, first + s * (high - low - 1) + 1, s))
+    return tuple(comb)
+
+
+def _outside(window, size):
+    """Disjoint boxes (tuples of slices) covering the cells of a ``size`` box outside ``window``
+    (a tuple of unit-step slices inside it)."""
+    for j, (w, n) in enumerate(zip(window, size)):
+        inside_before, all_after = window[:j], (slice(None),) * (len(size) - j - 1)
+        if w.start > 0:
+            yield inside_before + (slice(0, w.start),) + all_after
+        if w.stop < n:
+            yield inside_before + (slice(w.stop, n),) + all_after
+
+
+class _TapPlan:
+    """Where each kernel tap's products go, visiting only the (input, tap) pairs that land in the
+    output, so that memory and work follow the output and the taps that reach it, never the padded
+    canvas (with a padding of 10¹¹ the canvas would not fit in memory; the output may hold 3 values).
+
+    ``reach``: per dim, the slice of inputs that reach the output at all (x is cut to it first);
+    ``reach_size`` its length. The target buffer, (n, G, C_out/G, *shape), is the output itself
+    (stride-spaced combs), or, where the innermost stride is at least PHASE_LAYOUT_MIN_STRIDE and
+    no stride exceeds its output size, a stride-phase-major layout of the stride-aligned window
+    around the output (at most output + 2·stride per dim). ``taps``: for each tap that reaches
+    the output, its (tap, input window inside the reach, block in the target, boxes of the reach
+    outside the input window); ``idle_taps``: the taps that reach nothing.
+    """
 
     def __init__(self, geom: ConvTransposeGeometry):
-        self.ndim = geom.ndim
-        self.phased = geom.stride[-1] >= PHASE_LAYOUT_MIN_STRIDE
+        self.ndim, self.out_size, self.stride = geom.ndim, geom.out_size, geom.stride
+        reaching = [geom.reaching_inputs(dim) for dim in range(geom.ndim)]
+        self.reach = tuple(slice(low, high) for low, high in reaching)
+        self.reach_size = tuple(high - low for low, high in reaching)
+        self.whole_input = self.reach_size == geom.in_size
+        self.phased = geom.stride[-1] >= PHASE_LAYOUT_MIN_STRIDE and all(
+            s <= o for s, o in zip(geom.stride, geom.out_size)
+        )
         if self.phased:
-            counts = tuple(-(-f // s) for f, s in zip(geom.full_extent(), geom.stride))
-            self.extent = tuple(c * s for c, s in zip(counts, geom.stride))
+            # The window starts at the multiple of the stride at or below the output's first
+            # position: canvas position (q + first_row)·stride + r is buffer cell (r, q).
+            first_row = tuple(p // s for p, s in zip(geom.padding, geom.stride))
+            counts = tuple(-(-(p + o) // s) - f for p, o, s, f in
+                           zip(geom.padding, geom.out_size, geom.stride, first_row))
             self.shape = geom.stride + counts
+            self._extent = tuple(c * s for c, s in zip(counts, geom.stride))
             self._split = tuple(a for c, s in zip(counts, geom.stride) for a in (c, s))
-            self.blocks = list(_tap_phase_blocks(geom))
+            self._crop = tuple(slice(p % s, p % s + o) for p, s, o in
+                               zip(geom.padding, geom.stride, geom.out_size))
         else:
-            self.extent = self.shape = geom.full_extent()
-            self.blocks = list(tap_windows(geom))
+            self.shape = geom.out_size
+        self.taps, self.idle_taps = [], []
+        reaching_taps = dict(_reaching_taps(geom))
+        for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
+            ranges = reaching_taps.get(tap)
+            if ranges is None:
+                self.idle_taps.append(tap)
+                continue
+            window = tuple(slice(low - r.start, high - r.start) for (low, high), r in zip(ranges, self.reach))
+            if self.phased:
+                shifts = [divmod(k * d, s) for k, d, s in zip(tap, geom.dilation, geom.stride)]
+                block = tuple(r for _, r in shifts) + tuple(
+                    slice(low + m - f, high + m - f)
+                    for (m, _), (low, high), f in zip(shifts, ranges, first_row)
+                )
+            else:
+                block = _output_comb(geom, tap, ranges)
+            self.taps.append((tap, window, block, tuple(_outside(window, self.reach_size))))
 
-    def to_uncropped(self, buffer):
-        """(n, G, c, *shape) -> (n, G, c, *extent), the uncropped output (a copy when phased)."""
+    def to_output(self, target):
+        """(n, G, c, *shape) target -> (n, G, c, *out_size), a view (a copy's view when phased)."""
         if not self.phased:
-            return buffer
+            return target
         nd = self.ndim
         axes = (0, 1, 2) + tuple(a for j in range(nd) for a in (3 + nd + j, 3 + j))
-        return buffer.transpose(axes).reshape(buffer.shape[:3] + self.extent)
+        full = target.transpose(axes).reshape(target.shape[:3] + self._extent)
+        return full[(Ellipsis,) + self._crop]
 
-    def from_uncropped(self, full):
-        """(n, G, c, *extent) -> (n, G, c, *shape), contiguous."""
+    def from_output(self, grad_output, dtype):
+        """(n, G, c, *out_size) -> the target's layout (grad_output itself when not phased)."""
         if not self.phased:
-            return full
+            return grad_output
         nd = self.ndim
+        # Cells outside the output are never read (the taps' blocks only cover pairs that land
+        # inside it); zeros keep them harmless all the same.
+        full = np.zeros(grad_output.shape[:3] + self._extent, dtype=dtype)
+        full[(Ellipsis,) + self._crop] = grad_output
         axes = (0, 1, 2) + tuple(4 + 2 * j for j in range(nd)) + tuple(3 + 2 * j for j in range(nd))
         return np.ascontiguousarray(full.reshape(full.shape[:3] + self._split).transpose(axes))
 
 
 @functools.lru_cache(maxsize=256)
-def _tap_layout(geom: ConvTransposeGeometry) -> _TapLayout:
-    return _TapLayout(geom)
+def _tap_plan(geom: ConvTransposeGeometry) -> _TapPlan:
+    return _TapPlan(geom)
 
 
 def _grouped_columns_of_input(x, geom, dtype):
-    """x (n, C_in, *in) -> (G, C_in/G, n·∏in) in ``dtype``, the right operand of the BLAS products."""
+    """x (n, C_in, *spatial) -> (G, C_in/G, n·∏spatial) in ``dtype``, the right operand of the BLAS products."""
     n = x.shape[0]
-    positions = int(np.prod(geom.in_size))
+    positions = int(np.prod(x.shape[2:]))
     grouped = x.reshape((n, geom.groups, geom.in_channels_per_group, positions))
     out = np.empty(
         (geom.groups, geom.in_channels_per_group, n, grouped.shape[-1]), dtype=dtype
@@ -145,37 +211,38 @@ class NumpyBackend:
         # One algorithm serves both names: the result does not depend on the order of the adds here.
         dtype = compute_dtype(x.dtype)
         G, cout_g = geom.groups, geom.out_channels_per_group
+        plan = _tap_plan(geom)
+        if not plan.whole_input:
+            x = x[(slice(None), slice(None)) + plan.reach]
         if geom.in_channels_per_group > 1:
             # (G, C_out/G·∏k, C_in/G), contiguous: BLAS is much slower on the transposed view.
             weight_t = np.ascontiguousarray(weight.astype(dtype, copy=False).reshape(
                 G, geom.in_channels_per_group, cout_g * geom.taps
             ).transpose(0, 2, 1))
-        layout = _tap_layout(geom)
-        target = np.zeros((geom.batch, G, cout_g) + layout.shape, dtype=dtype)
-        for batch in _batch_slices(geom):
+        target = np.zeros((geom.batch, G, cout_g) + plan.shape, dtype=dtype)
+        for batch in _batch_slices(geom, math.prod(plan.reach_size)):
             n = batch.stop - batch.start
             out = target[batch]
             if geom.in_channels_per_group == 1:
                 # Depthwise-like: a tap's block is x times one weight per output channel, so no
                 # column buffer (measured 2× faster than building one by outer product).
-                x_g = x[batch].astype(dtype, copy=False).reshape((n, G, 1) + geom.in_size)
+                x_g = x[batch].astype(dtype, copy=False).reshape((n, G, 1) + plan.reach_size)
                 w_g = weight.astype(dtype, copy=False).reshape((1, G, cout_g) + geom.kernel_size)
-                product = np.empty((n, G, cout_g) + geom.in_size, dtype=dtype)
-                for tap, block in layout.blocks:
-                    np.multiply(x_g, w_g[(Ellipsis,) + tap].reshape((1, G, cout_g) + (1,) * geom.ndim),
-                                out=product)
-                    out[(Ellipsis,) + block] += product
+                product = np.empty((n, G, cout_g) + plan.reach_size, dtype=dtype)
+                for tap, window, block, _ in plan.taps:
+                    w_tap = w_g[(Ellipsis,) + tap].reshape((1, G, cout_g) + (1,) * geom.ndim)
+                    np.multiply(x_g, w_tap, out=product)
+                    out[(Ellipsis,) + block] += product[(Ellipsis,) + window]
                 continue
             cols = np.matmul(weight_t, _grouped_columns_of_input(x[batch], geom, dtype))
-            # (G, C_out/G, *k, n, *in) -> per tap a (n, G, C_out/G, *in) block
-            cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + geom.in_size)
+            # (G, C_out/G, *k, n, *reach) -> per tap a (n, G, C_out/G, *reach) block
+            cols = cols.reshape((G, cout_g) + geom.kernel_size + (n,) + plan.reach_size)
             cols = np.moveaxis(cols, 2 + geom.ndim, 0)
-            for tap, block in layout.blocks:
-                out[(Ellipsis,) + block] += cols[(slice(None),) * 3 + tap]
-        full = layout.to_uncropped(target).reshape((geom.batch, geom.out_channels) + layout.extent)
-        y = full[(Ellipsis,) + crop(geom)]
+            for tap, window, block, _ in plan.taps:
+                out[(Ellipsis,) + block] += cols[(slice(None),) * 3 + tap + window]
+        y = plan.to_output(target).reshape(geom.output_shape)
         if bias is not None:
-            y = y + bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
+            y += bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
         return np.ascontiguousarray(y, dtype=x.dtype)
 
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool):
@@ -185,34 +252,41 @@ class NumpyBackend:
             axes = (0,) + tuple(range(2, 2 + geom.ndim))
             grad_bias = grad_output.sum(axis=axes, dtype=dtype).astype(x.dtype, copy=False)
         if not (np.isfinite(x).all() and np.isfinite(weight).all()):
-            # The fast path multiplies x and weight by the zeros padding grad_output, and a NaN or
-            # inf there would leak into gradients it does not touch; this path visits only the
-            # (input, tap) pairs that land inside the output.
+            # The fast path multiplies x and weight by the zeros standing for the pairs that land
+            # outside the output, and a NaN or inf there would leak into gradients it does not
+            # touch; this path visits only the (input, tap) pairs that land inside the output.
             grad_input, grad_weight = self._backward_by_taps(grad_output, x, weight, geom, dtype)
             return grad_input, grad_weight, grad_bias
         G, cin_g, cout_g = geom.groups, geom.in_channels_per_group, geom.out_channels_per_group
         weight_g = weight.astype(dtype, copy=False).reshape(G, cin_g, cout_g * geom.taps)
-        grad_input = np.empty(geom.input_shape, dtype=x.dtype)
+        plan = _tap_plan(geom)
+        # Inputs outside the reach meet only pairs that land outside the output: zero gradient.
+        grad_input = (np.empty if plan.whole_input else np.zeros)(geom.input_shape, dtype=x.dtype)
+        grad_input_reach = grad_input[(slice(None), slice(None)) + plan.reach]
+        x_reach = x[(slice(None), slice(None)) + plan.reach]
         grad_weight = np.zeros((G, cin_g, cout_g * geom.taps), dtype=dtype)
-        layout = _tap_layout(geom)
-        for batch in _batch_slices(geom):
+        positions = math.prod(plan.reach_size)
+        for batch in _batch_slices(geom, positions):
             n = batch.stop - batch.start
-            # Zero-padded grad_output, in the scatter's layout, so every tap reads a full block.
-            padded = np.zeros((n, G, cout_g) + layout.extent, dtype=dtype)
-            padded[(Ellipsis,) + crop(geom)] = grad_output[batch].reshape(
-                (n, G, cout_g) + geom.out_size
+            source = plan.from_output(
+                grad_output[batch].reshape((n, G, cout_g) + geom.out_size), dtype
             )
-            source = layout.from_uncropped(padded)
-            cols = np.empty((G, cout_g) + geom.kernel_size + (n,) + geom.in_size, dtype=dtype)
-            cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *in) view
-            for tap, block in layout.blocks:
-                cols_by_tap[(slice(None),) * 3 + tap] = source[(Ellipsis,) + block]
-            cols = cols.reshape(G, cout_g * geom.taps, n * int(np.prod(geom.in_size)))
-            grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + geom.in_size)
-            grad_input[batch] = np.moveaxis(grad_input_g, 2, 0).reshape(
-                (n, geom.in_channels) + geom.in_size
+            # im2col: per tap, the grad_output values its in-range inputs met; zeros elsewhere.
+            cols = np.empty((G, cout_g) + geom.kernel_size + (n,) + plan.reach_size, dtype=dtype)
+            cols_by_tap = np.moveaxis(cols, 2 + geom.ndim, 0)  # (n, G, C_out/G, *k, *reach) view
+            for tap in plan.idle_taps:
+                cols_by_tap[(slice(None),) * 3 + tap] = 0
+            for tap, window, block, outside in plan.taps:
+                at_tap = (slice(None),) * 3 + tap
+                cols_by_tap[at_tap + window] = source[(Ellipsis,) + block]
+                for box in outside:
+                    cols_by_tap[at_tap + box] = 0
+            cols = cols.reshape(G, cout_g * geom.taps, n * positions)
+            grad_input_g = np.matmul(weight_g, cols).reshape((G, cin_g, n) + plan.reach_size)
+            grad_input_reach[batch] = np.moveaxis(grad_input_g, 2, 0).reshape(
+                (n, geom.in_channels) + plan.reach_size
             )
-            x_cols = _grouped_columns_of_input(x[batch], geom, dtype)
+            x_cols = _grouped_columns_of_input(x_reach[batch], geom, dtype)
             grad_weight += np.matmul(x_cols, cols.transpose(0, 2, 1))
         grad_weight = grad_weight.reshape(geom.weight_shape).astype(x.dtype, copy=False)
         return grad_input, grad_weight, grad_bias
@@ -228,25 +302,15 @@ class NumpyBackend:
         grad_input = np.zeros((n, G, cin_g) + geom.in_size, dtype=dtype)
         grad_weight = np.zeros((G, cin_g, cout_g) + geom.kernel_size, dtype=dtype)
         spatial = "".join("uvw"[: geom.ndim])
-        for tap in itertools.product(*(range(k) for k in geom.kernel_size)):
-            in_window, out_window = [], []
-            for k, s, d, p, i, o in zip(tap, geom.stride, geom.dilation, geom.padding,
-                                        geom.in_size, geom.out_size):
-                low = max(0, -(-(p - k * d) // s))
-                high = min(i, (o - 1 + p - k * d) // s + 1)
-                if low >= high:
-                    break
-                first = low * s + k * d - p
-                in_window.append(slice(low, high))
-                out_window.append(slice(first, first + s * (high - low - 1) + 1, s))
-            else:
-                x_win = x_g[(Ellipsis,) + tuple(in_window)]
-                gy_win = gy_g[(Ellipsis,) + tuple(out_window)]
-                w_tap = w_g[(Ellipsis,) + tap]
-                grad_input[(Ellipsis,) + tuple(in_window)] += np.einsum(
-                    f"gcd,ngd{spatial}->ngc{spatial}", w_tap, gy_win, optimize=True)
-                grad_weight[(Ellipsis,) + tap] = np.einsum(
-                    f"ngc{spatial},ngd{spatial}->gcd", x_win, gy_win, optimize=True)
+        for tap, ranges in _reaching_taps(geom):
+            in_window = tuple(slice(low, high) for low, high in ranges)
+            x_win = x_g[(Ellipsis,) + in_window]
+            gy_win = gy_g[(Ellipsis,) + _output_comb(geom, tap, ranges)]
+            w_tap = w_g[(Ellipsis,) + tap]
+            grad_input[(Ellipsis,) + in_window] += np.einsum(
+                f"gcd,ngd{spatial}->ngc{spatial}", w_tap, gy_win, optimize=True)
+            grad_weight[(Ellipsis,) + tap] = np.einsum(
+                f"ngc{spatial},ngd{spatial}->gcd", x_win, gy_win, optimize=True)
         return (grad_input.reshape(geom.input_shape).astype(x.dtype, copy=False),
                 grad_weight.reshape(geom.weight_shape).astype(x.dtype, copy=False))
 
