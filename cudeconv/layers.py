@@ -7,13 +7,18 @@ A layer keeps its weight ``(C_in, C_out // groups, *kernel_size)`` and bias ``(C
 """
 from __future__ import annotations
 
+import errno
 import math
-import numbers
+import os
+import secrets
+import zipfile
+import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import backends
-from ._geometry import check_hyperparameters, output_padding_for, spatial_tuple
+from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from .functional import ALGORITHMS, backward as _backward, forward as _forward
 
 
@@ -52,11 +57,123 @@ class Parameter:
 
 
 def _positive_int(value, name):
-    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {name}={value}")
     return int(value)
+
+
+def check_state_array(value, what):
+    """TypeError unless ``value`` is a NumPy or CuPy array of real numbers (floating or integer),
+    which a state loads by casting to its own dtype."""
+    if not (isinstance(value, np.ndarray) or backends.infer_name(value) == "cuda"):
+        raise TypeError(
+            f"{what} must be a NumPy or CuPy array, got {type(value).__module__}.{type(value).__name__}"
+        )
+    if np.dtype(value.dtype).kind not in "fiu":
+        raise TypeError(f"{what} must hold real numbers, got dtype {value.dtype}")
+
+
+def _checkpoint_path(path) -> str:
+    try:
+        return os.fsdecode(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def _write_atomically(path: str, write):
+    """Call ``write(file)`` on a new file beside ``path``, fsync it, rename it over ``path`` and
+    fsync the directory: ``path`` is always either the old file or the complete new one."""
+    path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never write into someone else's file; mode 0o666 lets the umask set the permissions a
+    # plain new file would get.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    if os.name == "posix":  # make the rename itself durable; Windows cannot open a directory
+        try:
+            directory_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(directory_fd)
+            finally:
+                os.close(directory_fd)
+        except OSError:  # some file systems cannot fsync a directory; the new file is in place anyway
+            pass
+
+
+# What a damaged or foreign archive raises from zipfile, zlib and numpy's .npy header parser
+# (zipfile also raises NotImplementedError for features it lacks and OSError EINVAL for a seek to
+# a negative offset read from a damaged directory).
+_CORRUPT_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError)
+
+
+def _read_checkpoint(path: str, shapes: dict) -> dict:
+    """The arrays ``{name: array}`` of the checkpoint at ``path``, which must hold exactly the
+    members ``name.npy`` with the given shapes and real dtypes; ValueError naming ``path`` otherwise."""
+    with open(path, "rb") as file:  # a missing or unreadable file raises the OSError as it is
+        try:
+            with zipfile.ZipFile(file) as archive:
+                return _read_members(archive, shapes)
+        except (*_CORRUPT_ARCHIVE_ERRORS, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
+                raise  # a failing disk, not a damaged file
+            raise ValueError(f"{path!r} is not a valid checkpoint for this layer: {exc}") from exc
+
+
+def _read_members(archive: zipfile.ZipFile, shapes: dict) -> dict:
+    found = sorted(info.filename for info in archive.infolist())
+    expected = sorted(f"{name}.npy" for name in shapes)
+    if found != expected:
+        raise ValueError(f"it holds the members {found}, expected {expected}")
+    arrays = {}
+    for name, shape in shapes.items():
+        info = archive.getinfo(f"{name}.npy")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"member {info.filename!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"member {info.filename!r} uses compression method {info.compress_type}")
+        with archive.open(info) as member:
+            arrays[name] = _read_npy(member, info.filename, shape)
+    return arrays
+
+
+def _read_npy(member, member_name: str, shape) -> np.ndarray:
+    """One ``.npy`` member whose header must declare ``shape`` and a real dtype; reads at most the
+    bytes such an array takes (plus one, to see that nothing follows)."""
+    version = np.lib.format.read_magic(member)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"member {member_name!r} has .npy format version {version}")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    stored_shape, fortran_order, dtype = read_header(member)
+    if tuple(stored_shape) != shape:
+        raise ValueError(
+            f"member {member_name!r} holds an array of shape {tuple(stored_shape)}, expected {shape}"
+        )
+    if dtype.kind not in "fiu":
+        raise ValueError(f"member {member_name!r} holds dtype {dtype}, expected real numbers")
+    size = math.prod(shape) * dtype.itemsize
+    data = member.read(size + 1)
+    if len(data) < size:
+        raise ValueError(f"member {member_name!r} is truncated: {len(data)} of {size} data bytes")
+    if len(data) > size:
+        raise ValueError(f"member {member_name!r} has data past the {size} bytes of its array")
+    if fortran_order:
+        return np.frombuffer(data, dtype).reshape(shape[::-1]).T
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 class _ConvTransposeNd:
@@ -78,7 +195,8 @@ class _ConvTransposeNd:
         self.stride, self.padding, self.output_padding, self.dilation = check_hyperparameters(
             self.ndim, stride, padding, output_padding, dilation
         )
-        self.dtype = np.dtype(dtype)
+        # np.dtype(None) is float64; PyTorch's dtype=None means its default, float32.
+        self.dtype = np.dtype("float32" if dtype is None else dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(f"dtype must be float16, float32 or float64, got {dtype!r}")
         if algorithm not in ALGORITHMS:
@@ -121,32 +239,60 @@ class _ConvTransposeNd:
             state["bias"] = self.bias.data.copy()
         return state
 
+    def _state_shapes(self):
+        """The state_dict's names and the shapes their arrays must have."""
+        return {name: tuple(getattr(self, name).shape) for name in self._state_names()}
+
+    def _state_names(self):
+        return ("weight",) if self.bias is None else ("weight", "bias")
+
     def load_state_dict(self, state):
-        """Load ``{"weight", "bias"}`` arrays (NumPy or CuPy, e.g. from a PyTorch state_dict)."""
-        expected = {"weight"} | ({"bias"} if self.bias is not None else set())
-        if set(state) != expected:
-            raise ValueError(f"state_dict must have keys {sorted(expected)}, got {sorted(state)}")
-        for name in sorted(expected):
-            param = getattr(self, name)
+        """Load ``{"weight", "bias"}`` arrays (NumPy or CuPy, e.g. from a PyTorch state_dict).
+
+        All or nothing: every key, array type, dtype and shape is checked and every array copied
+        to the layer's backend and dtype before any parameter changes, so a refused state leaves
+        the layer as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict must be a dict of arrays, got {type(state).__name__}")
+        shapes = self._state_shapes()
+        if set(state) != set(shapes):
+            raise ValueError(
+                f"state_dict must have keys {sorted(shapes)}, got {sorted(state, key=repr)}"
+            )
+        arrays = {}
+        for name, shape in shapes.items():
             value = state[name]
-            if tuple(value.shape) != tuple(param.shape):
+            check_state_array(value, f"state_dict[{name!r}]")
+            if tuple(value.shape) != shape:
                 raise ValueError(
                     f"state_dict[{name!r}] has shape {tuple(value.shape)}, the layer's {name} "
-                    f"has shape {tuple(param.shape)}"
+                    f"has shape {shape}"
                 )
-            param.data = self._impl.asarray(value).astype(self.dtype, order="C", copy=True)
+            arrays[name] = self._impl.asarray(value).astype(self.dtype, order="C", copy=True)
+        for name, array in arrays.items():
+            getattr(self, name).data = array
 
     def save(self, path):
-        """Write the state_dict to an ``.npz`` file."""
+        """Write the state_dict as an uncompressed ``.npz`` to exactly ``path`` (no suffix is
+        added), atomically: into a temporary file beside it, flushed to disk, then renamed over
+        ``path``, so a save that fails leaves the previous file intact."""
+        path = _checkpoint_path(path)
         state = {
-            k: (v.get() if hasattr(v, "get") else v) for k, v in self.state_dict().items()
+            name: backends.get("numpy").asarray(getattr(self, name).data) for name in self._state_names()
         }
-        np.savez(path, **state)
+        _write_atomically(path, lambda file: np.savez(file, **state))
 
     def load(self, path):
-        """Read an ``.npz`` written by :meth:`save` (never unpickles)."""
-        with np.load(path, allow_pickle=False) as archive:
-            self.load_state_dict({k: archive[k] for k in archive.files})
+        """Read a checkpoint written by :meth:`save` from exactly ``path`` (never unpickles).
+
+        The archive's member names and each array's header (shape, dtype) are checked before any
+        data is read, and only the expected members are read, each bounded by the size of the
+        layer's array. A file that is not such a checkpoint raises ValueError naming it; the layer
+        changes only when everything loaded (see :meth:`load_state_dict`).
+        """
+        path = _checkpoint_path(path)
+        self.load_state_dict(_read_checkpoint(path, self._state_shapes()))
 
     # -- passes ---------------------------------------------------------------------------------
     def _output_padding(self, x, output_size):

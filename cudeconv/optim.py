@@ -16,10 +16,14 @@ and "emulator" backends each parameter's update is one fused kernel launch.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import backends
-from .layers import Parameter
+from ._geometry import is_int
+from .layers import Parameter, check_state_array
 
 _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
@@ -41,6 +45,9 @@ def _check_hyperparameters(group) -> SGDHyperparameters:
             raise TypeError(f"{name} must be a real number, got {value!r}")
         if name != "dampening" and value < 0:
             raise ValueError(f"Invalid {name} value: {name}={value} must be non-negative")
+    for name in ("nesterov", "maximize"):
+        if not isinstance(group[name], (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {group[name]!r}")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError(
             f"Nesterov momentum requires a momentum and zero dampening, got "
@@ -147,38 +154,87 @@ class SGD:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """Restore hyperparameters and momentum buffers saved by :meth:`state_dict`."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or any(
-            len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)
+        """Restore hyperparameters and momentum buffers from :meth:`state_dict`'s layout (PyTorch's,
+        with NumPy or CuPy arrays; group options other than SGD's hyperparameters, such as
+        PyTorch's ``foreach``, are ignored).
+
+        All or nothing: the whole dict is checked and every buffer copied before anything
+        changes, so a refused state_dict leaves the optimizer as it was.
+        """
+        groups, state = self._checked_state(state_dict)
+        for mine, group in zip(self.param_groups, groups):
+            mine.update(group)
+        self.state = state
+
+    def _checked_state(self, state_dict):
+        """The new hyperparameters of each group and the new ``self.state`` that ``state_dict``
+        describes; ValueError/TypeError naming what is wrong, before anything is changed."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if set(state_dict) != {"state", "param_groups"}:
+            raise ValueError(
+                f"state_dict must have the keys ['param_groups', 'state'], got "
+                f"{sorted(state_dict, key=repr)}"
+            )
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(g, Mapping) for g in saved_groups
         ):
-            raise ValueError("state_dict's parameter groups do not match this optimizer's")
-        candidates = []
-        for saved, mine in zip(groups, self.param_groups):
-            candidate = {**mine, **{k: saved[k] for k in _HYPERPARAMETERS if k in saved}}
-            _check_hyperparameters(candidate)
-            candidates.append(candidate)
-        params = self._parameters()
-        state = {}
-        for key, entry in state_dict["state"].items():
-            if not 0 <= int(key) < len(params):
-                raise ValueError(
-                    f"state_dict['state'] has an entry for parameter {key!r}; this optimizer has "
-                    f"parameters 0..{len(params) - 1}"
+            raise TypeError("state_dict['param_groups'] must be a list of dicts")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        # As in PyTorch, the saved groups' "params" name the parameters (the ids the "state" is
+        # keyed by), and they map in order onto this optimizer's parameters.
+        params_by_id, groups = {}, []
+        for index, (saved, mine) in enumerate(zip(saved_groups, self.param_groups)):
+            ids = saved.get("params")
+            if not isinstance(ids, (list, tuple)) or not all(is_int(i) for i in ids):
+                raise TypeError(
+                    f"state_dict['param_groups'][{index}]['params'] must be a list of ints, got {ids!r}"
                 )
-            p = params[int(key)]
-            buf = entry["momentum_buffer"]
-            if buf is None:
+            if len(ids) != len(mine["params"]):
+                raise ValueError(
+                    f"state_dict['param_groups'][{index}] has {len(ids)} parameters, this "
+                    f"optimizer's group {index} has {len(mine['params'])}"
+                )
+            for i, p in zip(ids, mine["params"]):
+                if int(i) in params_by_id:
+                    raise ValueError(f"state_dict's param_groups name parameter {int(i)} twice")
+                params_by_id[int(i)] = p
+            group = {**mine, **{k: saved[k] for k in _HYPERPARAMETERS if k in saved}}
+            _check_hyperparameters(group)
+            groups.append(group)
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(saved_state).__name__}")
+        state = {}
+        for key, entry in saved_state.items():
+            if not is_int(key):
+                raise TypeError(f"state_dict['state'] keys must be parameter ids (ints), got {key!r}")
+            if int(key) not in params_by_id:
+                raise ValueError(
+                    f"state_dict['state'] has an entry for parameter {key!r}; its param_groups "
+                    f"name the parameters {sorted(params_by_id)}"
+                )
+            if not isinstance(entry, Mapping) or not set(entry) <= {"momentum_buffer"}:
+                raise ValueError(
+                    f"state_dict['state'][{key!r}] must be a dict with at most the key "
+                    f"'momentum_buffer', got {entry!r}"
+                )
+            buf = entry.get("momentum_buffer")
+            if buf is None:  # as PyTorch: no buffer yet, the next step with momentum starts one
                 continue
+            p = params_by_id[int(key)]
+            what = f"state_dict['state'][{key!r}]['momentum_buffer']"
+            check_state_array(buf, what)
             if tuple(buf.shape) != tuple(p.data.shape):
                 raise ValueError(
-                    f"momentum_buffer for parameter {key} has shape {tuple(buf.shape)}, "
-                    f"expected {tuple(p.data.shape)}"
+                    f"{what} has shape {tuple(buf.shape)}, its parameter has shape {tuple(p.data.shape)}"
                 )
             mine = self._impl.momentum_buffer_for(p.data)
             mine[...] = self._impl.asarray(buf)
             state[id(p)] = {"momentum_buffer": mine}
-        # Nothing changes unless everything above was valid.
-        for mine, candidate in zip(self.param_groups, candidates):
-            mine.update(candidate)
-        self.state = state
+        return groups, state
