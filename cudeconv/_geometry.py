@@ -203,8 +203,10 @@ def make_geometry(
             bias_shape, input_name)
     # Keyed by repr, which tells 1 from True, 2 from 2.0 and np.int64(2): equal under ==, but
     # not all of them valid. Arrays are keyed by dtype and values, since their repr follows
-    # NumPy's print options and may elide elements.
-    key = repr(tuple(_array_free(a) for a in args))
+    # NumPy's print options and may elide elements (the substring test keeps the usual call fast).
+    key = repr(args)
+    if "array(" in key:
+        key = repr(tuple(_array_free(a) for a in args))
     geometry = _valid_geometries.get(key)
     if geometry is None:
         geometry = _make_geometry(*args)
