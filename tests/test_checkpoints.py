@@ -564,3 +564,12 @@ def test_sgd_state_dict_input_is_not_modified(backend):
         np.testing.assert_array_equal(to_numpy(good["state"][k]["momentum_buffer"]),
                                       to_numpy(v["momentum_buffer"]))
         assert other.state_dict()["state"][k]["momentum_buffer"] is not good["state"][k]["momentum_buffer"]
+
+
+@pytest.mark.parametrize("name", ["nesterov", "maximize"])
+def test_sgd_flags_must_be_bools(name):
+    """A state_dict's "yes" was taken as True; the constructor checks the same way."""
+    p = cudeconv.Parameter(np.ones(2))
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got 'yes'"):
+        cudeconv.SGD([p], lr=0.1, momentum=0.9, **{name: "yes"})
+    cudeconv.SGD([p], lr=0.1, momentum=0.9, **{name: np.bool_(True)})
