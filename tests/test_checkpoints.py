@@ -53,9 +53,9 @@ def test_valid_bias_with_a_wrong_weight_changes_nothing(backend):
 
 
 @pytest.mark.parametrize("value, exc, pattern", [
-    ([[0.0] * 6], TypeError, "must be a NumPy or CuPy array, got builtins.list"),
-    (0.5, TypeError, "got builtins.float"),
-    (None, TypeError, "got builtins.NoneType"),
+    ([[0.0] * 6], TypeError, r"must be a.*array.*got (builtins\.)?list"),
+    (0.5, TypeError, r"got (builtins\.)?float"),
+    (None, TypeError, r"got (builtins\.)?NoneType"),
     (np.zeros(6, np.complex64), TypeError, "real numbers, got dtype complex64"),
     (np.zeros(6, bool), TypeError, "real numbers, got dtype bool"),
     (np.zeros(6, object), TypeError, "real numbers, got dtype object"),
