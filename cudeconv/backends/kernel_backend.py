@@ -18,11 +18,30 @@ from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
-# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), passed to
-# the compiler from here because the grids are sized from them.
+# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
+# implicit GEMMs' tiles (kernels/deconv_gemm.cu), passed to the compiler from here because the
+# grids are sized from them.
 CHANNEL_TILE = 4
 TAP_TILE = 8
-COMPILE_OPTIONS = (f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}")
+GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
+GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (rows = columns)
+COMPILE_OPTIONS = (
+    f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
+    f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
+)
+# The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16
+# always runs on tensor cores with float32 accumulation, float64 on FP64 FMA.
+GEMM_MATH = {
+    (np.dtype(np.float32), "fp32"): "f32", (np.dtype(np.float32), "tf32"): "tf32",
+    (np.dtype(np.float32), "tf32x3"): "tf32x3",
+}
+GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA, "tf32x3": GEMM_TILE_MMA,
+             "f16": GEMM_TILE_MMA}
+# The heuristic of algorithm="auto": the GEMM where both of its channel sides fill a useful part
+# of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
+GEMM_MIN_K_CHANNELS = 4
+GEMM_MIN_N_CHANNELS = 16
+MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
 INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
 MAX_GRID_Y = 65535
@@ -69,6 +88,46 @@ def check_index_limits(geom: ConvTransposeGeometry):
             )
 
 
+def gemm_math(dtype, precision: str) -> str:
+    """The suffix of the GEMM entry point for ``dtype`` under ``precision``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:
+        return "f16"
+    if dtype == np.float64:
+        return "f64"
+    return GEMM_MATH[(dtype, precision)]
+
+
+def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
+    """At most how many taps one block of the GEMM walks: all of them for grad_input; per stride
+    phase, ⌈k / (stride / gcd(stride, dilation))⌉ per dim for the forward."""
+    if pass_ == "grad_input":
+        return geom.taps
+    return math.prod(ceil_div(k, s // math.gcd(s, d)) for k, s, d in zip(geom.kernel_size, geom.stride, geom.dilation))
+
+
+def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str):
+    """(grid, None) for the implicit GEMM of ``pass_`` ("forward" or "grad_input"), or (None, why)
+    where the GEMM cannot run this problem. Forward: grid z = stride phases × groups, x over the
+    rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim); grad_input: z = groups."""
+    tile = GEMM_TILE[math_name]
+    if pass_ == "forward":
+        phases = math.prod(geom.stride)
+        rows = geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride))
+        columns = geom.out_channels_per_group
+    else:
+        phases, rows, columns = 1, geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
+    taps = _taps_per_phase_bound(geom, pass_)
+    if taps > GEMM_MAX_TAPS:
+        return None, f"{taps} kernel taps per stride phase, above the GEMM's {GEMM_MAX_TAPS}"
+    if phases * geom.groups > MAX_GRID_Y:
+        return None, f"stride phases × groups = {phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
+    spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
+    if geom.batch * spatial + tile > INT32_MAX:
+        return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
+    return (ceil_div(rows, tile), ceil_div(columns, tile), phases * geom.groups), None
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -94,11 +153,12 @@ def rows_grid(rows: int, positions: int):
 class KernelBackend:
     """Runs the library's CUDA kernels; ``xp`` is the array module, ``module_class`` the RawModule."""
 
-    def __init__(self, name, xp, module_class, device_key):
+    def __init__(self, name, xp, module_class, device_key, gemm_unavailable_reason=lambda: None):
         self.name = name
         self.xp = xp
         self._module_class = module_class
         self._device_key = device_key
+        self._gemm_unavailable_reason = gemm_unavailable_reason
 
     # -- arrays ---------------------------------------------------------------------------------
     def check_array(self, array, arg):
@@ -127,7 +187,28 @@ class KernelBackend:
         module.get_function(entry)(grid, block, args)
 
     # -- convolution ----------------------------------------------------------------------------
-    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="gather"):
+    def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str):
+        """(entry point, grid) of the implicit GEMM for ``pass_`` when ``algorithm`` picks it,
+        else None (the direct kernel). "auto" takes the GEMM where it can run and both channel
+        sides are wide enough (GEMM_MIN_K_CHANNELS, GEMM_MIN_N_CHANNELS); "gemm" insists."""
+        if algorithm not in ("auto", "gemm"):
+            return None
+        math_name = gemm_math(dtype, precision)
+        grid, reason = gemm_grid(geom, pass_, math_name)
+        reason = self._gemm_unavailable_reason() or reason
+        if algorithm == "gemm":
+            if reason:
+                raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
+        else:
+            k_channels, n_channels = (
+                (geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
+                else (geom.out_channels_per_group, geom.in_channels_per_group)
+            )
+            if reason or k_channels < GEMM_MIN_K_CHANNELS or n_channels < GEMM_MIN_N_CHANNELS:
+                return None
+        return f"deconv_{pass_}_gemm_{math_name}", grid
+
+    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
         x, weight = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
@@ -138,7 +219,12 @@ class KernelBackend:
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
         if rows == 0:
             return y
-        if algorithm == "gather":
+        gemm = self.gemm_plan(geom, "forward", algorithm, x.dtype, precision)
+        if gemm is not None:
+            entry, grid = gemm
+            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
+                         (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
+        elif algorithm in ("gather", "auto"):
             self._launch("deconv_forward.cu", f"deconv_forward_gather_{suffix}",
                          rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions),
                          (BLOCK, 1, 1),
@@ -152,19 +238,28 @@ class KernelBackend:
                          rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
                          (x, weight, y) + geometry_args(geom))
         else:
-            raise ValueError(f"algorithm must be 'gather' or 'scatter', got {algorithm!r}")
+            raise ValueError(f"algorithm must be 'auto', 'gemm', 'gather' or 'scatter', got {algorithm!r}")
         return y
 
-    def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry):
+    def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
         rows = tiled_rows(geom, geom.in_channels_per_group)
-        if rows:
+        if not rows or not math.prod(geom.in_size):
+            return grad_input
+        gemm = self.gemm_plan(geom, "grad_input", algorithm, weight.dtype, precision)
+        if gemm is not None:
+            entry, grid = gemm
+            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
+                         (grad_output, weight, grad_input) + geometry_args(geom))
+        elif algorithm in ("gather", "auto"):
             self._launch("deconv_backward.cu", f"deconv_grad_input_{_SUFFIX[weight.dtype]}",
                          rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
                          (grad_output, weight, grad_input) + geometry_args(geom))
+        else:
+            raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_input, got {algorithm!r}")
         return grad_input
 
     def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry):
@@ -187,10 +282,11 @@ class KernelBackend:
                       np.int32(math.prod(geom.out_size))))
         return grad_bias
 
-    def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool):
+    def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
+                 precision="fp32"):
         grad_output = self.xp.ascontiguousarray(grad_output)
         return (
-            self.grad_input(grad_output, weight, geom),
+            self.grad_input(grad_output, weight, geom, algorithm, precision),
             self.grad_weight(grad_output, x, geom),
             self.grad_bias(grad_output, geom) if need_bias else None,
         )
@@ -227,7 +323,15 @@ def make(name: str) -> KernelBackend:
     if name == "cuda":
         import cupy
 
-        return KernelBackend("cuda", cupy, cupy.RawModule, lambda: cupy.cuda.runtime.getDevice())
+        def gemm_unavailable_reason():
+            capability = int(cupy.cuda.Device().compute_capability)
+            if capability < MIN_GEMM_COMPUTE_CAPABILITY:
+                return (f"the GPU has compute capability {capability // 10}.{capability % 10}; the GEMM "
+                        f"kernels need 8.0 (mma.sync on tf32, cp.async)")
+            return None
+
+        return KernelBackend("cuda", cupy, cupy.RawModule, lambda: cupy.cuda.runtime.getDevice(),
+                             gemm_unavailable_reason)
     if name == "emulator":
         from .. import emulator
 
