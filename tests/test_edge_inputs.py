@@ -136,6 +136,20 @@ def test_cropping_paddings_match_the_oracle():
     assert all(count >= 3 for count in seen.values()), seen
 
 
+def test_output_that_no_input_reaches_is_the_bias(backend):
+    """Stride 10, padding 5: input 0 lands at -5, input 1 at 5, the single output position is 0."""
+    x, w, b = np.full((2, 1, 2), 3.0), np.full((1, 2, 1), 2.0), np.array([0.5, -1.0])
+    kw = dict(stride=10, padding=5)
+    y = cudeconv.conv_transpose1d(*(to_backend(a, backend) for a in (x, w, b)), **kw, backend=backend)
+    np.testing.assert_array_equal(to_numpy(y), np.broadcast_to(b[:, None], (2, 2, 1)))
+    gy = to_backend(np.ones((2, 2, 1)), backend)
+    gx, gw, gb = cudeconv.conv_transpose1d_backward(gy, *(to_backend(a, backend) for a in (x, w)), **kw,
+                                                    backend=backend)
+    np.testing.assert_array_equal(to_numpy(gx), np.zeros(x.shape))
+    np.testing.assert_array_equal(to_numpy(gw), np.zeros(w.shape))
+    np.testing.assert_array_equal(to_numpy(gb), [2.0, 2.0])
+
+
 def test_nan_in_an_input_that_reaches_nothing_stays_out():
     """Inputs cut away by the padding never meet the output: a NaN there reaches no result."""
     x = np.ones((1, 1, 5))

@@ -119,7 +119,7 @@ class _TapPlan:
     """
 
     def __init__(self, geom: ConvTransposeGeometry):
-        self.ndim, self.out_size, self.stride = geom.ndim, geom.out_size, geom.stride
+        self.ndim = geom.ndim
         reaching = [geom.reaching_inputs(dim) for dim in range(geom.ndim)]
         self.reach = tuple(slice(low, high) for low, high in reaching)
         self.reach_size = tuple(high - low for low, high in reaching)
