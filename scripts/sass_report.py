@@ -7,7 +7,9 @@ instructions that matter for the kernels' speed, from the SASS.
     python scripts/sass_report.py --arch sm_80 FILE.cu  # any file; --json OUT writes the table
 
 Counted opcodes: HMMA (tensor-core mma), LDSM (ldmatrix), LDGSTS (cp.async), FFMA, DFMA, LDG,
-LDS, LDL/STL (local memory: spills or stack arrays). Needs nvcc, and cuobjdump + nvdisasm: on
+LDS, LDL/STL (local memory: spills or stack arrays). The main loop is the loop (a backward branch
+and its target) holding the most multiply-adds (FFMA, DFMA, HMMA), the smallest such; its size
+and multiply-add count are reported too ("loop", "loop_fma"). Needs nvcc, and cuobjdump + nvdisasm: on
 PATH, or from the pip wheels ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` (the test
 extra installs them). Also importable: ``report(path, arch)`` returns the rows (tests use it).
 """
@@ -61,7 +63,9 @@ _PTXAS_FRAME = re.compile(r"Function properties for (\S+)\n\s*(\d+) bytes stack 
 _RES_USAGE = re.compile(r"Function (\S+):\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _SASS_FUNCTION = re.compile(r"^\s*Function : (\S+)")
 # "@!PT" guards an instruction that never executes (ptxas pads LDGSTS sequences with such LDS).
-_SASS_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+_SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)([^;]*)")
+_BRANCH_TARGET = re.compile(r"^\s*(0x[0-9a-f]+)")
+_MULTIPLY_ADDS = ("FFMA", "DFMA", "HMMA")
 
 
 def _run(command, env=None):
@@ -94,24 +98,45 @@ def report(source, arch="sm_90", extra_options=()):
     for name, _frame, stores, loads in _PTXAS_FRAME.findall(compiled.stderr):
         if name in rows:
             rows[name]["spill_stores"], rows[name]["spill_loads"] = int(stores), int(loads)
+    listings = {}  # function -> [(address, opcode, operands)]
     current = None
     for line in sass.splitlines():
         function = _SASS_FUNCTION.match(line)
         if function:
-            current = rows.get(function.group(1))
+            current = listings.setdefault(function.group(1), []) if function.group(1) in rows else None
             continue
         instruction = _SASS_INSTRUCTION.match(line)
-        if current is None or not instruction or (instruction.group(1) or "").strip() == "@!PT":
+        if current is None or not instruction or (instruction.group(2) or "").strip() == "@!PT":
             continue
-        if instruction.group(2) in COUNTED:
-            current[instruction.group(2)] += 1
+        current.append((int(instruction.group(1), 16), instruction.group(3), instruction.group(4)))
+    for name, listing in listings.items():
+        row = rows[name]
+        for _, opcode, _ in listing:
+            if opcode in COUNTED:
+                row[opcode] += 1
+        row["loop"], row["loop_fma"] = _main_loop(listing)
     entries = set(name for name, _ in _PTXAS_ENTRY.findall(compiled.stderr))
     return [row for name, row in sorted(rows.items()) if name in entries]
 
 
+def _main_loop(listing):
+    """(instructions, multiply-adds) of the loop with the most multiply-adds, the smallest such;
+    (0, 0) without loops."""
+    best = (0, 0)
+    for address, opcode, operands in listing:
+        target = _BRANCH_TARGET.match(operands)
+        if opcode != "BRA" or not target or int(target.group(1), 16) > address:
+            continue
+        body = [op for at, op, _ in listing if int(target.group(1), 16) <= at <= address]
+        fma = sum(op in _MULTIPLY_ADDS for op in body)
+        if fma > best[1] or (fma == best[1] and fma and len(body) < best[0]):
+            best = (len(body), fma)
+    return best
+
+
 def format_table(rows, title):
-    columns = ("registers", "stack", "local", "shared", "spill_stores", *COUNTED)
-    headers = ("regs", "stack", "local", "shared", "spill", *COUNTED)
+    columns = ("registers", "stack", "local", "shared", "spill_stores", *COUNTED, "loop", "loop_fma")
+    headers = ("regs", "stack", "local", "shared", "spill", *COUNTED, "loop", "l_fma")
     width = max([len("kernel"), *(len(r["kernel"]) for r in rows)])
     lines = [title, f"{'kernel':<{width}} " + " ".join(f"{h:>6}" for h in headers)]
     for row in rows:

@@ -121,3 +121,38 @@ def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="r
         f"worst |err| {np.nanmax(err) if err.size else 0:.3g} vs bound {np.min(bound):.3g}; "
         f"first bad index {np.argwhere(bad)[0].tolist()}"
     )
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel does not write is caught."""
+    from cudeconv.backends.kernel_backend import KernelBackend
+
+    def nan_output(self, shape, dtype):
+        return self.xp.full(shape, np.nan, dtype=dtype)
+
+    monkeypatch.setattr(KernelBackend, "_output", nan_output)
+
+
+def float64_reference(geom, x, weight, bias, grad_output):
+    """NumPy-backend results in float64 for forward, grad_input, grad_weight, grad_bias, and their
+    Σ|a·b| scales (the same passes on absolute values), for assert_close."""
+    from cudeconv.backends.numpy_backend import NumpyBackend
+
+    reference = NumpyBackend()
+    up = [a.astype(np.float64) for a in (x, weight, bias, grad_output)]
+    ab = [np.abs(a) for a in up]
+    y = reference.forward(up[0], up[1], up[2], geom)
+    gi, gw, gb = reference.backward(up[3], up[0], up[1], geom, True)
+    y_scale = reference.forward(ab[0], ab[1], ab[2], geom)
+    gi_scale, gw_scale, gb_scale = reference.backward(ab[3], ab[0], ab[1], geom, True)
+    return (y, gi, gw, gb), (y_scale, gi_scale, gw_scale, gb_scale)
+
+
+def tf32_round(x):
+    """cvt.rna.tf32.f32: round to nearest with ties away from zero at 10 mantissa bits (add half
+    an ulp to the magnitude, truncate); inf stays inf, NaN stays NaN."""
+    bits = np.asarray(x, np.float32).view(np.uint32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    rounded = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
+    return rounded.astype(np.uint32).view(np.float32)

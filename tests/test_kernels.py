@@ -21,8 +21,8 @@ from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, 
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.optim import SGDHyperparameters
 
-from conftest import (assert_close, rounding_unit, sass_report, skip_unless_kernel_checks_can_run, to_backend,
-                      to_numpy)
+from conftest import (assert_close, float64_reference, rounding_unit, sass_report, skip_unless_kernel_checks_can_run,
+                      to_backend, to_numpy)
 
 DTYPES = (np.float16, np.float32, np.float64)
 REFERENCE = NumpyBackend()
@@ -63,26 +63,6 @@ def _config_id(config):
     return f"{len(config[0])}d-" + "-".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in config)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every kernel output starts as NaN, so an element the kernel does not write is caught."""
-    def nan_output(self, shape, dtype):
-        return self.xp.full(shape, np.nan, dtype=dtype)
-
-    monkeypatch.setattr(KernelBackend, "_output", nan_output)
-
-
-def _reference(geom, x, weight, bias, grad_output):
-    """float64 results and Σ|a·b| scales for forward, grad_input, grad_weight, grad_bias."""
-    up = [a.astype(np.float64) for a in (x, weight, bias, grad_output)]
-    ab = [np.abs(a) for a in up]
-    y = REFERENCE.forward(up[0], up[1], up[2], geom)
-    gi, gw, gb = REFERENCE.backward(up[3], up[0], up[1], geom, True)
-    y_scale = REFERENCE.forward(ab[0], ab[1], ab[2], geom)
-    gi_scale, gw_scale, gb_scale = REFERENCE.backward(ab[3], ab[0], ab[1], geom, True)
-    return (y, gi, gw, gb), (y_scale, gi_scale, gw_scale, gb_scale)
-
-
 def _max_reaching_taps(geom):
     """At most how many taps reach one output position (atomic adds per element in scatter)."""
     return math.prod(-(-k * d // s) for k, d, s in zip(geom.kernel_size, geom.dilation, geom.stride))
@@ -94,7 +74,7 @@ def test_entry_points_match_reference(kernel_backend, poisoned, config, dtype):
     geom = _geometry(config)
     impl = backends.get(kernel_backend)
     x, weight, bias, grad_output = _arrays(geom, dtype, seed=hash(config) % 2**32)
-    (y_ref, gi_ref, gw_ref, gb_ref), scales = _reference(geom, x, weight, bias, grad_output)
+    (y_ref, gi_ref, gw_ref, gb_ref), scales = float64_reference(geom, x, weight, bias, grad_output)
     xb, wb, bb, gyb = (to_backend(a, kernel_backend) for a in (x, weight, bias, grad_output))
     cin_g, cout_g = geom.in_channels_per_group, geom.out_channels_per_group
     positions_in, positions_out = math.prod(geom.in_size), math.prod(geom.out_size)
@@ -182,7 +162,7 @@ def test_every_entry_point_under_the_sanitizer():
                           (CONFIGS[7], np.float32), (CONFIGS[8], np.float64)):
         geom = _geometry(config)
         x, weight, bias, grad_output = _arrays(geom, dtype, 1)
-        (y_ref, gi_ref, gw_ref, gb_ref), scales = _reference(geom, x, weight, bias, grad_output)
+        (y_ref, gi_ref, gw_ref, gb_ref), scales = float64_reference(geom, x, weight, bias, grad_output)
         for algorithm in ("gather", "scatter"):
             extra = _max_reaching_taps(geom) + 1 if algorithm == "scatter" else 0
             assert_close(sanitized.forward(x, weight, bias, geom, algorithm), y_ref, dtype,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_close, sass_report, skip_unless_kernel_checks_can_run, to_backend, to_numpy
+from conftest import assert_close, sass_report, skip_unless_kernel_checks_can_run, tf32_round, to_backend, to_numpy
 from cudeconv._loader import source_with_headers
 from cudeconv import backends
 from cudeconv.emulator import EmulatorLaunchError, RawModule
@@ -51,15 +51,6 @@ def run(module, name, grid, block, *args):
 
 
 # ---- number formats, computed here from their definitions -------------------------------------
-
-
-def tf32_round(x):
-    """cvt.rna.tf32.f32: round to nearest with ties away from zero at 10 mantissa bits (add half
-    an ulp to the magnitude, truncate); inf stays inf, NaN stays NaN."""
-    bits = np.asarray(x, np.float32).view(np.uint32)
-    finite = (bits & 0x7F800000) != 0x7F800000
-    rounded = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
-    return rounded.astype(np.uint32).view(np.float32)
 
 
 def tf32_truncate(x):

@@ -1,0 +1,187 @@
+"""The implicit-GEMM kernels (kernels/deconv_gemm.cu): forward by stride phase and grad_input, in
+every math (f32 FFMA, f64, tf32, tf32x3, f16), against the float64 NumPy reference.
+
+Geometries cover 1/2/3-d, strides 1-8, dilation, output_padding, groups, channel counts that
+leave partial tiles in M, N and K (and a slice pipeline of several taps × channel slices), phases
+no tap reaches, batch 0 and 1. Outputs are poisoned (NaN) before the kernels write them.
+Tolerances come from the reference's own rounding: exact-math paths use the float32/float64
+bound of assert_close; tf32 is checked against a reference computed from tf32-rounded inputs
+(products exact, float32 accumulation), and against float64 within twice that reference's own
+error (flash-attention style).
+"""
+import functools
+import math
+
+import numpy as np
+import pytest
+
+from cudeconv import backends
+from cudeconv._geometry import make_geometry
+from cudeconv.backends.kernel_backend import GEMM_MAX_TAPS, KernelBackend, gemm_grid
+
+from conftest import (assert_close, float64_reference, sass_report, skip_unless_kernel_checks_can_run, tf32_round,
+                      to_backend, to_numpy)
+from cudeconv._loader import kernels_dir
+
+# (in_size, kernel, stride, padding, output_padding, dilation, groups, cin, cout, batch)
+GEOMETRIES = [
+    ((5, 6), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 16, 32, 2),          # DCGAN k4 s2 p1
+    ((4, 5), (3, 3), (3, 2), (1, 0), (2, 1), (2, 1), 2, 26, 38, 1),          # groups, dilation, output_padding
+    ((9,), (16,), (8,), (4,), (3,), (1,), 2, 24, 20, 3),                     # HiFi-GAN-like s8 k16
+    ((3, 4, 3), (2, 3, 2), (2, 1, 2), (0, 1, 0), (1, 0, 1), (1, 2, 1), 1, 13, 19, 1),  # 3-d, odd channels
+    ((3, 3), (2, 2), (4, 4), (0, 0), (3, 0), (1, 1), 1, 40, 17, 2),          # phases no tap reaches
+    ((12, 11), (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, 40, 136, 2),       # M and N over one tile, 5+ K slices
+    ((3, 2), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 8, 16, 0),           # batch 0
+]
+MATHS = [  # (dtype, precision)
+    (np.float32, "fp32"), (np.float32, "tf32"), (np.float32, "tf32x3"), (np.float16, "fp32"), (np.float64, "fp32"),
+]
+
+
+def _geometry(config):
+    in_size, kernel, stride, padding, output_padding, dilation, groups, cin, cout, batch = config
+    return make_geometry(len(in_size), (batch, cin) + in_size, (cin, cout // groups) + kernel, stride, padding,
+                         output_padding, groups, dilation)
+
+
+def _arrays(geom, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for shape in
+            (geom.input_shape, geom.weight_shape, (geom.out_channels,), geom.output_shape)]
+
+
+def _config_id(config):
+    return f"{len(config[0])}d-" + "-".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in config)
+
+
+def _math_id(math_):
+    return f"{np.dtype(math_[0]).name}-{math_[1]}"
+
+
+def check_against_reference(results, arrays, geom, dtype, precision):
+    """results = (forward with bias, grad_input) of one GEMM run, NumPy arrays."""
+    x, weight, bias, grad_output = arrays
+    (y_ref, gi_ref, _, _), (y_scale, gi_scale, _, _) = float64_reference(geom, x, weight, bias, grad_output)
+    terms = {"forward": geom.in_channels_per_group * geom.taps + 1, "grad_input": geom.out_channels_per_group * geom.taps}
+    references = {"forward": (y_ref, y_scale), "grad_input": (gi_ref, gi_scale)}
+    if precision == "tf32" and dtype == np.float32:
+        # the kernel's operands are the tf32 roundings of x (or grad_output) and weight: with those,
+        # products are exact and only the float32 accumulation differs
+        (y_tf32, gi_tf32, _, _), _ = float64_reference(geom, tf32_round(x), tf32_round(weight), bias,
+                                                      tf32_round(grad_output))
+        for (name, result), rounded in zip(results.items(), (y_tf32, gi_tf32)):
+            expected, scale = references[name]
+            assert_close(result, rounded, dtype, terms=terms[name], scale=scale, name=f"{name} vs tf32 inputs")
+            own_error = np.max(np.abs(rounded - expected), initial=0.0)
+            accumulation = 8 * math.sqrt(terms[name]) * 2.0**-24 * np.max(scale, initial=0.0)
+            error = np.max(np.abs(to_numpy(result).astype(np.float64) - expected), initial=0.0)
+            assert error <= 2 * own_error + accumulation, (name, error, own_error)
+        return
+    # tf32x3: each product carries up to ~12 float32 units of relative error from the dropped
+    # small·small term and the rounding of the small parts, on top of the accumulation
+    factor = 20.0 if precision == "tf32x3" and dtype == np.float32 else 8.0
+    for name, result in results.items():
+        expected, scale = references[name]
+        assert_close(result, expected, dtype, terms=terms[name], scale=scale, factor=factor, name=name)
+
+
+def run_gemm(impl, geom, arrays, backend, precision):
+    x, weight, bias, grad_output = (to_backend(a, backend) for a in arrays)
+    return {
+        "forward": to_numpy(impl.forward(x, weight, bias, geom, "gemm", precision)),
+        "grad_input": to_numpy(impl.grad_input(grad_output, weight, geom, "gemm", precision)),
+    }
+
+
+@pytest.mark.parametrize("math_", MATHS, ids=_math_id)
+@pytest.mark.parametrize("config", GEOMETRIES, ids=_config_id)
+def test_gemm_matches_reference(kernel_backend, poisoned, config, math_):
+    dtype, precision = math_
+    geom = _geometry(config)
+    impl = backends.get(kernel_backend)
+    arrays = _arrays(geom, dtype, seed=hash(config) % 2**32)
+    check_against_reference(run_gemm(impl, geom, arrays, kernel_backend, precision), arrays, geom, dtype, precision)
+
+
+def test_gemm_forward_without_bias(kernel_backend, poisoned):
+    geom = _geometry(GEOMETRIES[1])
+    impl = backends.get(kernel_backend)
+    x, weight, bias, grad_output = _arrays(geom, np.float32, 3)
+    (y_ref, *_), (y_scale, *_) = float64_reference(geom, x, weight, np.zeros_like(bias), grad_output)
+    y = impl.forward(to_backend(x, kernel_backend), to_backend(weight, kernel_backend), None, geom, "gemm", "fp32")
+    assert_close(y, y_ref, np.float32, terms=geom.in_channels_per_group * geom.taps, scale=y_scale)
+
+
+@pytest.mark.parametrize("math_", MATHS, ids=_math_id)
+def test_gemm_is_bitwise_reproducible(kernel_backend, math_):
+    dtype, precision = math_
+    geom = _geometry(GEOMETRIES[1])
+    impl = backends.get(kernel_backend)
+    arrays = _arrays(geom, dtype, 11)
+    first, second = (run_gemm(impl, geom, arrays, kernel_backend, precision) for _ in range(2))
+    for name in first:
+        assert first[name].tobytes() == second[name].tobytes(), name
+
+
+def test_every_gemm_entry_point_under_the_sanitizer():
+    """AddressSanitizer + UBSan: every GEMM entry point once, on a geometry with partial tiles in
+    M, N and K, padding that sends taps outside the input, and output_padding."""
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
+    from cudeconv import emulator
+
+    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
+                              lambda: "cpu-sanitized")
+    geom = _geometry(((3, 4), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 9, 19, 2))
+    for dtype, precision in MATHS:
+        arrays = _arrays(geom, dtype, 5)
+        check_against_reference(run_gemm(sanitized, geom, arrays, "emulator", precision), arrays, geom, dtype,
+                                precision)
+
+
+def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_ones():
+    impl = KernelBackend("emulator", np, None, lambda: "cpu")
+    wide = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 32, 2))
+    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "fp32")[0] == "deconv_forward_gemm_f32"
+    assert impl.gemm_plan(wide, "grad_input", "auto", np.float16, "tf32")[0] == "deconv_grad_input_gemm_f16"
+    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "tf32x3")[0] == "deconv_forward_gemm_tf32x3"
+    rgb = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 3, 2))  # 3 output channels
+    assert impl.gemm_plan(rgb, "forward", "auto", np.float32, "fp32") is None
+    depthwise = _geometry(((8, 8), (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 32, 32, 32, 2))
+    assert impl.gemm_plan(depthwise, "forward", "auto", np.float32, "fp32") is None
+    assert impl.gemm_plan(wide, "forward", "gather", np.float32, "fp32") is None
+    # "gemm" insists, and says why it cannot
+    assert impl.gemm_plan(rgb, "forward", "gemm", np.float32, "tf32")[0] == "deconv_forward_gemm_tf32"
+    huge_kernel = _geometry(((4, 4), (17, 17), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
+    assert 17 * 17 > GEMM_MAX_TAPS
+    with pytest.raises(ValueError, match=r"algorithm='gemm' cannot run this forward.*289 kernel taps per stride phase"):
+        impl.gemm_plan(huge_kernel, "forward", "gemm", np.float32, "fp32")
+    assert impl.gemm_plan(huge_kernel, "forward", "auto", np.float32, "fp32") is None
+
+
+def test_gemm_grid_covers_every_phase_and_tile():
+    geom = _geometry(((5, 6), (4, 4), (2, 3), (1, 1), (1, 2), (1, 1), 2, 16, 300, 3))
+    grid, reason = gemm_grid(geom, "forward", "f32")
+    assert reason is None
+    rows = 3 * math.ceil(geom.out_size[0] / 2) * math.ceil(geom.out_size[1] / 3)
+    assert grid == (math.ceil(rows / 128), math.ceil(150 / 128), 2 * 3 * 2)
+    assert gemm_grid(geom, "grad_input", "f64")[0] == (math.ceil(3 * 30 / 64), math.ceil(8 / 64), 2)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_gemm_sass(arch):
+    """Tensor-core entry points hold HMMA (and ldmatrix for f16), the float/double ones fill
+    shared memory with cp.async, nothing touches local memory, and in the FP32 main loop at least
+    half of the instructions are FFMA."""
+    skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
+    rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
+    for pass_ in ("forward", "grad_input"):
+        for math_name in ("f32", "f64", "tf32", "tf32x3", "f16"):
+            row = rows[f"deconv_{pass_}_gemm_{math_name}"]
+            assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
+            if math_name in ("tf32", "tf32x3", "f16"):
+                assert row["HMMA"] > 0, row
+            if math_name != "f16":
+                assert row["LDGSTS"] > 0, row
+        assert rows[f"deconv_{pass_}_gemm_f16"]["LDSM"] > 0
+        f32 = rows[f"deconv_{pass_}_gemm_f32"]
+        assert f32["loop_fma"] >= f32["loop"] / 2, f32
