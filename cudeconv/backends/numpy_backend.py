@@ -207,8 +207,9 @@ class NumpyBackend:
                 f"{arg} must be a numpy.ndarray for the numpy backend, got {type(array).__name__}"
             )
 
-    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="gather"):
-        # One algorithm serves both names: the result does not depend on the order of the adds here.
+    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
+        # One computation serves every algorithm and precision: BLAS in the input's dtype (float32
+        # for float16), never TF32, whatever the kernels would do.
         dtype = compute_dtype(x.dtype)
         G, cout_g = geom.groups, geom.out_channels_per_group
         plan = _tap_plan(geom)
@@ -245,7 +246,8 @@ class NumpyBackend:
             y += bias.astype(dtype, copy=False).reshape((-1,) + (1,) * geom.ndim)
         return np.ascontiguousarray(y, dtype=x.dtype)
 
-    def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool):
+    def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
+                 precision="fp32"):
         dtype = compute_dtype(x.dtype)
         grad_bias = None
         if need_bias:
