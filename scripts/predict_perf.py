@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The prediction half of docs/perf.md: for each suite case and pass (forward, grad_input), which
+path the heuristic takes, its useful and executed (tile-padded) work, the two floors on a GPU
+(FLOPs ÷ peak, compulsory bytes ÷ bandwidth) and the expected time at an assumed fraction of peak
+per math, read off the kernels' SASS (see docs/perf.md for the fractions and why).
+
+    python scripts/predict_perf.py [--gpu h100] [--markdown]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from cudeconv.backends.kernel_backend import (  # noqa: E402
+    GEMM_TILE, KernelBackend, ceil_div, gemm_grid,
+)
+from cudeconv.cases import SUITE  # noqa: E402
+
+# H100 SXM dense peaks (TFLOP/s) and HBM bandwidth (TB/s); 132 SMs.
+GPUS = {"h100": {"fp32": 67.0, "fp64": 34.0, "tf32": 495.0, "f16": 989.0, "bandwidth": 3.35, "sms": 132}}
+# Fraction of the math's peak the v1 kernels are expected to reach on large layers, from their
+# SASS main loops: FFMA 70% of the loop's issue slots, 2 blocks/SM (127 registers) -> ~50%;
+# tf32 ~14 issue slots per HMMA (scalar LDS + cvt.rna per fragment element) where ~4 keep the
+# tensor core busy -> ~30%; tf32x3 three HMMA per 24 slots -> ~20% of TF32 peak; f16 ~22 slots per
+# HMMA (register-staged loads) -> ~20%.
+EFFICIENCY = {"f32": 0.5, "f64": 0.5, "tf32": 0.3, "tf32x3": 0.3 / 3 * 2, "f16": 0.2}
+PEAK_OF = {"f32": "fp32", "f64": "fp64", "tf32": "tf32", "tf32x3": "tf32", "f16": "f16"}
+MEMORY_EFFICIENCY = 0.7
+LAUNCH_FLOOR_MS = 0.005
+
+
+def executed_macs(geom, pass_, math_name):
+    """Multiply-adds the GEMM executes, with its tile padding in M, N and K."""
+    tile = GEMM_TILE[math_name]
+    slice_k = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32}[math_name]
+    if pass_ == "grad_input":
+        rows = geom.batch * math.prod(geom.in_size)
+        return (ceil_div(rows, tile) * tile * ceil_div(geom.in_channels_per_group, tile) * tile
+                * geom.taps * ceil_div(geom.out_channels_per_group, slice_k) * slice_k * geom.groups)
+    total = 0
+    for phase in np.ndindex(*geom.stride):
+        q = [max(0, ceil_div(o - r, s)) for o, r, s in zip(geom.out_size, phase, geom.stride)]
+        taps = math.prod(sum(1 for k in range(kk) if (r + p - k * d) % s == 0)
+                         for kk, r, p, d, s in zip(geom.kernel_size, phase, geom.padding, geom.dilation, geom.stride))
+        rows = geom.batch * math.prod(q)
+        total += (ceil_div(rows, tile) * tile * ceil_div(geom.out_channels_per_group, tile) * tile
+                  * taps * ceil_div(geom.in_channels_per_group, slice_k) * slice_k)
+    return total * geom.groups
+
+
+def predict(gpu, dtype, precision):
+    spec = GPUS[gpu]
+    backend = KernelBackend("prediction", np, None, lambda: gpu)
+    rows = []
+    for case in SUITE:
+        geom = case.geometry()
+        useful = case.batch * case.in_channels * (case.out_channels // case.groups) * math.prod(case.in_size) * geom.taps
+        item = np.dtype(dtype).itemsize
+        for pass_ in ("forward", "grad_input"):
+            plan = backend.gemm_plan(geom, pass_, "auto", dtype, precision)
+            big, small = (geom.output_shape, geom.input_shape)
+            moved = (math.prod(big) + math.prod(small) + math.prod(geom.weight_shape)) * item
+            memory_ms = moved / (spec["bandwidth"] * 1e12) * 1e3
+            if plan is None:
+                rows.append((case.name, pass_, "direct", 2 * useful / 1e9, None, None, memory_ms, None))
+                continue
+            entry, grid = plan
+            math_name = entry.rsplit("_", 1)[1]
+            peak = spec[PEAK_OF[math_name]] * 1e12
+            compute_floor_ms = 2 * useful / peak * 1e3
+            executed = executed_macs(geom, pass_, math_name)
+            blocks = grid[0] * grid[1] * grid[2]
+            waves = blocks / (2 * spec["sms"])
+            wave_loss = math.ceil(waves) / waves if waves > 1 else 1 / waves if waves > 0 else 1
+            expected_ms = max(2 * executed / (peak * EFFICIENCY[math_name]) * 1e3 * min(wave_loss, 4.0),
+                              memory_ms / MEMORY_EFFICIENCY, LAUNCH_FLOOR_MS)
+            rows.append((case.name, pass_, entry, 2 * useful / 1e9, executed / useful, compute_floor_ms, memory_ms,
+                         expected_ms))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", default="h100", choices=sorted(GPUS))
+    args = parser.parse_args(argv)
+    for dtype, precision in ((np.float32, "fp32"), (np.float32, "tf32"), (np.float16, "fp32")):
+        label = "float16" if dtype == np.float16 else f"float32, precision={precision}"
+        print(f"\n{args.gpu}, {label}\n")
+        print("| case | pass | path | GFLOP | executed/useful | compute floor ms | memory floor ms | expected ms |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for name, pass_, path, gflop, waste, compute_ms, memory_ms, expected in predict(args.gpu, dtype, precision):
+            fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+            print(f"| {name} | {pass_} | {path} | {gflop:.2f} | {fmt(waste, '.2f')} | {fmt(compute_ms, '.3f')} | "
+                  f"{memory_ms:.3f} | {fmt(expected, '.3f')} |")
+
+
+if __name__ == "__main__":
+    main()
