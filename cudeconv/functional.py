@@ -11,12 +11,15 @@ Shapes (d = 1, 2, 3 spatial dims)::
 
 ``stride``, ``padding``, ``output_padding`` and ``dilation`` are ints or d-tuples. ``backend=None``
 computes where the arrays live (NumPy → "numpy", CuPy → "cuda"); "emulator" runs the CUDA kernels on
-the CPU. Inputs are never modified; outputs are fresh arrays of the input's dtype.
+the CPU. Arrays of other frameworks (``__dlpack__``, ``__cuda_array_interface__``: PyTorch, JAX, ...)
+are taken without copying and results come back in their kind (:mod:`cudeconv._interop`). Inputs
+are never modified; outputs are fresh arrays of the input's dtype.
 """
 from __future__ import annotations
 
 from . import backends
 from ._geometry import check_float_dtypes, make_geometry
+from ._interop import take_arrays
 
 __all__ = [
     "conv_transpose1d",
@@ -33,13 +36,6 @@ __all__ = [
 ALGORITHMS = ("gather", "scatter")
 
 
-def _shape(array, name):
-    shape = getattr(array, "shape", None)
-    if shape is None or not hasattr(array, "dtype"):
-        raise TypeError(f"{name} must be an array (numpy.ndarray or cupy.ndarray), got {type(array).__name__}")
-    return shape
-
-
 def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
             dilation=1, *, backend=None, algorithm="gather"):
     """Transposed convolution over ``ndim`` spatial dims; see the module docstring for shapes.
@@ -52,19 +48,20 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     bits of the result, may vary from run to run; in float16 every atomic add rounds to half, so
     its error is a few half ulps larger). The NumPy backend computes the same values either way.
     """
-    unbatched = len(_shape(x, "input")) == ndim + 1
+    (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias)
+    unbatched = x.ndim == ndim + 1
     if unbatched:
         x = x[None]
     geom = make_geometry(
-        ndim, x.shape, _shape(weight, "weight"), stride, padding, output_padding,
-        groups, dilation, bias_shape=None if bias is None else _shape(bias, "bias"),
+        ndim, x.shape, weight.shape, stride, padding, output_padding,
+        groups, dilation, bias_shape=None if bias is None else bias.shape,
     )
     check_float_dtypes(input=x, weight=weight, bias=bias)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
     y = impl.forward(x, weight, bias, geom, algorithm)
-    return y[0] if unbatched else y
+    return give_back(y[0] if unbatched else y)
 
 
 def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0, groups=1,
@@ -74,16 +71,17 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
     An unbatched input ``(C_in, *in_size)`` takes an unbatched grad_output.
     """
-    unbatched = len(_shape(x, "input")) == ndim + 1
+    (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight)
+    unbatched = x.ndim == ndim + 1
     if unbatched:
         x = x[None]
-        if len(_shape(grad_output, "grad_output")) == ndim + 1:
+        if grad_output.ndim == ndim + 1:
             grad_output = grad_output[None]
     geom = make_geometry(
-        ndim, x.shape, _shape(weight, "weight"), stride, padding, output_padding,
+        ndim, x.shape, weight.shape, stride, padding, output_padding,
         groups, dilation,
     )
-    if tuple(_shape(grad_output, "grad_output")) != geom.output_shape:
+    if tuple(grad_output.shape) != geom.output_shape:
         raise ValueError(
             f"grad_output must have the forward output's shape {geom.output_shape}, "
             f"got {tuple(grad_output.shape)}"
@@ -91,7 +89,7 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     check_float_dtypes(grad_output=grad_output, input=x, weight=weight)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
     grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias))
-    return (grad_input[0] if unbatched else grad_input), grad_weight, grad_bias
+    return give_back(((grad_input[0] if unbatched else grad_input), grad_weight, grad_bias))
 
 
 def _make_pair(ndim):

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import backends
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
+from ._interop import as_backend_array, take_arrays
 from .functional import ALGORITHMS, backward as _backward, forward as _forward
 
 
@@ -262,7 +263,7 @@ class _ConvTransposeNd:
             )
         arrays = {}
         for name, shape in shapes.items():
-            value = state[name]
+            value = as_backend_array(state[name], f"state_dict[{name!r}]")
             check_state_array(value, f"state_dict[{name!r}]")
             if tuple(value.shape) != shape:
                 raise ValueError(
@@ -306,11 +307,13 @@ class _ConvTransposeNd:
 
     def forward(self, x, output_size=None):
         """y = conv_transpose(x); ``output_size`` (spatial, or full N, C, *spatial) picks among the
-        sizes a strided layer can produce, as in PyTorch. Caches x for :meth:`backward`."""
-        if getattr(x, "ndim", None) not in (self.ndim + 1, self.ndim + 2):
+        sizes a strided layer can produce, as in PyTorch. Caches x for :meth:`backward`.
+        A PyTorch tensor (or another framework's array) in gives one out (:mod:`cudeconv._interop`)."""
+        (x,), give_back = take_arrays(input=x)
+        if x.ndim not in (self.ndim + 1, self.ndim + 2):
             raise ValueError(
                 f"input must be {self.ndim + 2}-d (N, C_in, *spatial) or {self.ndim + 1}-d "
-                f"(C_in, *spatial), got shape {getattr(x, 'shape', type(x).__name__)}"
+                f"(C_in, *spatial), got shape {tuple(x.shape)}"
             )
         output_padding = self._output_padding(x, output_size)
         y = _forward(
@@ -319,7 +322,7 @@ class _ConvTransposeNd:
             backend=self.backend, algorithm=self.algorithm,
         )
         self._saved = (x, output_padding)
-        return y
+        return give_back(y)
 
     __call__ = forward
 
@@ -327,6 +330,7 @@ class _ConvTransposeNd:
         """grad_input for the last forward's input; accumulates into weight.grad and bias.grad."""
         if self._saved is None:
             raise RuntimeError("backward() called before forward()")
+        (grad_output,), give_back = take_arrays(grad_output=grad_output)
         x, output_padding = self._saved
         grad_input, grad_weight, grad_bias = _backward(
             self.ndim, grad_output, x, self.weight.data, self.stride, self.padding,
@@ -336,7 +340,7 @@ class _ConvTransposeNd:
         self.weight.accumulate_grad(grad_weight)
         if self.bias is not None:
             self.bias.accumulate_grad(grad_bias)
-        return grad_input
+        return give_back(grad_input)
 
     def extra_repr(self):
         return (
