@@ -18,23 +18,32 @@ Passes, per case:
 Every implementation's results are first compared with a float64 run of the NumPy backend on the
 same (rounded) inputs: the error is ``max |result - reference| / max |reference|`` per pass, and must
 stay within ``8·sqrt(terms)·u`` (u: unit roundoff of the compute precision, terms: the length of the
-pass's sums; plus 2⁻¹⁰ for float16's rounding). A wrong implementation is reported, not timed. Then
-the median of ``repeat`` runs after warm-up: CUDA events (``cupyx.profiler.benchmark``) for work on
-the GPU, ``time.perf_counter`` on the CPU. TFLOP/s counts the useful products,
-2·N·C_in·(C_out/groups)·∏in·∏kernel per convolution pass (twice that for ``backward``); GB/s counts
-the fewest bytes a pass must move (each operand read once, each result written once).
+pass's sums; plus 2⁻¹⁰ for float16's rounding). A wrong implementation is reported, not timed.
+
+Then each pass the benchmarked backend has is timed for it and its baselines together, in
+interleaved rounds (:mod:`cudeconv.timing`): at least ``min_samples`` rounds and ``min_seconds`` of
+samples, each sample long enough to read (short calls are batched), with CUDA events for work on the
+GPU and ``time.perf_counter`` on the CPU. Times are medians with their interquartile range (IQR);
+a time whose IQR exceeds 25 % of its median is flagged noisy. A speed-up is the median over rounds
+of (baseline's sample / cudeconv's sample of the same round); one whose middle half spans 1 is
+flagged unranked: too close or too noisy to say which is faster. TFLOP/s counts the useful
+products, 2·N·C_in·(C_out/groups)·∏in·∏kernel per convolution pass (twice that for ``backward``);
+GB/s counts the fewest bytes a pass must move (each operand read once, each result written once).
 
 Baselines, each where present (the reason is printed where not): PyTorch's
 ``conv_transpose{1,2,3}d`` on the benchmarked backend's device (on the GPU twice, cuDNN with TF32
 off and on; on the CPU with the same thread count), the NumPy backend (when another backend is
 benchmarked), and on the GPU a CuPy GEMM + col2im implementation (Chainer's method).
 
-``--json`` writes ``{"device", "backend", "dtype", "versions", "quick", "repeat", "timer",
-"threads", "peaks", "cases": [{"name", "source", "config", "status" ("ok", "wrong" or "failed"),
-"ms": {pass: median ms}, "tflops": {pass: ...}, "gbps": {pass: ...}, "max_rel_error",
-"rel_errors", "tolerances", "baselines": {name: {pass: median ms} or {"skipped": reason}},
-"speedup": {name: {pass: their ms / our ms}}, and on a GPU "peak_fraction"}]}``; numbers that are
-not finite are written as null.
+``--json`` writes ``{"device", "backend", "dtype", "precision", "versions", "quick",
+"quick_limits" (null for full-size cases), "timing" (the policy), "timer", "threads", "peaks",
+"cases": [{"name", "source", "config" (what ran: the shrunk shape under --quick), "shrunk_from"
+(the real layer's config, under --quick), "status" ("ok", "wrong" or "failed"), "ms": {pass: median
+ms}, "timing": {pass: {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "samples",
+"calls_per_sample"}}, "noisy": [pass, ...], "tflops": {pass: ...}, "gbps": {pass: ...},
+"max_rel_error", "rel_errors", "tolerances", "baselines": {name: {"ms", "timing"} or {"skipped":
+reason}}, "speedup": {name: {pass: median ratio}}, "speedup_spread": {name: {pass: {"q1", "q3",
+"ranked"}}}, and on a GPU "peak_fraction"}]}``; numbers that are not finite are written as null.
 """
 from __future__ import annotations
 
@@ -43,9 +52,7 @@ import fnmatch
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -54,19 +61,28 @@ import numpy as np
 from . import __version__, backends
 from ._geometry import ConvTransposeGeometry
 from .backends.numpy_backend import NumpyBackend, crop, tap_windows, compute_dtype
-from .cases import BY_NAME, SUITE, Case
+from .cases import BY_NAME, QUICK, QUICK_EMULATOR, SUITE, Case
 from .optim import SGDHyperparameters
+from .timing import (NOISY_RELATIVE_IQR, CpuClock, CudaEventClock, Samples, Spread, Timed, TimingPolicy,
+                     interleaved_samples, paired_ratios)
 
 PASSES = ("forward", "grad_input", "grad_weight", "grad_bias", "backward", "sgd_step")
 # Passes that are convolutions (a TFLOP/s figure makes sense): how many geom.flops() each does.
 CONVOLUTIONS = {"forward": 1, "grad_input": 1, "grad_weight": 1, "backward": 2}
 SGD_HYPER = SGDHyperparameters(lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0,
                                nesterov=False, maximize=False)
-# Warm-up runs before timing: one on the CPU (the correctness check already ran once); more on
-# the GPU, where clocks ramp up and memory pools fill.
-WARMUP = {False: 1, True: 5}
-DEFAULT_REPEAT = {False: 5, True: 20}
+# Extra warm-up calls before calibration: none on the CPU (the correctness check and the discarded
+# calibration calls warm it up); five on the GPU, where clocks ramp up and memory pools fill.
+WARMUP = {False: 0, True: 5}
+# Samples per pass at least (``--repeat``), per benchmarked backend: few on the emulator, whose
+# times say nothing about a GPU's and whose calls are slow; and seconds of samples per pass at
+# least (``--min-time``).
+DEFAULT_MIN_SAMPLES = {"numpy": 7, "emulator": 3, "cuda": 20}
+DEFAULT_MIN_SECONDS = 0.2
 TF32_UNIT = 2.0 ** -11  # TF32 keeps 10 mantissa bits
+# Arithmetic modes for float32 work. Only full float32 exists today; a TF32 mode for the kernels
+# would be added here and passed on to the backend by run().
+PRECISIONS = ("fp32",)
 
 
 # -- machine --------------------------------------------------------------------------------------
@@ -122,20 +138,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cuda_version(number: int) -> str:
-    return f"{number // 1000}.{number % 1000 // 10}"
-
-
 def versions() -> Dict[str, Optional[str]]:
-    """Versions of what the benchmark runs on (None: not installed or not usable here)."""
+    """Versions of what the benchmark runs on (None: not installed or not usable here; for
+    ``cuda_driver``, also: no NVIDIA driver)."""
     found = {"cudeconv": __version__, "python": platform.python_version(), "numpy": np.__version__,
              "cupy": None, "cuda_runtime": None, "cuda_driver": None, "torch": None}
     try:
         import cupy
 
         found["cupy"] = cupy.__version__
-        found["cuda_runtime"] = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
-        found["cuda_driver"] = _cuda_version(cupy.cuda.runtime.driverGetVersion())
+        found["cuda_runtime"] = backends.format_cuda_version(cupy.cuda.runtime.runtimeGetVersion())
+        driver = cupy.cuda.runtime.driverGetVersion()  # 0: no NVIDIA driver
+        found["cuda_driver"] = backends.format_cuda_version(driver) if driver else None
     except Exception:  # CuPy missing or without a CUDA runtime/driver: those stay None
         pass
     try:
@@ -261,25 +275,6 @@ def relative_error(result, reference) -> float:
     return math.inf if math.isnan(error) else error
 
 
-# -- timers ---------------------------------------------------------------------------------------
-def _cpu_times_ms(fn, repeat, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def _gpu_times_ms(fn, repeat, warmup):
-    # CUDA events on CuPy's current stream (the legacy default stream, which PyTorch uses too).
-    from cupyx.profiler import benchmark
-
-    return [float(t) * 1e3 for t in benchmark(fn, n_repeat=repeat, n_warmup=warmup).gpu_times[0]]
-
-
 # -- contenders -----------------------------------------------------------------------------------
 @dataclass
 class Contender:
@@ -292,6 +287,11 @@ class Contender:
     skipped: Optional[str] = None  # why it cannot run here; None when it can
     unit: Optional[float] = None  # unit roundoff of its compute precision, when not the dtype's
     context: Callable = contextlib.nullcontext  # entered around its checks and timings
+
+    def timed(self, fn) -> Timed:
+        """``fn`` (one of its passes) with the clock and warm-up of its device."""
+        return Timed(fn, CudaEventClock() if self.on_gpu else CpuClock(), WARMUP[self.on_gpu],
+                     self.context)
 
 
 def backend_contender(name: str, impl, on_gpu: bool) -> Contender:
@@ -497,57 +497,100 @@ def contenders(backend_name: str, dtype):
 
 # -- running --------------------------------------------------------------------------------------
 @dataclass
-class Outcome:
-    """One contender on one problem: errors per pass, then timings (empty when wrong or failed)."""
+class Checked:
+    """One contender on one problem after the correctness check: its passes (callables), the
+    error of each, those over tolerance, or why it could not run."""
 
+    contender: Contender
+    passes: Dict[str, Callable] = field(default_factory=dict)
     errors: Dict[str, float] = field(default_factory=dict)
-    ms: Dict[str, float] = field(default_factory=dict)
     wrong: Dict[str, float] = field(default_factory=dict)  # pass -> error over its tolerance
     failure: Optional[str] = None
 
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and not self.wrong
 
-def measure(contender: Contender, problem: Problem, repeat: int, on_pass=lambda name: None) -> Outcome:
-    outcome = Outcome()
-    timer = _gpu_times_ms if contender.on_gpu else _cpu_times_ms
+    def why_not_timed(self) -> str:
+        return self.failure or "wrong result: max relative error " + ", ".join(
+            f"{p} {e:.2g}" for p, e in self.wrong.items())
+
+
+def check(contender: Contender, problem: Problem, on_step=lambda what: None) -> Checked:
+    """Build the contender's passes and compare each one's first result with the reference."""
+    checked = Checked(contender)
     try:
         with contender.context():
             passes = contender.build(problem)
-            for name, fn in passes.items():  # correctness first: the first run is the one checked
-                on_pass(f"check {name}")
+            for name, fn in passes.items():
+                on_step(f"check {name}")
                 error = relative_error(fn(), problem.reference[name])
-                outcome.errors[name] = error
+                checked.errors[name] = error
                 if not error <= tolerance(problem.dtype, problem.terms(name), contender.unit):
-                    outcome.wrong[name] = error
-            if outcome.wrong:
-                return outcome
-            for name in PASSES:
-                if name in passes:
-                    on_pass(f"time {name}")
-                    outcome.ms[name] = statistics.median(
-                        timer(passes[name], repeat, WARMUP[contender.on_gpu])
-                    )
+                    checked.wrong[name] = error
+        checked.passes = passes
     except Exception as exc:  # e.g. a dtype PyTorch has no CPU kernel for: report it, go on
-        outcome.failure = f"{type(exc).__name__}: {exc}"
-        outcome.ms = {}
-    return outcome
+        checked.failure = f"{type(exc).__name__}: {exc}"
+    return checked
 
 
-def _case_record(problem: Problem, mine: Outcome, baselines: Dict[str, object], peaks) -> dict:
+def time_passes(contenders: List[Checked], policy: TimingPolicy, on_step=lambda what: None):
+    """Time each pass the first contender (the benchmarked backend) has, for it and every other
+    contender that has the pass too, interleaved. Returns ``({name: {pass: Samples}}, {name:
+    failure})``; a contender that fails stops being timed."""
+    ours = contenders[0].contender.name
+    samples = {c.contender.name: {} for c in contenders}
+    failures = {}
+    for pass_name in PASSES:
+        if pass_name not in contenders[0].passes or ours in failures:
+            continue
+        on_step(f"time {pass_name}")
+        timed = {c.contender.name: c.contender.timed(c.passes[pass_name]) for c in contenders
+                 if pass_name in c.passes and c.contender.name not in failures}
+        got, failed = interleaved_samples(timed, policy)
+        failures.update(failed)
+        for name, pass_samples in got.items():
+            samples[name][pass_name] = pass_samples
+    for name in failures:
+        samples[name] = {}
+    return samples, failures
+
+
+def _timing_record(samples: Dict[str, Samples]) -> dict:
+    record = {}
+    for pass_name, pass_samples in samples.items():
+        spread = pass_samples.spread()
+        record[pass_name] = {
+            "median_ms": spread.median * 1e3, "q1_ms": spread.q1 * 1e3, "q3_ms": spread.q3 * 1e3,
+            "min_ms": spread.minimum * 1e3, "max_ms": spread.maximum * 1e3,
+            "samples": spread.count, "calls_per_sample": pass_samples.calls_per_sample,
+        }
+    return record
+
+
+def _case_record(problem: Problem, mine: Checked, samples: Dict[str, Samples],
+                 baselines: Dict[str, object], speedups: Dict[str, Dict[str, Spread]], peaks) -> dict:
+    timing = _timing_record(samples)
+    ms = {p: t["median_ms"] for p, t in timing.items()}
+    case = problem.case
+    status = "ok" if mine.ok else "wrong" if mine.wrong else "failed"
     record = {
-        "name": problem.case.name, "source": problem.case.source, "config": problem.case.config(),
-        "status": "failed" if mine.failure else "wrong" if mine.wrong else "ok",
-        "ms": mine.ms,
-        "tflops": {p: CONVOLUTIONS[p] * problem.geom.flops() / (ms * 1e-3) / 1e12
-                   for p, ms in mine.ms.items() if p in CONVOLUTIONS},
-        "gbps": {p: problem.min_bytes(p) / (ms * 1e-3) / 1e9 for p, ms in mine.ms.items()},
+        "name": case.name, "source": case.source, "config": case.config(),
+        "shrunk_from": None if case.shrunk_from is None else case.shrunk_from.config(),
+        "status": status,
+        "ms": ms,
+        "timing": timing,
+        "noisy": [p for p, s in samples.items() if s.spread().noisy],
+        "tflops": {p: CONVOLUTIONS[p] * problem.geom.flops() / (t * 1e-3) / 1e12
+                   for p, t in ms.items() if p in CONVOLUTIONS},
+        "gbps": {p: problem.min_bytes(p) / (t * 1e-3) / 1e9 for p, t in ms.items()},
         "max_rel_error": max(mine.errors.values(), default=None),  # None: nothing was checked
         "rel_errors": mine.errors,
         "tolerances": {p: tolerance(problem.dtype, problem.terms(p)) for p in mine.errors},
         "baselines": baselines,
-        "speedup": {
-            name: {p: timing[p] / mine.ms[p] for p in timing if p in mine.ms}
-            for name, timing in baselines.items() if "skipped" not in timing
-        },
+        "speedup": {name: {p: s.median for p, s in by_pass.items()} for name, by_pass in speedups.items()},
+        "speedup_spread": {name: {p: {"q1": s.q1, "q3": s.q3, "ranked": s.ranked} for p, s in by_pass.items()}
+                           for name, by_pass in speedups.items()},
     }
     if mine.failure:
         record["error"] = mine.failure
@@ -568,58 +611,90 @@ def describe_device(backend_name: str) -> str:
     return f"CPU: {cpu_name()}, {cpu_threads()} threads"
 
 
-def first_line(backend_name: str) -> str:
-    """What runs where, and why not on the GPU when it does not."""
-    line = f"cudeconv bench: backend {backend_name!r} on {describe_device(backend_name)}"
+def quick_limits(backend_name: str):
+    """How --quick shrinks the cases for ``backend_name``: emulator-sized for the emulator."""
+    return QUICK_EMULATOR if backend_name == "emulator" else QUICK
+
+
+def first_line(backend_name: str, quick: bool = False) -> str:
+    """What runs where, whether the cases are shrunk, and why not on the GPU when it does not."""
+    command = "cudeconv bench --quick (shrunk cases, not the real layers' sizes)" if quick else "cudeconv bench"
+    line = f"{command}: backend {backend_name!r} on {describe_device(backend_name)}"
     reason = backends.cuda_unavailable_reason()
     if backend_name != "cuda":
         line += f" — not on a GPU: {reason}" if reason else " — a GPU is present but not benchmarked"
     return line
 
 
+def default_policy(backend_name: str, min_samples=None, min_seconds=None) -> TimingPolicy:
+    """The timing policy for the benchmarked backend; None takes the default."""
+    return TimingPolicy(
+        min_samples=DEFAULT_MIN_SAMPLES[backend_name] if min_samples is None else min_samples,
+        min_seconds=DEFAULT_MIN_SECONDS if min_seconds is None else min_seconds,
+    )
+
+
 def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=None, quick=False,
-        progress=True) -> dict:
-    """Check and time every case; the JSON-able results (see the module docstring)."""
+        progress=True, min_seconds=None, precision="fp32") -> dict:
+    """Check and time every case; the JSON-able results (see the module docstring). ``repeat`` and
+    ``min_seconds``: the least samples and seconds of samples per pass (None: the defaults)."""
     from tqdm import tqdm
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     mine, baselines = contenders(backend_name, dtype)
-    repeats = {"cpu": repeat or DEFAULT_REPEAT[False], "gpu": repeat or DEFAULT_REPEAT[True]}
-    repeat_for = lambda contender: repeats["gpu" if contender.on_gpu else "cpu"]  # noqa: E731
+    policy = default_policy(backend_name, repeat, min_seconds)
     peaks = gpu_info() if mine.on_gpu else None
     runnable = [b for b in baselines if b.skipped is None]
+    limits = quick_limits(backend_name) if quick else None
     results = {
         "device": describe_device(backend_name), "backend": backend_name, "dtype": np.dtype(dtype).name,
-        "versions": versions(), "quick": quick, "repeat": repeats,
-        "timer": "CUDA events (cupyx.profiler.benchmark)" if mine.on_gpu else "time.perf_counter",
+        "precision": precision, "versions": versions(), "quick": quick,
+        "quick_limits": None if limits is None else limits.describe(),
+        "timing": {"min_samples": policy.min_samples, "min_seconds": policy.min_seconds,
+                   "min_sample_seconds": policy.min_sample_seconds, "interleaved": True},
+        "timer": (CudaEventClock if mine.on_gpu else CpuClock).description,
         "threads": cpu_threads(),
         "peaks": None if peaks is None else {"fp32_tflops": peaks.fp32_tflops,
                                              "bandwidth_gbps": peaks.bandwidth_gbps, "gpu": peaks.name},
         "cases": [],
     }
     threads = _same_threads_for_torch(runnable)
-    bar = tqdm(total=len(cases) * (1 + len(runnable)), desc="bench", file=sys.stderr,
-               disable=not progress, leave=False)
+    bar = tqdm(total=len(cases), desc="bench", file=sys.stderr, disable=not progress, leave=False)
     try:
         for case in cases:
-            problem = Problem.make(case.quick() if quick else case, dtype)
-            status = lambda who: lambda what: bar.set_postfix_str(f"{case.name}: {who} {what}")  # noqa: E731
-            outcome = measure(mine, problem, repeat_for(mine), status(mine.name))
-            bar.update()
-            timings = {}
-            for baseline in baselines:
-                if baseline.skipped is not None:
-                    timings[baseline.name] = {"skipped": baseline.skipped}
+            problem = Problem.make(case.quick(limits) if quick else case, dtype)
+            step = lambda who: lambda what: bar.set_postfix_str(f"{case.name}: {who} {what}")  # noqa: E731
+            ours = check(mine, problem, step(mine.name))
+            checked, timings = [], {b.name: {"skipped": b.skipped} for b in baselines if b.skipped}
+            for baseline in runnable:
+                if not ours.ok:  # a wrong (or failed) case is not timed, nor are its baselines
+                    verdict = "wrong" if ours.wrong else "failing"
+                    timings[baseline.name] = {"skipped": f"not timed: {backend_name} is {verdict} on this case"}
                     continue
-                if outcome.ms:
-                    theirs = measure(baseline, problem, repeat_for(baseline), status(baseline.name))
-                else:  # a wrong (or failed) case is not timed, nor are its baselines
-                    verdict = "wrong" if outcome.wrong else "failing"
-                    theirs = Outcome(failure=f"not timed: {backend_name} is {verdict} on this case")
-                bar.update()
-                timings[baseline.name] = theirs.ms if theirs.ms else {"skipped": theirs.failure or (
-                    "wrong result: max relative error "
-                    + ", ".join(f"{p} {e:.2g}" for p, e in theirs.wrong.items()))}
-            results["cases"].append(_case_record(problem, outcome, timings, peaks))
+                theirs = check(baseline, problem, step(baseline.name))
+                if theirs.ok:
+                    checked.append(theirs)
+                else:
+                    timings[baseline.name] = {"skipped": theirs.why_not_timed()}
+            samples, failures = time_passes([ours] + checked, policy, step("all")) if ours.ok else ({}, {})
+            if mine.name in failures:
+                ours.failure = f"failed while timed: {failures[mine.name]}"
+                samples[mine.name] = {}
+            speedups = {}
+            for theirs in checked:
+                name = theirs.contender.name
+                if name in failures or mine.name in failures:
+                    timings[name] = {"skipped": failures.get(name, f"not timed: {mine.name} failed")}
+                    continue
+                timing = _timing_record(samples[name])
+                timings[name] = {"ms": {p: t["median_ms"] for p, t in timing.items()}, "timing": timing}
+                speedups[name] = {p: ratio for p, s in samples[name].items()
+                                  if (ratio := paired_ratios(s, samples[mine.name][p])) is not None}
+            ordered = {b.name: timings[b.name] for b in baselines}
+            results["cases"].append(_case_record(problem, ours, samples.get(mine.name, {}), ordered,
+                                                 speedups, peaks))
+            bar.update()
     finally:
         bar.close()
         threads.close()
@@ -640,24 +715,61 @@ def _same_threads_for_torch(runnable):
 
 
 # -- reporting ------------------------------------------------------------------------------------
+NOISY_MARK, UNRANKED_MARK = "~", "?"
+
+
 def _fmt(value, width, digits=3):
     if value is None:
         return " " * (width - 1) + "—"
     return f"{value:{width}.{digits}g}"
 
 
+def _fmt_spread(timing, width=6):
+    """IQR as a percentage of the median, marked when noisy."""
+    if timing is None:
+        return " " * (width - 1) + "—"
+    relative = (timing["q3_ms"] - timing["q1_ms"]) / timing["median_ms"] if timing["median_ms"] > 0 else math.inf
+    mark = NOISY_MARK if not relative <= NOISY_RELATIVE_IQR else " "
+    return f"{min(relative * 100, 999):{width - 2}.0f}%{mark}"
+
+
+def _fmt_ratio(ratio, spread, width):
+    if ratio is None:
+        return " " * (width - 1) + "—"
+    mark = " " if spread["ranked"] else UNRANKED_MARK
+    return f"{ratio:{width - 1}.3g}{mark}"
+
+
+def headline(results: dict) -> List[str]:
+    """What was run and how it was timed: the lines above the table (and the plot's title)."""
+    policy = results["timing"]
+    size = (f"QUICK RUN (--quick): every case shrunk ({results['quick_limits']}) — smoke-test sizes, "
+            "not the real layers" if results["quick"] else "full-size cases (the real layers)")
+    return [
+        f"{results['backend']} on {results['device']}, {results['dtype']}, precision {results['precision']}; {size}",
+        f"times: median of ≥ {policy['min_samples']} samples per pass and ≥ {policy['min_seconds']:g} s "
+        f"of samples, cudeconv and baselines interleaved ({results['timer']})",
+    ]
+
+
+def _geometric_mean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 def format_table(results: dict) -> str:
-    """The per-case, per-pass table with the speedup over each baseline."""
+    """The per-case, per-pass table: medians, spread, speedup over each baseline."""
     ours = results["backend"]
     names = list(dict.fromkeys(
         n for c in results["cases"] for n, t in c["baselines"].items() if "skipped" not in t))
     on_gpu = results["peaks"] is not None
-    header = f"{'case':14s} {'pass':12s} {'rel error':>9s} {ours + ' ms':>12s} {'TFLOP/s':>8s} {'GB/s':>8s}"
+    header = (f"{'case':14s} {'pass':12s} {'rel error':>9s} {ours + ' ms':>12s} {'±IQR':>6s} "
+              f"{'TFLOP/s':>8s} {'GB/s':>8s}")
     if on_gpu:
         header += f" {'%FP32':>6s} {'%BW':>6s}"
+    widths = {name: (max(12, len(name) + 3), max(8, len(name) + 2)) for name in names}
     for name in names:
-        header += f" │ {name + ' ms':>{max(12, len(name) + 3)}s} {'×' + name:>{max(7, len(name) + 1)}s}"
-    lines = [header, "─" * len(header)]
+        header += f" │ {name + ' ms':>{widths[name][0]}s} {'±IQR':>6s} {'×' + name:>{widths[name][1]}s}"
+    lines = headline(results) + ["", header, "─" * len(header)]
     for case in results["cases"]:
         label = case["name"]
         if case["status"] != "ok":
@@ -666,31 +778,41 @@ def format_table(results: dict) -> str:
             lines.append(f"{label:14s} {case['status'].upper()}: {detail}")
             continue
         for p in PASSES:
-            timed = [case["baselines"][n].get(p) for n in names]
-            if p not in case["ms"] and all(t is None for t in timed):
+            if p not in case["ms"]:
                 continue
-            mine = case["ms"].get(p)
-            row = (f"{label:14s} {p:12s} {_fmt(case['rel_errors'].get(p), 9, 2)} {_fmt(mine, 12)} "
-                   f"{_fmt(case['tflops'].get(p), 8)} {_fmt(case['gbps'].get(p), 8)}")
+            row = (f"{label:14s} {p:12s} {_fmt(case['rel_errors'].get(p), 9, 2)} {_fmt(case['ms'][p], 12)} "
+                   f"{_fmt_spread(case['timing'][p])} {_fmt(case['tflops'].get(p), 8)} "
+                   f"{_fmt(case['gbps'].get(p), 8)}")
             if on_gpu:
                 frac = case["peak_fraction"]
                 pct = lambda kind: None if p not in frac[kind] else 100 * frac[kind][p]  # noqa: E731
                 row += f" {_fmt(pct('fp32'), 6, 2)} {_fmt(pct('bandwidth'), 6, 2)}"
-            for name, theirs in zip(names, timed):
+            for name in names:
+                theirs = case["baselines"].get(name, {})
+                timing = theirs.get("timing", {}).get(p)
                 ratio = case["speedup"].get(name, {}).get(p)
-                row += f" │ {_fmt(theirs, max(12, len(name) + 3))} {_fmt(ratio, max(7, len(name) + 1))}"
+                spread = case["speedup_spread"].get(name, {}).get(p)
+                row += (f" │ {_fmt(None if timing is None else timing['median_ms'], widths[name][0])} "
+                        f"{_fmt_spread(timing)} {_fmt_ratio(ratio, spread, widths[name][1])}")
             lines.append(row)
             label = ""
-    lines.append("")
-    lines.append(f"rel error: max |{ours} - float64 reference| / max |reference|. "
-                 f"×B = B's time / {ours}'s time (above 1: {ours} is faster).")
-    lines.append("—: not measured. A gradient without its own entry point is timed only inside "
-                 "backward; sgd_step and grad_bias do no convolution, so no TFLOP/s.")
+    lines += [
+        "",
+        f"rel error: max |{ours} - float64 reference| / max |reference|. ±IQR: interquartile range "
+        f"as a % of the median; {NOISY_MARK}: over {NOISY_RELATIVE_IQR:.0%}, a noisy time.",
+        f"×B: B's time / {ours}'s time, the median over rounds of samples taken side by side (above 1: "
+        f"{ours} is faster); {UNRANKED_MARK}: the middle half of those ratios spans 1 — too close or "
+        f"too noisy to rank.",
+        "—: not measured. Only the passes the benchmarked backend has are timed; a gradient without "
+        "its own entry point is inside backward. sgd_step and grad_bias do no convolution: no TFLOP/s.",
+    ]
     for name in names:
-        ratios = [r for c in results["cases"] for r in c["speedup"].get(name, {}).values()]
+        ratios = [(r, c["speedup_spread"][name][p]["ranked"])
+                  for c in results["cases"] for p, r in c["speedup"].get(name, {}).items()]
         if ratios:
-            geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-            lines.append(f"geometric mean ×{name}: {geomean:.3g} over {len(ratios)} passes")
+            unranked = sum(1 for _, ranked in ratios if not ranked)
+            lines.append(f"geometric mean ×{name}: {_geometric_mean([r for r, _ in ratios]):.3g} over "
+                         f"{len(ratios)} passes ({unranked} of them unranked {UNRANKED_MARK})")
     skipped = {}
     for case in results["cases"]:
         for name, timing in case["baselines"].items():
@@ -704,32 +826,72 @@ def format_table(results: dict) -> str:
 
 
 def plot(results: dict, path) -> None:
-    """A PNG: per case, each pass's median time for the backend and every timed baseline."""
+    """A PNG of speed-ups: one panel per pass; per case, a bar per baseline at (baseline's time /
+    cudeconv's time) with its value written beside it and its IQR as a whisker, on a log axis with
+    the 1× line marked. Unranked ratios are drawn hatched and pale."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    cases = results["cases"]
-    ncols = min(3, len(cases))
-    nrows = math.ceil(len(cases) / ncols)
-    fig = Figure(figsize=(5.5 * ncols, 3.6 * nrows), constrained_layout=True)
+    ours = results["backend"]
+    cases = [c for c in results["cases"] if c["speedup"]]
+    names = list(dict.fromkeys(n for c in cases for n in c["speedup"]))
+    passes = [p for p in PASSES if any(p in c["speedup"][n] for c in cases for n in c["speedup"])]
+    title = f"cudeconv bench: {ours} vs baselines\n" + "\n".join(headline(results)).replace(" — ", "\n")
+    not_timed = [f"{c['name']} ({c['status']})" for c in results["cases"] if c["status"] != "ok"]
+    if not passes:
+        fig = Figure(figsize=(9, 3.5), constrained_layout=True)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.axis("off")
+        reasons = sorted({t["skipped"] for c in results["cases"] for t in c["baselines"].values() if "skipped" in t})
+        ax.text(0.5, 0.5, "no baseline was timed, nothing to compare:\n" + "\n".join(reasons),
+                ha="center", va="center", wrap=True, fontsize=9)
+        fig.suptitle(title, fontsize=9)
+        fig.savefig(path, dpi=100)
+        return
+    ncols = min(3, len(passes))
+    nrows = math.ceil(len(passes) / ncols)
+    panel_height = 0.8 + 0.2 * len(cases) * len(names)
+    fig = Figure(figsize=(5.4 * ncols, panel_height * nrows + 1.6), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, case in zip(axes, cases):
-        series = {results["backend"]: case["ms"]}
-        series.update({n: t for n, t in case["baselines"].items() if "skipped" not in t})
-        passes = [p for p in PASSES if any(p in t for t in series.values())]
-        width = 0.8 / max(len(series), 1)
-        for i, (name, timing) in enumerate(series.items()):
-            xs = [j + (i - (len(series) - 1) / 2) * width for j, p in enumerate(passes) if p in timing]
-            ax.bar(xs, [timing[p] for p in passes if p in timing], width, label=name)
-        ax.set_xticks(range(len(passes)))
-        ax.set_xticklabels(passes, rotation=30, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("median ms (lower is better)")
-        status = "" if case["status"] == "ok" else f" — {case['status'].upper()}, not timed"
-        ax.set_title(case["name"] + status, fontsize=10)
-        ax.legend(fontsize=7)
-    for ax in axes[len(cases):]:
+    bar_height = 0.8 / len(names)
+    for ax, pass_name in zip(axes, passes):
+        for i, name in enumerate(names):
+            rows = [(j, c["speedup"][name][pass_name], c["speedup_spread"][name][pass_name])
+                    for j, c in enumerate(cases) if pass_name in c["speedup"].get(name, {})]
+            for j, ratio, spread in rows:
+                y = j + (i - (len(names) - 1) / 2) * bar_height
+                ax.barh(y, ratio, bar_height * 0.9, color=f"C{i}", alpha=1 if spread["ranked"] else 0.45,
+                        hatch=None if spread["ranked"] else "//",
+                        xerr=[[ratio - spread["q1"]], [spread["q3"] - ratio]],
+                        error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.3"})
+                ax.annotate(f"{ratio:.2g}×" + ("" if spread["ranked"] else UNRANKED_MARK),
+                            (max(ratio, spread["q3"]), y), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+        ax.axvline(1, color="black", lw=1.2)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(low, 0.5), max(high, 2) * 2)  # 1× in view, room for the labels
+        ax.set_yticks(range(len(cases)))
+        ax.set_yticklabels([c["name"] for c in cases], fontsize=8)
+        ax.set_ylim(len(cases) - 0.5, -0.5)
+        ax.set_title(pass_name, fontsize=10)
+        ax.set_xlabel(f"{ours} speed-up: baseline time / {ours} time (right of the 1× line: {ours} faster)",
+                      fontsize=7)
+        if ax is axes[0]:
+            ax.legend(handles=[Patch(color=f"C{i}", label=f"vs {name}") for i, name in enumerate(names)],
+                      fontsize=7, loc="best")
+    for ax in axes[len(passes):]:
         ax.set_visible(False)
-    fig.suptitle(f"cudeconv bench: {results['backend']} ({results['dtype']}) on {results['device']}")
+    notes = (f"pale and hatched, {UNRANKED_MARK}: the middle half of the per-round ratios spans 1 "
+             f"(unranked); whiskers: interquartile range")
+    if not_timed:
+        notes += "; not timed: " + ", ".join(not_timed)
+    fig.suptitle(title + "\n" + notes, fontsize=9)
     fig.savefig(path, dpi=100)

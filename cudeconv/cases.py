@@ -1,14 +1,16 @@
 """Named real-world transposed-convolution shapes, shared by the benchmarks and the CLI.
 
 Each case is a layer from a published architecture (or a textbook example), with the batch size
-people train it with. ``Case.quick()`` shrinks a case (batch, channels, spatial size) so that a whole
-suite runs in about a minute on two CPU cores while keeping its kernel/stride/padding geometry.
+people train it with. ``Case.quick(limits)`` shrinks a case (batch, channels, spatial size) within
+:class:`QuickLimits` while keeping its kernel/stride/padding/dilation geometry: ``QUICK`` for the
+NumPy and CUDA backends, the much smaller ``QUICK_EMULATOR`` for the emulator, which runs every GPU
+thread of a kernel as a CPU fiber.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +33,7 @@ class Case:
     dilation: Tuple[int, ...] = None
     bias: bool = True
     tags: Tuple[str, ...] = field(default=())
+    shrunk_from: Optional["Case"] = None  # the real layer, for a case made by quick()
 
     def __post_init__(self):
         ndim = len(self.in_size)
@@ -58,7 +61,7 @@ class Case:
             "in_size": list(self.in_size), "kernel_size": list(self.kernel_size),
             "stride": list(self.stride), "padding": list(self.padding),
             "output_padding": list(self.output_padding), "groups": self.groups,
-            "dilation": list(self.dilation), "bias": self.bias, "source": self.source,
+            "dilation": list(self.dilation), "bias": self.bias,
         }
 
     def kwargs(self) -> dict:
@@ -69,21 +72,45 @@ class Case:
     def with_batch(self, batch: int) -> "Case":
         return replace(self, batch=batch)
 
-    def quick(self) -> "Case":
-        """A smaller case of the same geometry: batch ≤ 2, channels ≤ 32 (kept divisible by groups),
-        ≤ 4096 input positions."""
-        shrink = max(1, math.ceil(max(self.in_channels, self.out_channels) / 32))
-        # Shrink the number of groups, keeping channels per group (depthwise stays depthwise).
-        groups = max(1, self.groups // shrink) if self.groups > 1 else 1
-        cin_g, cout_g = self.in_channels // self.groups, self.out_channels // self.groups
-        if self.groups == 1:
-            cin_g, cout_g = max(1, cin_g // shrink), max(1, cout_g // shrink)
-        cin, cout = groups * cin_g, groups * cout_g
-        in_size = tuple(self.in_size)
-        while math.prod(in_size) > 4096:
-            in_size = tuple(max(1, s // 2) for s in in_size)
-        return replace(self, batch=min(self.batch, 2), in_channels=cin, out_channels=cout,
-                       groups=groups, in_size=in_size)
+    def quick(self, limits: "QuickLimits") -> "Case":
+        """A smaller case of the same geometry within ``limits``: the batch is capped, then channels
+        are halved (groups first, so depthwise stays depthwise) while above ``limits.channels`` or
+        while the weight has more than ``limits.filter_elements`` elements, then the spatial size while above ``limits.positions``, then the spatial size or else the
+        channels while a pass costs more than ``limits.flops``. ``source`` says what it was shrunk
+        from; a case already within the limits comes back with a ``source`` that says so."""
+        case = replace(self, batch=min(self.batch, limits.batch))
+        while True:
+            smaller = case._halved_channels(limits.channels)
+            if smaller is None and case.geometry().taps * case.in_channels * (
+                    case.out_channels // case.groups) > limits.filter_elements:
+                smaller = case._halved_channels(1)
+            if smaller is None and math.prod(case.in_size) > limits.positions:
+                smaller = case._halved_spatial()
+            if smaller is None and case.geometry().flops() > limits.flops:
+                smaller = case._halved_spatial() or case._halved_channels(1)
+            if smaller is None:
+                break
+            case = smaller
+        if case.config() == self.config():
+            return replace(self, source=f"{self.source} (already within --quick's limits: as is)")
+        return replace(case, source=f"shrunk by --quick from: {self.source}", shrunk_from=self)
+
+    def _halved_channels(self, floor: int) -> Optional["Case"]:
+        """Channels above ``floor`` halved (not below it); None when none is above it."""
+        if max(self.in_channels, self.out_channels) <= floor:
+            return None
+        if self.groups > 1 and max(self.in_channels, self.out_channels) // self.groups <= floor:
+            groups = self.groups // 2  # per-group channels kept: fewer groups
+            cin_g, cout_g = self.in_channels // self.groups, self.out_channels // self.groups
+            return replace(self, groups=groups, in_channels=groups * cin_g, out_channels=groups * cout_g)
+        halve = lambda c: max(c // 2, floor) if c > floor else c  # noqa: E731
+        cin_g, cout_g = halve(self.in_channels // self.groups), halve(self.out_channels // self.groups)
+        return replace(self, in_channels=self.groups * cin_g, out_channels=self.groups * cout_g)
+
+    def _halved_spatial(self) -> Optional["Case"]:
+        """Every spatial size of 4 or more halved; None when none is."""
+        in_size = tuple(s // 2 if s >= 4 else s for s in self.in_size)
+        return None if in_size == self.in_size else replace(self, in_size=in_size)
 
     def arrays(self, dtype, seed=0):
         """Random x, weight, bias (None without bias) and grad_output as NumPy arrays."""
@@ -130,3 +157,26 @@ SUITE = (
 )
 
 BY_NAME = {case.name: case for case in SUITE}
+
+
+@dataclass(frozen=True)
+class QuickLimits:
+    """Bounds of a case shrunk by ``Case.quick``."""
+
+    batch: int
+    channels: int  # per input and per output
+    positions: int  # input positions (product of the spatial sizes)
+    flops: float  # of one convolution pass, ``ConvTransposeGeometry.flops()``
+    filter_elements: int  # of the weight, C_in·C_out/groups·∏kernel_size
+
+    def describe(self) -> str:
+        return (f"batch ≤ {self.batch}, ≤ {self.channels} channels, ≤ {self.positions} input positions, "
+                f"≤ {self.flops:.0e} flops per pass, ≤ {self.filter_elements} weights")
+
+
+# The suite in well under a minute on two CPU cores with the NumPy backend and PyTorch.
+QUICK = QuickLimits(batch=2, channels=32, positions=4096, flops=2e7, filter_elements=2**17)
+# The emulator runs each GPU thread as a fiber and each block's reduction through real barriers;
+# its cost grows with threads and barriers, not flops. The weight gradient, one block per 8 filter
+# elements, takes about 0.7 ms per block on two cores: a few hundred weights at most.
+QUICK_EMULATOR = QuickLimits(batch=2, channels=4, positions=64, flops=1e6, filter_elements=512)

@@ -12,8 +12,30 @@ import sys
 import numpy as np
 
 from . import __version__, backends
+from .cases import QUICK, QUICK_EMULATOR
 
 DTYPES = ("float16", "float32", "float64")
+DEMO_PICTURE = "cudeconv-demo.png"
+
+BENCH_DESCRIPTION = """\
+Check, then time, every pass (forward, grad_input, grad_weight, grad_bias, backward, SGD step) of
+real transposed-convolution layers (cudeconv bench --list) on one backend, beside the baselines
+present here: PyTorch (cuDNN with TF32 off and on on a GPU), the NumPy backend, and on a GPU a CuPy
+GEMM + col2im. A result that differs from a float64 reference is reported as wrong and not timed.
+
+Each pass is timed in rounds that alternate cudeconv and the baselines, so load from other
+processes hits them alike; the table gives medians with their spread (IQR), and speed-ups as the
+median of same-round ratios, flagged where the spread is too large to rank them."""
+
+BENCH_EXAMPLES = """\
+examples:
+  cudeconv bench                              the whole suite on the best backend here (cuda, else numpy)
+  cudeconv bench --quick                      every case shrunk: a smoke test in well under a minute
+  cudeconv bench --cases 'dcgan_*' unet_up    some cases (names or globs)
+  cudeconv bench --backend emulator --quick   the CUDA kernels on the CPU emulator (correctness, not speed)
+  cudeconv bench --repeat 30 --min-time 1     more samples, for steadier numbers on a busy machine
+  cudeconv bench --json out.json --plot out.png
+                                              results as JSON, and a chart of the speed-ups (matplotlib)"""
 
 
 def _print_versions():
@@ -29,8 +51,9 @@ def _print_versions():
         print(f"cupy     {cupy.__version__}")
     except Exception as exc:  # not installed, or broken
         print(f"cupy     not usable ({type(exc).__name__}: {exc})")
-    if found["cuda_runtime"] or found["cuda_driver"]:
-        print(f"CUDA     runtime {found['cuda_runtime'] or '?'}, driver {found['cuda_driver'] or '?'}")
+    if found["cuda_runtime"]:
+        driver = found["cuda_driver"] or "none found (no NVIDIA driver)"
+        print(f"CUDA     runtime {found['cuda_runtime']}, driver {driver}")
     print(f"torch    {found['torch'] or 'not installed (only a benchmark baseline)'}")
 
 
@@ -83,6 +106,22 @@ def _check_output_paths(parser, *paths):
             parser.error(f"cannot write {path}: no folder {os.path.dirname(os.path.abspath(path))}")
 
 
+def _matplotlib_missing():
+    """None when matplotlib imports, else the reason (it is in the optional ``cli`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"matplotlib is not installed ({exc}); pip install 'cudeconv[cli]' or pip install matplotlib"
+    return None
+
+
+def _check_plot_option(parser, option, path):
+    """Fail at argument time, before any work, when a picture is asked for without matplotlib."""
+    reason = _matplotlib_missing() if path else None
+    if reason:
+        parser.error(f"{option} {path} needs matplotlib: {reason}")
+
+
 def _usable_backend(parser, name) -> str:
     """``name`` (default: cuda where usable, else numpy), or a usage error saying why it can't run."""
     name = name or backends.default_name()
@@ -105,9 +144,11 @@ def _bench(args, parser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     _check_output_paths(parser, args.json, args.plot)
+    _check_plot_option(parser, "--plot", args.plot)
     backend = _usable_backend(parser, args.backend)
-    print(bench.first_line(backend), flush=True)
-    results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick)
+    print(bench.first_line(backend, args.quick), flush=True)
+    results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick,
+                        min_seconds=args.min_time)
     print(bench.format_table(results))
     if args.json:
         _write_json(args.json, results)
@@ -124,12 +165,17 @@ def _demo(args, parser) -> int:
     from . import demo
 
     _check_output_paths(parser, args.out, args.json)
+    _check_plot_option(parser, "--out", args.out)
+    picture = args.out or (DEMO_PICTURE if _matplotlib_missing() is None else None)
     backend = _usable_backend(parser, args.backend)
     result = demo.train(backend=backend, steps=args.steps, batch=args.batch, size=args.size,
                         scale=args.scale, lr=args.lr, momentum=args.momentum, seed=args.seed)
     print(demo.summary(result))
-    demo.plot(result, args.out)
-    print(f"wrote {args.out}")
+    if picture:
+        demo.plot(result, picture)
+        print(f"wrote {picture}")
+    else:
+        print(f"no picture: {_matplotlib_missing()}")
     if args.json:
         _write_json(args.json, demo.to_json(result))
     return 0
@@ -139,6 +185,13 @@ def _positive_int(text):
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
     return value
 
 
@@ -159,7 +212,8 @@ def build_parser():
 
     bench_parser = commands.add_parser(
         "bench", help="check and time every pass of the benchmark suite against the baselines present",
-        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=BENCH_DESCRIPTION, epilog=BENCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_parser.add_argument("--backend", choices=backends.NAMES,
                               help="backend to benchmark (default: cuda where usable, else numpy)")
@@ -168,14 +222,18 @@ def build_parser():
     bench_parser.add_argument("--dtype", choices=DTYPES, default="float32",
                               help="array dtype (default: %(default)s)")
     bench_parser.add_argument("--quick", action="store_true",
-                              help="shrink every case (batch ≤ 2, ≤ 32 channels, ≤ 4096 input "
-                                   "positions): the suite takes about a minute on two CPU cores")
-    bench_parser.add_argument("--repeat", type=_positive_int,
-                              help=f"timed runs per pass, after warm-up; the median is reported "
-                                   f"(default: {bench.DEFAULT_REPEAT[False]} on the CPU, "
-                                   f"{bench.DEFAULT_REPEAT[True]} on the GPU)")
+                              help=f"shrink every case ({QUICK.describe()}; on the emulator "
+                                   f"{QUICK_EMULATOR.describe()}): a smoke test, not the real layers")
+    bench_parser.add_argument("--repeat", type=_positive_int, metavar="N",
+                              help=f"at least N timed samples per pass, interleaved with the baselines "
+                                   f"(default: " + ", ".join(f"{n} on {name}" for name, n in
+                                                             bench.DEFAULT_MIN_SAMPLES.items()) + ")")
+    bench_parser.add_argument("--min-time", type=_non_negative_float, metavar="SECONDS",
+                              help=f"and at least SECONDS of samples per pass, all implementations "
+                                   f"together (default: {bench.DEFAULT_MIN_SECONDS:g})")
     bench_parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    bench_parser.add_argument("--plot", metavar="FILE.png", help="write a chart of time per pass")
+    bench_parser.add_argument("--plot", metavar="FILE.png",
+                              help="write a chart of the speed-ups over each baseline (needs matplotlib)")
     bench_parser.add_argument("--list", action="store_true", help="list the cases and their sources")
 
     demo_parser = commands.add_parser(
@@ -199,9 +257,9 @@ def build_parser():
     demo_parser.add_argument("--seed", type=int, default=demo.DEFAULTS["seed"],
                              help="seeds the weights and the images: same seed, same losses "
                                   "(default: %(default)s)")
-    demo_parser.add_argument("--out", default="cudeconv-demo.png", metavar="FILE.png",
-                             help="picture of inputs, outputs, targets and the loss curve "
-                                  "(default: %(default)s)")
+    demo_parser.add_argument("--out", metavar="FILE.png",
+                             help=f"picture of inputs, outputs, targets and the loss curve (needs "
+                                  f"matplotlib; default: {DEMO_PICTURE} where matplotlib is installed)")
     demo_parser.add_argument("--json", metavar="FILE", help="write the losses and settings as JSON")
     return parser, {"bench": bench_parser, "demo": demo_parser}
 

@@ -34,12 +34,9 @@ def cuda_unavailable_reason():
         return f"CuPy is not installed ({exc}); install cudeconv[cuda12] or cudeconv[cuda13]"
     except Exception as exc:  # a broken CuPy install raises all sorts at import
         return f"CuPy failed to import: {type(exc).__name__}: {exc}"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError: no driver, insufficient driver, ...
-        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
-    if count == 0:
-        return "no CUDA device found"
+    reason = cuda_device_unavailable_reason(cupy.cuda.runtime)
+    if reason is not None:
+        return reason
     try:
         capability = int(cupy.cuda.Device().compute_capability)
     except Exception as exc:
@@ -59,6 +56,41 @@ def cuda_unavailable_reason():
             f"{first_line}); install cudeconv[cuda12] or cudeconv[cuda13], which bring CuPy's "
             f"[ctk] CUDA components, or a CUDA toolkit"
         )
+    return None
+
+
+def format_cuda_version(number: int) -> str:
+    """CUDA's version integers (1000·major + 10·minor) as "major.minor"."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+_CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice
+
+
+def cuda_device_unavailable_reason(runtime):
+    """None when ``runtime`` (``cupy.cuda.runtime``) sees a CUDA device, else why not: no NVIDIA
+    driver, a driver older than the CUDA runtime (with both versions), no device, or the error."""
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, insufficient driver, no device, ...
+        try:  # the runtime answers these without a device (the driver version is 0 without a driver)
+            driver, cuda_runtime = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+        except Exception:
+            driver = cuda_runtime = None
+        if driver == 0:
+            return (f"no NVIDIA driver found (CuPy's CUDA runtime is {format_cuda_version(cuda_runtime)}): "
+                    f"install the NVIDIA driver, or use the numpy backend")
+        if driver is not None and cuda_runtime is not None and driver < cuda_runtime:
+            return (
+                f"the NVIDIA driver (CUDA {format_cuda_version(driver)}) is older than CuPy's CUDA "
+                f"runtime (CUDA {format_cuda_version(cuda_runtime)}): update the driver, or install "
+                f"the extra that matches it (cudeconv[cuda12] for a CUDA 12 driver)"
+            )
+        if getattr(exc, "status", None) == _CUDA_ERROR_NO_DEVICE:
+            return "no CUDA device found (the NVIDIA driver is installed but sees no GPU)"
+        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return "no CUDA device found (the NVIDIA driver is installed but sees no GPU)"
     return None
 
 
