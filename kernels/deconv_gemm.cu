@@ -71,20 +71,24 @@ struct SimtMath {
     static constexpr bool kAsync = true;
     static constexpr int kAccumulators = PerThread * PerThread;
     static constexpr int kThreadsN = BN / PerThread;
+    // k-major slices: a thread's PerThread rows (columns) of one k are contiguous (vector loads)
+    static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
+    __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
+    __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
 
     // Output (row, column) of accumulator i in the tile.
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * PerThread + i / PerThread; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * PerThread + i % PerThread; }
 
-    __device__ static __forceinline__ void multiply(const T (*a)[BM + PAD], const T (*b)[BN + PAD], T acc[kAccumulators]) {
+    __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * PerThread, col0 = (threadIdx.x % kThreadsN) * PerThread;
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             T a_values[PerThread], b_values[PerThread];
 #pragma unroll
-            for (int i = 0; i < PerThread; ++i) a_values[i] = a[k][row0 + i];
+            for (int i = 0; i < PerThread; ++i) a_values[i] = a[a_offset(k, row0 + i)];
 #pragma unroll
-            for (int j = 0; j < PerThread; ++j) b_values[j] = b[k][col0 + j];
+            for (int j = 0; j < PerThread; ++j) b_values[j] = b[b_offset(k, col0 + j)];
 #pragma unroll
             for (int i = 0; i < PerThread; ++i)
 #pragma unroll
@@ -114,38 +118,50 @@ struct MmaTiles {
 };
 
 // TF32 (Split3 = false) or 3×TF32 (true). A fragment (PTX m16n8k8 .tf32): a0 (g, t), a1 (g+8, t),
-// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. The k-major
-// slices are padded by 8 floats, so the 32 lanes of each fragment load hit 32 distinct banks.
+// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. Slices are
+// m-major (n-major for B) rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads
+// fall in distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
+// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile, or b0, b1 of two 8-column tiles.
 template <bool Split3>
-struct Tf32Math : MmaTiles<float, 8, 16, 8> {
+struct Tf32Math : MmaTiles<float, 8, 16, 4> {
     static constexpr bool kAsync = true;
-    __device__ static __forceinline__ void split(float x, unsigned& big, unsigned& small) {
-        big = float_to_tf32(x);
-        small = float_to_tf32(x - __uint_as_float(big));
+    static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BN * (BK + PAD);
+    __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
+    __device__ static __forceinline__ int b_offset(int k, int n) { return n * (BK + PAD) + k; }
+    __device__ static __forceinline__ void round(unsigned* r, int count, unsigned* small) {
+#pragma unroll
+        for (int i = 0; i < count; ++i) {
+            const float x = __uint_as_float(r[i]);
+            r[i] = float_to_tf32(x);
+            if (Split3) small[i] = float_to_tf32(x - __uint_as_float(r[i]));
+        }
     }
-    __device__ static __forceinline__ void multiply(const float (*a)[BM + PAD], const float (*b)[BN + PAD],
-                                                    float acc[kAccumulators]) {
-        const int lane = threadIdx.x % 32, g = lane >> 2, t = lane % 4;
+    __device__ static __forceinline__ void multiply(const float* a, const float* b, float acc[kAccumulators]) {
+        const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
         for (int k = 0; k < BK; k += 8) {
             unsigned a_big[2][4], a_small[2][4], b_big[8][2], b_small[8][2];
+            // A: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7), (rows 8-15, k 4-7)
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < 2; ++i) {
+                ldmatrix_x4(a_big[i], a + a_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
+                round(a_big[i], 4, a_small[i]);
+            }
+            // B: matrices (n 0-7, k 0-3), (n 0-7, k 4-7) of column tile j, then of tile j + 1
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const float v = a[k + t + (r >= 2 ? 4 : 0)][row0 + i * 16 + g + (r % 2 ? 8 : 0)];
-                    if (Split3) split(v, a_big[i][r], a_small[i][r]);
-                    else a_big[i][r] = float_to_tf32(v);
-                }
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
+            for (int j = 0; j < 8; j += 2) {
+                unsigned pair[4], small[4];
+                ldmatrix_x4(pair, b + b_offset(k + (lane / 8 % 2) * 4, col0 + j * 8 + (lane / 16) * 8 + lane % 8));
+                round(pair, 4, small);
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const float v = b[k + t + r * 4][col0 + j * 8 + g];
-                    if (Split3) split(v, b_big[j][r], b_small[j][r]);
-                    else b_big[j][r] = float_to_tf32(v);
+                    b_big[j][r] = pair[r];
+                    b_big[j + 1][r] = pair[2 + r];
+                    b_small[j][r] = small[r];
+                    b_small[j + 1][r] = small[2 + r];
                 }
+            }
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -166,8 +182,10 @@ struct Tf32Math : MmaTiles<float, 8, 16, 8> {
 // (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n) = b0, b1.
 struct F16Math : MmaTiles<__half, 16, 32, 8> {
     static constexpr bool kAsync = false;
-    __device__ static __forceinline__ void multiply(const __half (*a)[BM + PAD], const __half (*b)[BN + PAD],
-                                                    float acc[kAccumulators]) {
+    static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
+    __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
+    __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
+    __device__ static __forceinline__ void multiply(const __half* a, const __half* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
@@ -175,11 +193,11 @@ struct F16Math : MmaTiles<__half, 16, 32, 8> {
             unsigned a_frag[2][4], b_frag[8][2];
 #pragma unroll
             for (int i = 0; i < 2; ++i)
-                ldmatrix_x4_trans(a_frag[i], &a[k + lane % 8 + (lane / 16) * 8][row0 + i * 16 + (lane / 8 % 2) * 8]);
+                ldmatrix_x4_trans(a_frag[i], a + a_offset(k + lane % 8 + (lane / 16) * 8, row0 + i * 16 + (lane / 8 % 2) * 8));
 #pragma unroll
             for (int j = 0; j < 8; j += 2) {
                 unsigned pair[4];
-                ldmatrix_x4_trans(pair, &b[k + lane % 16][col0 + j * 8 + (lane / 16) * 8]);
+                ldmatrix_x4_trans(pair, b + b_offset(k + lane % 16, col0 + j * 8 + (lane / 16) * 8));
                 b_frag[j][0] = pair[0];
                 b_frag[j][1] = pair[1];
                 b_frag[j + 1][0] = pair[2];
@@ -357,18 +375,18 @@ struct Stager {
     }
 
     // cp.async path: copies of the slice into buffer `a`, `b` (zero-filled where null).
-    __device__ __forceinline__ void copy(T (*a)[BM + M::PAD], T (*b)[BN + M::PAD], int c0, int kc) const {
+    __device__ __forceinline__ void copy(T* a, T* b, int c0, int kc) const {
 #pragma unroll
         for (int i = 0; i < kRowsA; ++i) {
             const int k = threadIdx.x / BM + i * kStepA;
             const T* from = a_source(k, c0, kc);
-            async_copy(&a[k][threadIdx.x % BM], from ? from : any_src, from ? (int)sizeof(T) : 0);
+            async_copy(a + M::a_offset(k, threadIdx.x % BM), from ? from : any_src, from ? (int)sizeof(T) : 0);
         }
 #pragma unroll
         for (int i = 0; i < kRowsB; ++i) {
             const int k = threadIdx.x / BN + i * kStepB;
             const T* from = b_source(k, c0, kc);
-            async_copy(&b[k][threadIdx.x % BN], from ? from : any_w, from ? (int)sizeof(T) : 0);
+            async_copy(b + M::b_offset(k, threadIdx.x % BN), from ? from : any_w, from ? (int)sizeof(T) : 0);
         }
         cp_async_commit();
     }
@@ -389,11 +407,11 @@ struct Stager {
             staged[kRowsA + i] = from ? __ldg(from) : T(0.0f);
         }
     }
-    __device__ __forceinline__ void store(const T staged[kRowsA + kRowsB], T (*a)[BM + M::PAD], T (*b)[BN + M::PAD]) const {
+    __device__ __forceinline__ void store(const T staged[kRowsA + kRowsB], T* a, T* b) const {
 #pragma unroll
-        for (int i = 0; i < kRowsA; ++i) a[threadIdx.x / BM + i * kStepA][threadIdx.x % BM] = staged[i];
+        for (int i = 0; i < kRowsA; ++i) a[M::a_offset(threadIdx.x / BM + i * kStepA, threadIdx.x % BM)] = staged[i];
 #pragma unroll
-        for (int i = 0; i < kRowsB; ++i) b[threadIdx.x / BN + i * kStepB][threadIdx.x % BN] = staged[kRowsA + i];
+        for (int i = 0; i < kRowsB; ++i) b[M::b_offset(threadIdx.x / BN + i * kStepB, threadIdx.x % BN)] = staged[kRowsA + i];
     }
 };
 
@@ -406,9 +424,9 @@ __device__ void implicit_gemm(const typename M::Element* __restrict__ src, const
                               typename M::Element* __restrict__ dst, const Geometry g) {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    constexpr int BM = M::BM, BN = M::BN, BK = M::BK, PAD = M::PAD;
-    __shared__ __align__(16) T a_slices[2][BK][BM + PAD];
-    __shared__ __align__(16) T b_slices[2][BK][BN + PAD];
+    constexpr int BM = M::BM, BN = M::BN, BK = M::BK;
+    __shared__ __align__(16) T a_slices[2][M::kSliceA];
+    __shared__ __align__(16) T b_slices[2][M::kSliceB];
     __shared__ TapEntry taps[GEMM_MAX_TAPS];
 
     const Problem<P> p(g, blockIdx.z);
