@@ -60,6 +60,7 @@ import numpy as np
 
 from . import __version__, backends
 from ._geometry import ConvTransposeGeometry
+from ._precision import check_precision
 from .backends.numpy_backend import NumpyBackend, crop, tap_windows, compute_dtype
 from .cases import BY_NAME, QUICK, QUICK_EMULATOR, SUITE, Case
 from .optim import SGDHyperparameters
@@ -80,9 +81,6 @@ WARMUP = {False: 0, True: 5}
 DEFAULT_MIN_SAMPLES = {"numpy": 7, "emulator": 3, "cuda": 20}
 DEFAULT_MIN_SECONDS = 0.2
 TF32_UNIT = 2.0 ** -11  # TF32 keeps 10 mantissa bits
-# Arithmetic modes for float32 work. Only full float32 exists today; a TF32 mode for the kernels
-# would be added here and passed on to the backend by run().
-PRECISIONS = ("fp32",)
 
 
 # -- machine --------------------------------------------------------------------------------------
@@ -294,8 +292,11 @@ class Contender:
                      self.context)
 
 
-def backend_contender(name: str, impl, on_gpu: bool) -> Contender:
-    """A cudeconv backend's passes (its per-gradient entry points only where it has them)."""
+def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
+                      unit: Optional[float] = None) -> Contender:
+    """A cudeconv backend's passes (its per-gradient entry points only where it has them), with its
+    default algorithm and the given float32 ``precision``; ``unit``: the unit roundoff that precision
+    computes with, when not the dtype's."""
 
     def build(problem: Problem):
         geom, to = problem.geom, impl.asarray
@@ -310,21 +311,22 @@ def backend_contender(name: str, impl, on_gpu: bool) -> Contender:
             return param
 
         passes = {
-            "forward": lambda: impl.forward(x, weight, bias, geom, "gather"),
+            "forward": lambda: impl.forward(x, weight, bias, geom, precision=precision),
             "backward": lambda: tuple(
-                g for g in impl.backward(grad_output, x, weight, geom, bias is not None) if g is not None
+                g for g in impl.backward(grad_output, x, weight, geom, bias is not None, precision=precision)
+                if g is not None
             ),
             "sgd_step": sgd_step,
         }
         if hasattr(impl, "grad_input"):
-            passes["grad_input"] = lambda: impl.grad_input(grad_output, weight, geom)
+            passes["grad_input"] = lambda: impl.grad_input(grad_output, weight, geom, precision=precision)
         if hasattr(impl, "grad_weight"):
             passes["grad_weight"] = lambda: impl.grad_weight(grad_output, x, geom)
         if hasattr(impl, "grad_bias") and bias is not None:
             passes["grad_bias"] = lambda: impl.grad_bias(grad_output, geom)
         return passes
 
-    return Contender(name, on_gpu, build)
+    return Contender(name, on_gpu, build, unit=unit)
 
 
 def _torch_build(device: str):
@@ -484,15 +486,18 @@ def cupy_col2im_contender(on_gpu: bool) -> Contender:
     return Contender(name, True, build)
 
 
-def contenders(backend_name: str, dtype):
-    """The benchmarked backend and its baselines; BackendUnavailableError when it cannot run here."""
+def contenders(backend_name: str, dtype, precision: str = "fp32"):
+    """The benchmarked backend (at ``precision``) and its baselines; BackendUnavailableError when it
+    cannot run here."""
     impl = backends.get(backend_name)
     on_gpu = backend_name == "cuda"
     baselines = torch_contenders(on_gpu, dtype)
     if backend_name != "numpy":
         baselines.append(backend_contender("numpy", backends.get("numpy"), on_gpu=False))
     baselines.append(cupy_col2im_contender(on_gpu))
-    return backend_contender(backend_name, impl, on_gpu), baselines
+    # TF32 rounds float32 operands to 10 mantissa bits; tf32x3 keeps close to FP32 (its own unit).
+    unit = TF32_UNIT if precision == "tf32" and np.dtype(dtype) == np.float32 else None
+    return backend_contender(backend_name, impl, on_gpu, precision, unit), baselines
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -637,12 +642,12 @@ def default_policy(backend_name: str, min_samples=None, min_seconds=None) -> Tim
 def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=None, quick=False,
         progress=True, min_seconds=None, precision="fp32") -> dict:
     """Check and time every case; the JSON-able results (see the module docstring). ``repeat`` and
-    ``min_seconds``: the least samples and seconds of samples per pass (None: the defaults)."""
+    ``min_seconds``: the least samples and seconds of samples per pass (None: the defaults);
+    ``precision``: the float32 arithmetic of the benchmarked backend (``cudeconv._precision``; the
+    command line does not offer it yet: fp32)."""
     from tqdm import tqdm
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    mine, baselines = contenders(backend_name, dtype)
+    mine, baselines = contenders(backend_name, dtype, check_precision(precision))
     policy = default_policy(backend_name, repeat, min_seconds)
     peaks = gpu_info() if mine.on_gpu else None
     runnable = [b for b in baselines if b.skipped is None]

@@ -185,8 +185,8 @@ def test_wrong_backend_is_reported_not_timed(tmp_path, monkeypatch, capsys):
     (the float64 reference, computed by the same class, stays right)."""
     forward = NumpyBackend.forward
 
-    def off_by_one(self, x, *args):
-        y = forward(self, x, *args)
+    def off_by_one(self, x, *args, **kwargs):
+        y = forward(self, x, *args, **kwargs)
         return y + 1 if y.dtype == np.float32 else y
 
     monkeypatch.setattr(NumpyBackend, "forward", off_by_one)
@@ -508,3 +508,13 @@ def test_clean_install_runs_bench_and_demo(tmp_path):
     plot = subprocess.run([cudeconv, "bench", "--quick", "--plot", "p.png"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert plot.returncode == 2 and "cudeconv[cli]" in plot.stderr
+
+
+def test_bench_precision_hook():
+    """run() takes the library's precision names and says which one ran; the command line offers
+    only fp32 so far."""
+    with pytest.raises(ValueError, match="precision must be one of"):
+        bench.run([BY_NAME["textbook"]], "numpy", precision="fp16", progress=False)
+    results = bench.run([BY_NAME["textbook"]], "numpy", precision="tf32", repeat=1, min_seconds=0,
+                        progress=False)
+    assert results["precision"] == "tf32" and results["cases"][0]["status"] == "ok"
