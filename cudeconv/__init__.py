@@ -13,6 +13,7 @@ from .functional import (
     conv_transpose3d,
     conv_transpose3d_backward,
 )
+from ._precision import PRECISIONS, get_default_precision, set_default_precision
 from .layers import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Parameter
 from .optim import SGD
 
@@ -30,6 +31,9 @@ __all__ = [
     "ConvTranspose2d",
     "ConvTranspose3d",
     "Parameter",
+    "PRECISIONS",
     "SGD",
+    "get_default_precision",
+    "set_default_precision",
     "__version__",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from . import backends
 from ._geometry import check_float_dtypes, make_geometry
+from ._precision import resolve_precision
 from ._interop import take_arrays
 
 __all__ = [
@@ -31,22 +32,35 @@ __all__ = [
     "forward",
     "backward",
     "ALGORITHMS",
+    "BACKWARD_ALGORITHMS",
 ]
 
-ALGORITHMS = ("gather", "scatter")
+ALGORITHMS = ("auto", "gemm", "gather", "scatter")
+BACKWARD_ALGORITHMS = ("auto", "gemm", "gather")
+
+
+def check_algorithm(algorithm, allowed=ALGORITHMS):
+    if not isinstance(algorithm, str) or algorithm not in allowed:
+        raise ValueError(f"algorithm must be one of {allowed}, got {algorithm!r}")
+    return algorithm
 
 
 def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-            dilation=1, *, backend=None, algorithm="gather"):
+            dilation=1, *, backend=None, algorithm="auto", precision=None):
     """Transposed convolution over ``ndim`` spatial dims; see the module docstring for shapes.
 
     As in PyTorch, an unbatched input ``(C_in, *in_size)`` gives an unbatched output.
 
-    ``algorithm`` picks the CUDA forward kernel: "gather" (default: each output element sums the
-    input/tap pairs that reach it; no atomics, bitwise reproducible) or "scatter" (every input
-    element scatters x·w over its footprint with atomic adds; the order of the adds, and so the last
-    bits of the result, may vary from run to run; in float16 every atomic add rounds to half, so
-    its error is a few half ulps larger). The NumPy backend computes the same values either way.
+    ``algorithm`` picks the CUDA forward kernel: "auto" (default: the implicit GEMM by stride
+    phase where the layer is wide enough for it, else "gather"; see docs/kernels.md), "gemm" (the
+    implicit GEMM, or a ValueError saying why it cannot run), "gather" (the direct kernel: each
+    output element sums the input/tap pairs that reach it) — all three without atomics and bitwise
+    reproducible — or "scatter" (every input element scatters x·w over its footprint with atomic
+    adds; the order of the adds, and so the last bits of the result, may vary from run to run; in
+    float16 every atomic add rounds to half, so its error is a few half ulps larger).
+    ``precision`` ("fp32", "tf32", "tf32x3"; None: :func:`cudeconv.get_default_precision`) is the
+    fastest arithmetic float32 may use on the GPU (:mod:`cudeconv._precision`). The NumPy backend
+    computes the same, exact values whatever the algorithm and precision.
     """
     (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias)
     unbatched = x.ndim == ndim + 1
@@ -57,19 +71,21 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
         groups, dilation, bias_shape=None if bias is None else bias.shape,
     )
     check_float_dtypes(input=x, weight=weight, bias=bias)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    check_algorithm(algorithm)
+    precision = resolve_precision(precision)
     impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
-    y = impl.forward(x, weight, bias, geom, algorithm)
+    y = impl.forward(x, weight, bias, geom, algorithm, precision)
     return give_back(y[0] if unbatched else y)
 
 
 def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0, groups=1,
-             dilation=1, *, bias=True, backend=None):
+             dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None):
     """Gradients of a transposed convolution: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
-    An unbatched input ``(C_in, *in_size)`` takes an unbatched grad_output.
+    An unbatched input ``(C_in, *in_size)`` takes an unbatched grad_output. ``algorithm`` ("auto",
+    "gemm", "gather") and ``precision`` choose grad_input's kernel as in :func:`forward`;
+    grad_weight and grad_bias use the direct kernels.
     """
     (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight)
     unbatched = x.ndim == ndim + 1
@@ -87,21 +103,24 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
             f"got {tuple(grad_output.shape)}"
         )
     check_float_dtypes(grad_output=grad_output, input=x, weight=weight)
+    check_algorithm(algorithm, BACKWARD_ALGORITHMS)
+    precision = resolve_precision(precision)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
-    grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias))
+    grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias), algorithm,
+                                                       precision)
     return give_back(((grad_input[0] if unbatched else grad_input), grad_weight, grad_bias))
 
 
 def _make_pair(ndim):
     def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                       dilation=1, *, backend=None, algorithm="gather"):
+                       dilation=1, *, backend=None, algorithm="auto", precision=None):
         return forward(ndim, x, weight, bias, stride, padding, output_padding, groups, dilation,
-                       backend=backend, algorithm=algorithm)
+                       backend=backend, algorithm=algorithm, precision=precision)
 
     def conv_transpose_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
-                                groups=1, dilation=1, *, bias=True, backend=None):
+                                groups=1, dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None):
         return backward(ndim, grad_output, x, weight, stride, padding, output_padding, groups,
-                        dilation, bias=bias, backend=backend)
+                        dilation, bias=bias, backend=backend, algorithm=algorithm, precision=precision)
 
     spatial = {1: "L", 2: "H, W", 3: "D, H, W"}[ndim]
     conv_transpose.__name__ = conv_transpose.__qualname__ = f"conv_transpose{ndim}d"
@@ -110,7 +129,9 @@ def _make_pair(ndim):
     x (N, C_in, {spatial}), weight (C_in, C_out // groups, *kernel_size), bias (C_out,) or None
     -> y (N, C_out, *out_size) with out = (in - 1)*stride - 2*padding + dilation*(k - 1)
     + output_padding + 1 per spatial dim. ``backend``: None (infer from the arrays), "numpy",
-    "cuda" or "emulator". ``algorithm``: "gather" (deterministic, default) or "scatter" (atomics).
+    "cuda" or "emulator". ``algorithm``: "auto" (default), "gemm", "gather" (all deterministic)
+    or "scatter" (atomics). ``precision``: "fp32", "tf32", "tf32x3" or None (the default
+    precision), for float32 on the GPU.
     """
     conv_transpose_backward.__name__ = conv_transpose_backward.__qualname__ = (
         f"conv_transpose{ndim}d_backward"
@@ -119,6 +140,7 @@ def _make_pair(ndim):
 
     Returns ``(grad_input, grad_weight, grad_bias)`` shaped like x, weight and (C_out,);
     grad_bias is None when ``bias`` is False. grad_output has the forward output's shape.
+    ``algorithm`` ("auto", "gemm", "gather") and ``precision`` pick grad_input's kernel.
     """
     return conv_transpose, conv_transpose_backward
 

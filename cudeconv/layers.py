@@ -20,7 +20,8 @@ import numpy as np
 from . import backends
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
-from .functional import ALGORITHMS, backward as _backward, forward as _forward
+from ._precision import check_precision
+from .functional import ALGORITHMS, backward as _backward, check_algorithm, forward as _forward
 
 
 class Parameter:
@@ -182,7 +183,7 @@ class _ConvTransposeNd:
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype="float32",
-                 backend=None, seed=None, algorithm="gather"):
+                 backend=None, seed=None, algorithm="auto", precision=None):
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.groups = _positive_int(groups, "groups")
@@ -200,9 +201,9 @@ class _ConvTransposeNd:
         self.dtype = np.dtype("float32" if dtype is None else dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(f"dtype must be float16, float32 or float64, got {dtype!r}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        self.algorithm = algorithm
+        self.algorithm = check_algorithm(algorithm, ALGORITHMS)
+        # None follows cudeconv.get_default_precision() at each call
+        self.precision = None if precision is None else check_precision(precision)
         self.backend = backends.default_name() if backend is None else backends.check_name(backend)
         self._impl = backends.get(self.backend)
 
@@ -319,7 +320,7 @@ class _ConvTransposeNd:
         y = _forward(
             self.ndim, x, self.weight.data, None if self.bias is None else self.bias.data,
             self.stride, self.padding, output_padding, self.groups, self.dilation,
-            backend=self.backend, algorithm=self.algorithm,
+            backend=self.backend, algorithm=self.algorithm, precision=self.precision,
         )
         self._saved = (x, output_padding)
         return give_back(y)
@@ -335,7 +336,9 @@ class _ConvTransposeNd:
         grad_input, grad_weight, grad_bias = _backward(
             self.ndim, grad_output, x, self.weight.data, self.stride, self.padding,
             output_padding, self.groups, self.dilation, bias=self.bias is not None,
-            backend=self.backend,
+            backend=self.backend, precision=self.precision,
+            # "scatter" is a forward algorithm only; the backward then takes the direct kernels
+            algorithm="gather" if self.algorithm == "scatter" else self.algorithm,
         )
         self.weight.accumulate_grad(grad_weight)
         if self.bias is not None:
@@ -347,7 +350,8 @@ class _ConvTransposeNd:
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, output_padding={self.output_padding}, "
             f"groups={self.groups}, dilation={self.dilation}, bias={self.bias is not None}, "
-            f"dtype={self.dtype}, backend={self.backend!r}"
+            f"dtype={self.dtype}, backend={self.backend!r}, algorithm={self.algorithm!r}, "
+            f"precision={self.precision!r}"
         )
 
     def __repr__(self):

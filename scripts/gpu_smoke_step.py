@@ -1,6 +1,7 @@
 """A small run of every CUDA entry point on the "cuda" backend, for compute-sanitizer.
 
-Forward (gather and scatter) and backward for 1-d, 2-d and 3-d in float16/32/64, then a
+Forward (implicit GEMM, gather, scatter) and backward (GEMM and direct grad_input) for 1-d, 2-d
+and 3-d in float16/32/64 and every float32 precision (fp32, tf32, tf32x3), then a
 ConvTranspose2d + SGD (momentum, nesterov, weight decay) training step; each result is checked
 against the NumPy backend so a wrong answer fails the run, not only a memory error.
 
@@ -12,14 +13,15 @@ import numpy as np
 import cudeconv
 
 TOLERANCE = {np.float16: 2e-2, np.float32: 1e-4, np.float64: 1e-10}
+TF32_TOLERANCE = 1e-2  # operands rounded to 10 mantissa bits
 
 
-def check(name, got, expected, dtype):
+def check(name, got, expected, dtype, tolerance=None):
     got = cupy.asnumpy(got).astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     scale = max(1.0, float(np.abs(expected).max(initial=0)))
     err = float(np.abs(got - expected).max(initial=0)) / scale
-    assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.3g}"
+    assert err <= (tolerance or TOLERANCE[dtype]), f"{name}: relative error {err:.3g}"
     print(f"ok  {name:40s} rel err {err:.2e}")
 
 
@@ -37,14 +39,21 @@ def main():
             fwd = getattr(cudeconv, f"conv_transpose{ndim}d")
             bwd = getattr(cudeconv, f"conv_transpose{ndim}d_backward")
             y_ref = fwd(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
-            for algorithm in ("gather", "scatter"):
-                y = fwd(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), **kw, algorithm=algorithm)
-                check(f"{ndim}d {np.dtype(dtype).name} forward {algorithm}", y, y_ref, dtype)
             gy = rng.standard_normal(y_ref.shape).astype(dtype)
             refs = bwd(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)
-            grads = bwd(cupy.asarray(gy), cupy.asarray(x), cupy.asarray(w), **kw)
-            for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
-                check(f"{ndim}d {np.dtype(dtype).name} {name}", got, ref, dtype)
+            precisions = ("fp32", "tf32", "tf32x3") if dtype == np.float32 else ("fp32",)
+            for algorithm, precision in [("gather", "fp32"), ("scatter", "fp32")] + [("gemm", p) for p in precisions]:
+                label = f"{ndim}d {np.dtype(dtype).name} {algorithm} {precision}"
+                tolerance = TF32_TOLERANCE if precision == "tf32" else None
+                y = fwd(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), **kw, algorithm=algorithm,
+                        precision=precision)
+                check(f"{label} forward", y, y_ref, dtype, tolerance)
+                if algorithm == "scatter":
+                    continue
+                grads = bwd(cupy.asarray(gy), cupy.asarray(x), cupy.asarray(w), **kw, algorithm=algorithm,
+                            precision=precision)
+                for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
+                    check(f"{label} {name}", got, ref, dtype, tolerance)
 
     layer = cudeconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1, backend="cuda", seed=0)
     reference = cudeconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1, backend="numpy", seed=0)
