@@ -878,11 +878,13 @@ def plot(results: dict, path) -> None:
                             va="center", fontsize=7)
         ax.axvline(1, color="black", lw=1.2)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        low, high = ax.get_xlim()
+        low, high = min(low, 0.5), max(high, 2) * 2  # 1× in view, room for the labels
+        ax.set_xlim(low, high)
+        # ticks at 1, 2, 5 × 10^k over a short range; at powers of ten only over a long one
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if high / low < 10**2.5 else (1,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        low, high = ax.get_xlim()
-        ax.set_xlim(min(low, 0.5), max(high, 2) * 2)  # 1× in view, room for the labels
         ax.set_yticks(range(len(cases)))
         ax.set_yticklabels([c["name"] for c in cases], fontsize=8)
         ax.set_ylim(len(cases) - 0.5, -0.5)
