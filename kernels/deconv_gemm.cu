@@ -1,42 +1,44 @@
-// deconv_gemm.cu — forward (one GEMM per stride phase) and grad_input as implicit GEMMs.
+// deconv_gemm.cu — forward (one GEMM per stride phase), grad_input and grad_weight (split K) as
+// implicit GEMMs: one core, three operand iterators.
 //
-// One core, two operand iterators. Both passes are C[m][j] = Σ_kk A[m][kk] · B[kk][j] with
-//   A[m][kk] = src[n, group·KC + c, q·src_mul + offset(t)]   (zero outside src)
-//   B[kk][j] = weight element (c, j, tap(t)) of the group
-//   kk = (t, c): a tap t of the table and a channel c < KC; m = (n, q), q on a dense spatial grid
-// and C[m][j] goes to dst[n, group·NC + j, q·dst_mul + dst_offset] (+ bias[group·NC + j]).
+// The core computes a tile of C[m][j] = Σ_kk A[m][kk] · B[kk][j], with A and B gathered from the
+// tensors slice by slice (BK values of kk at a time) by the pass's iterator:
 //   forward, stride phase r (per dim, 0 <= r < stride): the outputs o = r + stride·q form a dense
 //     grid; only the taps k with (r + padding - k·dilation) divisible by stride reach them, from
-//     input q + (r + padding - k·dilation)/stride. src = x, KC = C_in/groups, NC = C_out/groups,
-//     src_mul = 1, dst_mul = stride, dst_offset = r. A phase that no tap reaches gets bias only.
-//   grad_input: a strided, dilated correlation. src = grad_output, q = input position,
-//     offset(k) = k·dilation - padding, src_mul = stride, KC = C_out/groups, NC = C_in/groups.
-// (grad_weight — M = C_in/groups, N = C_out/groups·taps, K = N·in_spatial — is a third iterator
-// over the same tiles, to come.)
+//     input q + (r + padding - k·dilation)/stride. m = (n, q), j = output channel of the group,
+//     kk = (tap of the phase, input channel). A phase that no tap reaches gets bias only.
+//   grad_input: a strided, dilated correlation: m = (n, input position i), j = input channel,
+//     kk = (tap, output channel); A = grad_output[n, co, i·stride + tap·dilation - padding].
+//   grad_weight: m = input channel, j = (output channel, tap) — the weight's own layout — and
+//     kk = (n, i) over every sample and input position: A = x, B = grad_output at i·stride +
+//     tap·dilation - padding. K is long and M × N often small, so K is split into `splits` parts
+//     (blockIdx.z) whose partial tiles go to a workspace and are added in split order by
+//     deconv_grad_weight_reduce_* — bitwise reproducible for a given split count.
+// Outside the tensors A and B read as zero. The conv iterators first build the phase's tap table
+// in shared memory (offsets and weight tap index per tap), so their main loop walks kk = (tap,
+// slice of BK channels) with counters; grad_weight walks (n, i) with a carry cursor: no division
+// in any main loop.
 //
-// Each block computes a BM × BN tile of C for one (phase, group) (blockIdx.z); it first builds
-// the phase's tap table in shared memory (offsets and weight tap index per tap), so the main loop
-// walks kk = (tap, slice of BK channels) with counters and no division. Operand slices are double
-// buffered in shared memory, stored k-major ([BK][BM + pad], [BK][BN + pad]): element-wise
-// cp.async (4 or 8 bytes, zero-filled outside the tensor) for float and double — the copies of
-// slice s+1 fly while slice s is multiplied; __half goes through registers (cp.async moves 4 bytes
-// at least and neighbouring halves of a slice are not neighbours in memory), loaded before and
-// stored after the multiply of the current slice.
+// Operand slices are double buffered in shared memory: element-wise cp.async (4 or 8 bytes,
+// zero-filled outside the tensor) for float and double — the copies of slice s+1 fly while slice
+// s is multiplied; __half goes through registers (cp.async moves 4 bytes at least and neighbouring
+// halves of a slice are not neighbours in memory), loaded before and stored after the multiply.
 //
-// Versions (entry points deconv_{forward,grad_input}_gemm_<math>):
+// Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>):
 //   f32     exact FP32: 128×128 tile, 256 threads, 8×8 outputs per thread on FFMA, BK = 8
 //   f64     FP64: 64×64 tile, 4×4 per thread on DFMA, BK = 8
 //   tf32    TF32 tensor cores (mma.m16n8k8, FP32 accumulation): 128×128, 8 warps of 32×64, BK = 16;
-//           operands rounded with cvt.rna.tf32
+//           m-major slices read by ldmatrix, operands rounded with cvt.rna.tf32
 //   tf32x3  the split-TF32 trick: x = big + small (both TF32), three products
 //           (big·small + small·big + big·big) per mma step: near-FP32 accuracy on tensor cores
 //   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): 128×128, BK = 32, fragments by
 //           ldmatrix.trans; the output rounded once to half
-// The summation order is fixed, so every result is bitwise reproducible; no workspace, no atomics.
-// The direct kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
+// Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
+// only workspace is grad_weight's split partials (splits × |grad_weight| accumulators). The direct
+// kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
 //
 // Limits the host checks (kernel_backend.py): taps per phase <= GEMM_MAX_TAPS; N·(spatial size)
-// < 2^31; phases·groups <= 65535. 64-bit offsets into the tensors, 32-bit within a tile.
+// < 2^31; phases (or splits) · groups <= 65535. 64-bit offsets into the tensors, 32-bit in a tile.
 #include "deconv_common.cuh"
 #include "mma.cuh"
 
@@ -57,7 +59,7 @@ namespace gemm {
 
 constexpr int kThreads = 256;
 
-enum class Pass { Forward, GradInput };
+enum class Pass { Forward, GradInput };  // grad_weight has an iterator of its own
 
 // ---------------------------------------------------------------------------------------------
 // Math policies: tile shape, operand staging and the multiply of one shared-memory slice.
@@ -69,6 +71,7 @@ struct SimtMath {
     typedef T Accumulator;
     static constexpr int BM = Tile, BN = Tile, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr bool kAsync = true;
+    static constexpr int kMinBlocks = 2;  // blocks per SM the registers must allow (<= 128 per thread)
     static constexpr int kAccumulators = PerThread * PerThread;
     static constexpr int kThreadsN = BN / PerThread;
     // k-major slices: a thread's PerThread rows (columns) of one k are contiguous (vector loads)
@@ -125,6 +128,8 @@ struct MmaTiles {
 template <bool Split3>
 struct Tf32Math : MmaTiles<float, 8, 16, 4> {
     static constexpr bool kAsync = true;
+    // 2 blocks per SM (<= 128 registers) for tf32; 3×TF32 keeps twice the fragments and takes one
+    static constexpr int kMinBlocks = Split3 ? 1 : 2;
     static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BN * (BK + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return n * (BK + PAD) + k; }
@@ -182,6 +187,7 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
 // (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n) = b0, b1.
 struct F16Math : MmaTiles<__half, 16, 32, 8> {
     static constexpr bool kAsync = false;
+    static constexpr int kMinBlocks = 1;  // the staged registers of the next slice: ~170 registers
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
@@ -315,31 +321,159 @@ struct Problem {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Operand staging: which elements of a slice this thread moves, and their addresses.
+// Operand staging. This thread's elements of a slice are the rows k = threadIdx.x / BM + r·kStep
+// (r < kRows) at column threadIdx.x % BM, of A and of B alike (every tile is square); the operand
+// iterator says where each comes from (or null: zero).
 
 template <class M>
-struct Stager {
+struct SliceRows {
+    static_assert(M::BM == M::BN && kThreads % M::BM == 0, "square tiles that the block's threads divide");
+    static constexpr int kRows = M::BK * M::BM / kThreads, kStep = kThreads / M::BM;
+    __device__ static __forceinline__ int k(int r) { return threadIdx.x / M::BM + r * kStep; }
+    __device__ static __forceinline__ int column() { return threadIdx.x % M::BM; }
+};
+
+__device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
+__device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
+__device__ __forceinline__ void async_copy(__half*, const __half*, int) {}  // never called: no cp.async path
+
+// cp.async path: the slice's copies into buffers a and b (zero-filled where the source is null).
+// The iterator describes this thread's rows in order: first_row(), then next_row(previous).
+template <class M, class Ops>
+__device__ __forceinline__ void copy_slice(typename M::Element* a, typename M::Element* b, const Ops& ops) {
+    typedef SliceRows<M> Rows;
+    auto row = ops.first_row();
+#pragma unroll
+    for (int r = 0; r < Rows::kRows; ++r) {
+        if (r) row = ops.next_row(row);
+        const auto* from_a = ops.a_source(row);
+        const auto* from_b = ops.b_source(row);
+        async_copy(a + M::a_offset(Rows::k(r), Rows::column()), from_a ? from_a : ops.any_a, from_a ? (int)sizeof(*from_a) : 0);
+        async_copy(b + M::b_offset(Rows::k(r), Rows::column()), from_b ? from_b : ops.any_b, from_b ? (int)sizeof(*from_b) : 0);
+    }
+    cp_async_commit();
+}
+
+// register path: the slice into registers now, into the buffers later.
+template <class M, class Ops>
+__device__ __forceinline__ void load_slice(typename M::Element staged[2 * SliceRows<M>::kRows], const Ops& ops) {
     typedef typename M::Element T;
-    static constexpr int BM = M::BM, BN = M::BN, BK = M::BK;
-    static constexpr int kRowsA = BK * BM / kThreads, kStepA = kThreads / BM;
-    static constexpr int kRowsB = BK * BN / kThreads, kStepB = kThreads / BN;
-    static_assert(kThreads % BM == 0 && kThreads % BN == 0 && kRowsA >= 1 && kRowsB >= 1, "tile/thread mismatch");
+    auto row = ops.first_row();
+#pragma unroll
+    for (int r = 0; r < SliceRows<M>::kRows; ++r) {
+        if (r) row = ops.next_row(row);
+        const T* a = ops.a_source(row);
+        const T* b = ops.b_source(row);
+        staged[r] = a ? __ldg(a) : T(0.0f);
+        staged[SliceRows<M>::kRows + r] = b ? __ldg(b) : T(0.0f);
+    }
+}
+template <class M>
+__device__ __forceinline__ void store_slice(const typename M::Element staged[2 * SliceRows<M>::kRows],
+                                            typename M::Element* a, typename M::Element* b) {
+    typedef SliceRows<M> Rows;
+#pragma unroll
+    for (int r = 0; r < Rows::kRows; ++r) {
+        a[M::a_offset(Rows::k(r), Rows::column())] = staged[r];
+        b[M::b_offset(Rows::k(r), Rows::column())] = staged[Rows::kRows + r];
+    }
+}
 
+// ---------------------------------------------------------------------------------------------
+// The core: C tile = Σ over the iterator's slices of A·B, double-buffered, then the epilogue.
+// Ops: steps (slices), begin() / advance() (the next slice), first_row() / next_row(row) (this
+// thread's rows of the slice, in order), a_source(row) / b_source(row) (null: zero), any_a /
+// any_b (valid addresses for zero-filled copies), row_offset(row) / column_offset(col) (-1 outside
+// C) and store(row offset, column offset, column, value).
+
+template <class M, class Ops>
+__device__ void run_gemm(Ops& ops, int block_m, int block_n) {
+    typedef typename M::Element T;
+    typedef typename M::Accumulator A;
+    __shared__ __align__(16) T a_slices[2][M::kSliceA];
+    __shared__ __align__(16) T b_slices[2][M::kSliceB];
+    A acc[M::kAccumulators];
+#pragma unroll
+    for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
+
+    T staged[2 * SliceRows<M>::kRows];
+    const int steps = ops.steps;
+    if (steps > 0) {
+        ops.begin();
+        if constexpr (M::kAsync) {
+            copy_slice<M>(a_slices[0], b_slices[0], ops);
+        } else {
+            load_slice<M>(staged, ops);
+            store_slice<M>(staged, a_slices[0], b_slices[0]);
+            __syncthreads();
+        }
+    }
+    for (int step = 0; step < steps; ++step) {
+        const int buffer = step & 1;
+        const bool has_next = step + 1 < steps;
+        if (has_next) ops.advance();
+        if constexpr (M::kAsync) {
+            if (has_next) {
+                copy_slice<M>(a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);
+                cp_async_wait<1>();  // this slice has landed; the next one may be in flight
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();
+            M::multiply(a_slices[buffer], b_slices[buffer], acc);
+            __syncthreads();  // everyone is done with `buffer` before it is refilled
+        } else {
+            if (has_next) load_slice<M>(staged, ops);  // in flight during the multiply
+            M::multiply(a_slices[buffer], b_slices[buffer], acc);
+            if (has_next) store_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
+            __syncthreads();
+        }
+    }
+
+    long long row_offset = -1;
+    int last_row = -1;
+#pragma unroll
+    for (int i = 0; i < M::kAccumulators; ++i) {
+        const int row = block_m + M::row_of(i), col = block_n + M::col_of(i);
+        if (row != last_row) {  // accumulators come row by row (SIMT) or in pairs of a row (mma)
+            row_offset = ops.row_offset(row);
+            last_row = row;
+        }
+        const long long column_offset = ops.column_offset(col);
+        if (row_offset >= 0 && column_offset >= 0) ops.store(row_offset, column_offset, col, acc[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Iterator 1 and 2: forward by stride phase and grad_input. K walks (tap, slice of BK channels);
+// a slice never spans two taps.
+
+template <Pass P, class M>
+struct ConvOperands {
+    typedef typename M::Element T;
+    typedef typename M::Accumulator A;
+    typedef SliceRows<M> Rows;
+    Problem<P> p;
+    const TapEntry* taps;
+    const T* any_a;
+    const T* any_b;
+    const T* bias;
+    T* dst;
+    int has_bias, steps, dst_spatial, src_spatial;
+    // this thread's row of A (an output / input position) and column of B (a channel)
     const T* src_row;  // src[n, group·KC, 0]; null past the last row
+    const T* w_column; // weight element (c = 0, j, tap 0) of the group; null past the last column
     int q[3];
-    const T* w_column;  // weight element (c = 0, j, tap 0) of the group; null past the last column
-    const T* any_src;   // a valid address for zero-filled copies
-    const T* any_w;
-    int src_spatial, w_stride_c;
-    // the current tap, for this thread's row
-    int a_position;  // -1: outside src
-    int b_tap;
+    // the current slice
+    int tap, c0, a_position, b_tap;  // a_position -1: outside src
 
-    template <class Prob>
-    __device__ __forceinline__ Stager(const Prob& p, const T* src, const T* w, int block_m, int block_n)
-        : any_src(src), any_w(w), w_stride_c(p.w_stride_c) {
+    __device__ __forceinline__ ConvOperands(const Geometry& g, const T* src, const T* w, const T* bias_, int has_bias_,
+                                            T* dst_, const TapEntry* taps_, int block_m, int block_n)
+        : p(g, blockIdx.z), taps(taps_), any_a(src), any_b(w), bias(bias_), dst(dst_), has_bias(has_bias_) {
+        steps = p.tap_total * ((p.kc + M::BK - 1) / M::BK);
         src_spatial = p.src_ext[0] * p.src_ext[1] * p.src_ext[2];
-        const int m = block_m + threadIdx.x % BM;
+        dst_spatial = p.dst_ext[0] * p.dst_ext[1] * p.dst_ext[2];
+        const int m = block_m + Rows::column();
         src_row = nullptr;
         q[0] = q[1] = q[2] = 0;
         if (m < p.m_size) {
@@ -347,12 +481,11 @@ struct Stager {
             unflatten3(m % p.q_total, p.q_ext, q);
             src_row = src + ((long long)n * p.src_channels + (long long)p.group * p.kc) * src_spatial;
         }
-        const int j = block_n + threadIdx.x % BN;
+        const int j = block_n + Rows::column();
         w_column = j < p.nc ? w + p.w_group + (long long)j * p.w_stride_j : nullptr;
     }
 
-    template <class Prob>
-    __device__ __forceinline__ void set_tap(const Prob& p, const TapEntry& e) {
+    __device__ __forceinline__ void set_tap(const TapEntry& e) {
         int pos[3];
         bool inside = src_row != nullptr;
         for (int d = 0; d < 3; ++d) {
@@ -362,143 +495,183 @@ struct Stager {
         a_position = inside ? flatten3(pos, p.src_ext) : -1;
         b_tap = e.index;
     }
+    __device__ __forceinline__ void begin() {
+        tap = c0 = 0;
+        set_tap(taps[0]);
+    }
+    __device__ __forceinline__ void advance() {
+        c0 += M::BK;
+        if (c0 >= p.kc) {
+            c0 = 0;
+            set_tap(taps[++tap]);
+        }
+    }
+    // a row of the slice is a channel c
+    __device__ __forceinline__ int first_row() const { return c0 + Rows::k(0); }
+    __device__ __forceinline__ int next_row(int c) const { return c + Rows::kStep; }
+    __device__ __forceinline__ const T* a_source(int c) const {
+        return a_position >= 0 && c < p.kc ? src_row + (long long)c * src_spatial + a_position : nullptr;
+    }
+    __device__ __forceinline__ const T* b_source(int c) const {
+        return w_column && c < p.kc ? w_column + (long long)c * p.w_stride_c + b_tap : nullptr;
+    }
 
-    // Source of A element (k, this thread's row) / B element (k, this thread's column) of the
-    // slice at channel c0, or null where it is zero.
-    __device__ __forceinline__ const T* a_source(int k, int c0, int kc) const {
-        const int c = c0 + k;
-        return a_position >= 0 && c < kc ? src_row + (long long)c * src_spatial + a_position : nullptr;
+    __device__ __forceinline__ long long row_offset(int row) const { return p.dst_row(row); }
+    __device__ __forceinline__ long long column_offset(int col) const {
+        return col < p.nc ? (long long)col * dst_spatial : -1;
     }
-    __device__ __forceinline__ const T* b_source(int k, int c0, int kc) const {
-        const int c = c0 + k;
-        return w_column && c < kc ? w_column + (long long)c * w_stride_c + b_tap : nullptr;
-    }
-
-    // cp.async path: copies of the slice into buffer `a`, `b` (zero-filled where null).
-    __device__ __forceinline__ void copy(T* a, T* b, int c0, int kc) const {
-#pragma unroll
-        for (int i = 0; i < kRowsA; ++i) {
-            const int k = threadIdx.x / BM + i * kStepA;
-            const T* from = a_source(k, c0, kc);
-            async_copy(a + M::a_offset(k, threadIdx.x % BM), from ? from : any_src, from ? (int)sizeof(T) : 0);
-        }
-#pragma unroll
-        for (int i = 0; i < kRowsB; ++i) {
-            const int k = threadIdx.x / BN + i * kStepB;
-            const T* from = b_source(k, c0, kc);
-            async_copy(b + M::b_offset(k, threadIdx.x % BN), from ? from : any_w, from ? (int)sizeof(T) : 0);
-        }
-        cp_async_commit();
-    }
-    __device__ static __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
-    __device__ static __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
-    __device__ static __forceinline__ void async_copy(__half*, const __half*, int) {}
-
-    // register path: load the slice into registers, later store them into the buffers.
-    __device__ __forceinline__ void load(T staged[kRowsA + kRowsB], int c0, int kc) const {
-#pragma unroll
-        for (int i = 0; i < kRowsA; ++i) {
-            const T* from = a_source(threadIdx.x / BM + i * kStepA, c0, kc);
-            staged[i] = from ? __ldg(from) : T(0.0f);
-        }
-#pragma unroll
-        for (int i = 0; i < kRowsB; ++i) {
-            const T* from = b_source(threadIdx.x / BN + i * kStepB, c0, kc);
-            staged[kRowsA + i] = from ? __ldg(from) : T(0.0f);
-        }
-    }
-    __device__ __forceinline__ void store(const T staged[kRowsA + kRowsB], T* a, T* b) const {
-#pragma unroll
-        for (int i = 0; i < kRowsA; ++i) a[M::a_offset(threadIdx.x / BM + i * kStepA, threadIdx.x % BM)] = staged[i];
-#pragma unroll
-        for (int i = 0; i < kRowsB; ++i) b[M::b_offset(threadIdx.x / BN + i * kStepB, threadIdx.x % BN)] = staged[kRowsA + i];
+    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int col, A value) const {
+        if (P == Pass::Forward && has_bias) value += load(bias + p.group * p.nc + col);
+        dst[row_offset + column_offset] = from_acc<T>(value);
     }
 };
 
-// ---------------------------------------------------------------------------------------------
-// The core
-
 template <Pass P, class M>
-__device__ void implicit_gemm(const typename M::Element* __restrict__ src, const typename M::Element* __restrict__ w,
-                              const typename M::Element* __restrict__ bias, int has_bias,
-                              typename M::Element* __restrict__ dst, const Geometry g) {
+__device__ void conv_gemm(const typename M::Element* __restrict__ src, const typename M::Element* __restrict__ w,
+                          const typename M::Element* __restrict__ bias, int has_bias,
+                          typename M::Element* __restrict__ dst, const Geometry g) {
+    __shared__ TapEntry taps[GEMM_MAX_TAPS];
+    const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
+    ConvOperands<P, M> ops(g, src, w, bias, has_bias, dst, taps, block_m, block_n);
+    if (block_m >= ops.p.m_size) return;  // a phase with fewer rows than the largest: the whole block leaves
+    for (int t = threadIdx.x; t < ops.p.tap_total; t += kThreads) taps[t] = ops.p.tap(g, t);
+    __syncthreads();
+    run_gemm<M>(ops, block_m, block_n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Iterator 3: grad_weight. C[ci][j] with j = (co, tap) (the weight's own layout), K = (n, i) over
+// every sample and input position: A[ci][(n, i)] = x[n, group·C_in/g + ci, i] and
+// B[(n, i)][(co, tap)] = grad_output[n, group·C_out/g + co, i·stride + tap·dilation - padding]
+// (zero outside). blockIdx.z = group·splits + split: split s sums the slices [s·per, (s+1)·per) of
+// K and writes its partial tile to workspace[s] (a fixed-order reduction adds them up), or
+// straight to grad_weight when there is one split. Each thread walks its positions with a cursor
+// (n, i_d, i_h, i_w) advanced by carries: no division in the loop.
+
+struct Cursor {
+    int n, flat, i[3];
+    __device__ __forceinline__ void advance(int delta, const int ext[3], int spatial) {
+        flat += delta;
+        i[2] += delta;
+        while (i[2] >= ext[2]) {
+            i[2] -= ext[2];
+            if (++i[1] == ext[1]) {
+                i[1] = 0;
+                if (++i[0] == ext[0]) {
+                    i[0] = 0;
+                    ++n;
+                    flat -= spatial;
+                }
+            }
+        }
+    }
+};
+
+template <class M>
+struct WeightGradOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    constexpr int BM = M::BM, BN = M::BN, BK = M::BK;
-    __shared__ __align__(16) T a_slices[2][M::kSliceA];
-    __shared__ __align__(16) T b_slices[2][M::kSliceB];
-    __shared__ TapEntry taps[GEMM_MAX_TAPS];
+    typedef SliceRows<M> Rows;
+    const Geometry& g;
+    const T* any_a;
+    const T* any_b;
+    T* grad_weight;
+    A* workspace;
+    int steps, splits, group, split, cin_g, columns, in_spatial, out_spatial;
+    const T* x_row;          // x[0, group·cin_g + ci, 0]; null past the last row
+    const T* go_column;      // grad_output[0, group·cout_g + co, 0]; null past the last column
+    int offset[3];           // of this thread's tap: position = i·stride + offset, per dim
+    long long x_sample, go_sample;  // elements between samples
+    Cursor cursor;           // position of this thread's first row of the current slice
 
-    const Problem<P> p(g, blockIdx.z);
-    const int block_m = blockIdx.x * BM, block_n = blockIdx.y * BN;
-    if (block_m >= p.m_size) return;  // a phase with fewer rows than the largest: the whole block leaves
-
-    for (int t = threadIdx.x; t < p.tap_total; t += kThreads) taps[t] = p.tap(g, t);
-    __syncthreads();
-
-    Stager<M> stager(p, src, w, block_m, block_n);
-    A acc[M::kAccumulators];
-#pragma unroll
-    for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
-
-    // kk walks (tap, channel slice); a slice never spans two taps.
-    const int slices_per_tap = (p.kc + BK - 1) / BK;
-    const int steps = p.tap_total * slices_per_tap;
-    int tap = 0, c0 = 0;
-    T staged[Stager<M>::kRowsA + Stager<M>::kRowsB];
-    if (steps > 0) {
-        stager.set_tap(p, taps[0]);
-        if constexpr (M::kAsync) {
-            stager.copy(a_slices[0], b_slices[0], 0, p.kc);
-        } else {
-            stager.load(staged, 0, p.kc);
-            stager.store(staged, a_slices[0], b_slices[0]);
-            __syncthreads();
+    __device__ __forceinline__ WeightGradOperands(const Geometry& g_, const T* x, const T* grad_output, T* grad_weight_,
+                                                  A* workspace_, int splits_, int block_m, int block_n)
+        : g(g_), any_a(x), any_b(grad_output), grad_weight(grad_weight_), workspace(workspace_), splits(splits_) {
+        group = blockIdx.z / splits;
+        split = blockIdx.z % splits;
+        cin_g = g.cin_g();
+        const int cout_g = g.cout_g(), taps = g.taps();
+        columns = cout_g * taps;
+        in_spatial = g.in_spatial();
+        out_spatial = g.out_spatial();
+        const int slices = (int)(((long long)g.N * in_spatial + M::BK - 1) / M::BK);
+        const int per_split = (slices + splits - 1) / splits;
+        const int first = split * per_split;
+        steps = max(0, min(slices, first + per_split) - first);
+        x_sample = (long long)g.C_in * in_spatial;
+        go_sample = (long long)g.C_out * out_spatial;
+        const int ci = block_m + Rows::column();
+        x_row = ci < cin_g ? x + ((long long)group * cin_g + ci) * in_spatial : nullptr;
+        const int j = block_n + Rows::column();
+        go_column = nullptr;
+        if (j < columns) {
+            const int co = j / taps;
+            int k[3];
+            unflatten3(j % taps, g.k, k);
+            for (int d = 0; d < 3; ++d) offset[d] = k[d] * g.dil[d] - g.pad[d];
+            go_column = grad_output + ((long long)group * cout_g + co) * out_spatial;
         }
-    }
-    for (int step = 0; step < steps; ++step) {
-        const int buffer = step & 1;
-        const bool has_next = step + 1 < steps;
-        if (has_next) {  // the next slice's (tap, c0)
-            c0 += BK;
-            if (c0 >= p.kc) {
-                c0 = 0;
-                stager.set_tap(p, taps[++tap]);
-            }
-        }
-        if constexpr (M::kAsync) {
-            if (has_next) {
-                stager.copy(a_slices[buffer ^ 1], b_slices[buffer ^ 1], c0, p.kc);
-                cp_async_wait<1>();  // this slice has landed; the next one may be in flight
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads();
-            M::multiply(a_slices[buffer], b_slices[buffer], acc);
-            __syncthreads();  // everyone is done with `buffer` before it is refilled
-        } else {
-            if (has_next) stager.load(staged, c0, p.kc);  // in flight during the multiply
-            M::multiply(a_slices[buffer], b_slices[buffer], acc);
-            if (has_next) stager.store(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
-            __syncthreads();
-        }
+        // the first row of slice `first`: position first·BK + k(0) = n·in_spatial + flat
+        const long long start = (long long)first * M::BK + Rows::k(0);
+        cursor.n = (int)(start / in_spatial);
+        cursor.flat = (int)(start % in_spatial);
+        unflatten3(cursor.flat, g.in, cursor.i);
     }
 
-    // Epilogue: each accumulator to its (row, column); bias in the forward pass.
-    const int dst_spatial = p.dst_ext[0] * p.dst_ext[1] * p.dst_ext[2];
-    long long row_offset = -1;
-    int last_row = -1;
+    __device__ __forceinline__ void begin() {}
+    __device__ __forceinline__ void advance() { cursor.advance(M::BK, g.in, in_spatial); }
+
+    // a row of the slice is a (sample, input position): the cursor, moved on by kStep per row
+    __device__ __forceinline__ Cursor first_row() const { return cursor; }
+    __device__ __forceinline__ Cursor next_row(Cursor c) const {
+        c.advance(Rows::kStep, g.in, in_spatial);
+        return c;
+    }
+    __device__ __forceinline__ const T* a_source(const Cursor& c) const {
+        return x_row && c.n < g.N ? x_row + c.n * x_sample + c.flat : nullptr;
+    }
+    __device__ __forceinline__ const T* b_source(const Cursor& c) const {
+        if (!go_column || c.n >= g.N) return nullptr;
+        int pos[3];
+        bool inside = true;
 #pragma unroll
-    for (int i = 0; i < M::kAccumulators; ++i) {
-        const int row = block_m + M::row_of(i), j = block_n + M::col_of(i);
-        if (row != last_row) {  // accumulators come row by row (SIMT) or in pairs of a row (mma)
-            row_offset = p.dst_row(row);
-            last_row = row;
+        for (int d = 0; d < 3; ++d) {
+            pos[d] = c.i[d] * g.stride[d] + offset[d];
+            inside = inside && pos[d] >= 0 && pos[d] < g.out[d];
         }
-        if (row_offset < 0 || j >= p.nc) continue;
-        A value = acc[i];
-        if (P == Pass::Forward && has_bias) value += load(bias + p.group * p.nc + j);
-        dst[row_offset + (long long)j * dst_spatial] = from_acc<T>(value);
+        return inside ? go_column + c.n * go_sample + flatten3(pos, g.out) : nullptr;
+    }
+
+    __device__ __forceinline__ long long row_offset(int row) const {
+        if (row >= cin_g) return -1;
+        const long long weight_row = ((long long)group * cin_g + row) * columns;
+        return splits > 1 ? (long long)split * g.C_in * columns + weight_row : weight_row;
+    }
+    __device__ __forceinline__ long long column_offset(int col) const { return col < columns ? col : -1; }
+    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int, A value) const {
+        if (splits > 1) workspace[row_offset + column_offset] = value;
+        else grad_weight[row_offset + column_offset] = from_acc<T>(value);
+    }
+};
+
+template <class M>
+__device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
+                                 const typename M::Element* __restrict__ grad_output,
+                                 typename M::Element* __restrict__ grad_weight,
+                                 typename M::Accumulator* __restrict__ workspace, int splits, const Geometry g) {
+    const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
+    WeightGradOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
+    run_gemm<M>(ops, block_m, block_n);
+}
+
+// The split partials of grad_weight added in split order: bitwise reproducible for a given count.
+template <typename T>
+__device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspace, T* __restrict__ grad_weight,
+                              int splits, long long count) {
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x) {
+        typename Acc<T>::type sum = workspace[e];
+        for (int s = 1; s < splits; ++s) sum += workspace[s * count + e];
+        grad_weight[e] = from_acc<T>(sum);
     }
 }
 
@@ -508,16 +681,20 @@ __device__ void implicit_gemm(const typename M::Element* __restrict__ src, const
 // Entry points
 
 #define DECONV_GEMM_ENTRY_POINTS(MATH_NAME, T, MATH)                                                              \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads)                                                  \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
         deconv_forward_gemm_##MATH_NAME(const T* x, const T* w, const T* bias, int has_bias, T* y,                \
                                         DECONV_GEOMETRY_PARAMS) {                                                 \
-        gemm::implicit_gemm<gemm::Pass::Forward, MATH>(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);            \
+        gemm::conv_gemm<gemm::Pass::Forward, MATH>(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);                \
     }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads)                                                  \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
         deconv_grad_input_gemm_##MATH_NAME(const T* grad_output, const T* w, T* grad_input,                       \
                                            DECONV_GEOMETRY_PARAMS) {                                              \
-        gemm::implicit_gemm<gemm::Pass::GradInput, MATH>(grad_output, w, nullptr, 0, grad_input,                  \
-                                                         DECONV_GEOMETRY_ARGS);                                   \
+        gemm::conv_gemm<gemm::Pass::GradInput, MATH>(grad_output, w, nullptr, 0, grad_input, DECONV_GEOMETRY_ARGS); \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
+        deconv_grad_weight_gemm_##MATH_NAME(const T* x, const T* grad_output, T* grad_weight,                     \
+                                            MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {   \
+        gemm::weight_grad_gemm<MATH>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS);       \
     }
 
 DECONV_GEMM_ENTRY_POINTS(f32, float, gemm::F32Math)
@@ -525,3 +702,13 @@ DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
 DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
 DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
 DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
+
+#define DECONV_GRAD_WEIGHT_REDUCE(SUFFIX, T)                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        deconv_grad_weight_reduce_##SUFFIX(const Acc<T>::type* workspace, T* grad_weight, int splits,             \
+                                           long long count) {                                                     \
+        gemm::reduce_splits<T>(workspace, grad_weight, splits, count);                                            \
+    }
+DECONV_GRAD_WEIGHT_REDUCE(f16, __half)
+DECONV_GRAD_WEIGHT_REDUCE(f32, float)
+DECONV_GRAD_WEIGHT_REDUCE(f64, double)

@@ -1,5 +1,6 @@
-"""The implicit-GEMM kernels (kernels/deconv_gemm.cu): forward by stride phase and grad_input, in
-every math (f32 FFMA, f64, tf32, tf32x3, f16), against the float64 NumPy reference.
+"""The implicit-GEMM kernels (kernels/deconv_gemm.cu): forward by stride phase, grad_input and
+split-K grad_weight, in every math (f32 FFMA, f64, tf32, tf32x3, f16), against the float64 NumPy
+reference.
 
 Geometries cover 1/2/3-d, strides 1-8, dilation, output_padding, groups, channel counts that
 leave partial tiles in M, N and K (and a slice pipeline of several taps × channel slices), phases
@@ -58,18 +59,24 @@ def _math_id(math_):
     return f"{np.dtype(math_[0]).name}-{math_[1]}"
 
 
+PASSES = ("forward", "grad_input", "grad_weight")
+
+
 def check_against_reference(results, arrays, geom, dtype, precision):
-    """results = (forward with bias, grad_input) of one GEMM run, NumPy arrays."""
+    """results: {pass: NumPy array} of one GEMM run (forward with bias, grad_input, grad_weight)."""
     x, weight, bias, grad_output = arrays
-    (y_ref, gi_ref, _, _), (y_scale, gi_scale, _, _) = float64_reference(geom, x, weight, bias, grad_output)
-    terms = {"forward": geom.in_channels_per_group * geom.taps + 1, "grad_input": geom.out_channels_per_group * geom.taps}
-    references = {"forward": (y_ref, y_scale), "grad_input": (gi_ref, gi_scale)}
+    (y_ref, gi_ref, gw_ref, _), (y_scale, gi_scale, gw_scale, _) = float64_reference(geom, x, weight, bias,
+                                                                                     grad_output)
+    terms = {"forward": geom.in_channels_per_group * geom.taps + 1, "grad_input": geom.out_channels_per_group * geom.taps,
+             "grad_weight": geom.batch * math.prod(geom.in_size)}
+    references = {"forward": (y_ref, y_scale), "grad_input": (gi_ref, gi_scale), "grad_weight": (gw_ref, gw_scale)}
     if precision == "tf32" and dtype == np.float32:
-        # the kernel's operands are the tf32 roundings of x (or grad_output) and weight: with those,
+        # the kernel's operands are the tf32 roundings of x, grad_output and weight: with those,
         # products are exact and only the float32 accumulation differs
-        (y_tf32, gi_tf32, _, _), _ = float64_reference(geom, tf32_round(x), tf32_round(weight), bias,
-                                                      tf32_round(grad_output))
-        for (name, result), rounded in zip(results.items(), (y_tf32, gi_tf32)):
+        rounded_results, _ = float64_reference(geom, tf32_round(x), tf32_round(weight), bias, tf32_round(grad_output))
+        rounded_results = dict(zip(PASSES, rounded_results))
+        for name, result in results.items():
+            rounded = rounded_results[name]
             expected, scale = references[name]
             assert_close(result, rounded, dtype, terms=terms[name], scale=scale, name=f"{name} vs tf32 inputs")
             own_error = np.max(np.abs(rounded - expected), initial=0.0)
@@ -85,11 +92,12 @@ def check_against_reference(results, arrays, geom, dtype, precision):
         assert_close(result, expected, dtype, terms=terms[name], scale=scale, factor=factor, name=name)
 
 
-def run_gemm(impl, geom, arrays, backend, precision):
+def run_gemm(impl, geom, arrays, backend, precision, splits=None):
     x, weight, bias, grad_output = (to_backend(a, backend) for a in arrays)
     return {
         "forward": to_numpy(impl.forward(x, weight, bias, geom, "gemm", precision)),
         "grad_input": to_numpy(impl.grad_input(grad_output, weight, geom, "gemm", precision)),
+        "grad_weight": to_numpy(impl.grad_weight(grad_output, x, geom, "gemm", precision, splits)),
     }
 
 
@@ -123,9 +131,35 @@ def test_gemm_is_bitwise_reproducible(kernel_backend, math_):
         assert first[name].tobytes() == second[name].tobytes(), name
 
 
+@pytest.mark.parametrize("math_", [(np.float32, "fp32"), (np.float16, "fp32"), (np.float32, "tf32")], ids=_math_id)
+def test_grad_weight_split_counts(kernel_backend, poisoned, math_):
+    """Split counts that do not divide K (126 (sample, position) pairs in slices of 8-32), each
+    correct and bitwise reproducible on its own reruns."""
+    dtype, precision = math_
+    geom = _geometry(((7, 9), (3, 2), (2, 3), (1, 0), (1, 2), (1, 1), 2, 10, 36, 2))
+    impl = backends.get(kernel_backend)
+    arrays = _arrays(geom, dtype, 21)
+    x, _, _, grad_output = (to_backend(a, kernel_backend) for a in arrays)
+    for splits in (1, 2, 3, 5, 16):
+        first = to_numpy(impl.grad_weight(grad_output, x, geom, "gemm", precision, splits))
+        again = to_numpy(impl.grad_weight(grad_output, x, geom, "gemm", precision, splits))
+        assert first.tobytes() == again.tobytes(), splits
+        check_against_reference({"grad_weight": first}, arrays, geom, dtype, precision)
+
+
+def test_weight_grad_splits_fill_the_gpu_within_the_workspace_bound():
+    from cudeconv.backends.kernel_backend import GEMM_MAX_SPLITS, weight_grad_splits
+
+    dcgan_g3 = _geometry(((16, 16), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 256, 128, 64))
+    assert weight_grad_splits(dcgan_g3, "tf32") == GEMM_MAX_SPLITS  # 2 × 16 tiles: split 8 ways
+    tiny = _geometry(((3, 3), (2, 2), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
+    assert weight_grad_splits(tiny, "f32") == 1  # 9 positions: nothing to split
+
+
 def test_every_gemm_entry_point_under_the_sanitizer():
-    """AddressSanitizer + UBSan: every GEMM entry point once, on a geometry with partial tiles in
-    M, N and K, padding that sends taps outside the input, and output_padding."""
+    """AddressSanitizer + UBSan: every GEMM entry point (and grad_weight's reduction) once, on a
+    geometry with partial tiles in M, N and K, padding that sends taps outside the input, and
+    output_padding."""
     skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
     from cudeconv import emulator
 
@@ -134,8 +168,9 @@ def test_every_gemm_entry_point_under_the_sanitizer():
     geom = _geometry(((3, 4), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 9, 19, 2))
     for dtype, precision in MATHS:
         arrays = _arrays(geom, dtype, 5)
-        check_against_reference(run_gemm(sanitized, geom, arrays, "emulator", precision), arrays, geom, dtype,
-                                precision)
+        # three splits of grad_weight: the reduction kernel runs too
+        check_against_reference(run_gemm(sanitized, geom, arrays, "emulator", precision, splits=3), arrays, geom,
+                                dtype, precision)
 
 
 def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_ones():
@@ -149,6 +184,9 @@ def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_o
     depthwise = _geometry(((8, 8), (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 32, 32, 32, 2))
     assert impl.gemm_plan(depthwise, "forward", "auto", np.float32, "fp32") is None
     assert impl.gemm_plan(wide, "forward", "gather", np.float32, "fp32") is None
+    # grad_weight: rows C_in/groups, columns C_out/groups·taps (the RGB layer's 3·16 are enough)
+    assert impl.gemm_plan(rgb, "grad_weight", "auto", np.float32, "fp32")[0] == "deconv_grad_weight_gemm_f32"
+    assert impl.gemm_plan(depthwise, "grad_weight", "auto", np.float32, "fp32") is None
     # "gemm" insists, and says why it cannot
     assert impl.gemm_plan(rgb, "forward", "gemm", np.float32, "tf32")[0] == "deconv_forward_gemm_tf32"
     huge_kernel = _geometry(((4, 4), (17, 17), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
@@ -174,7 +212,7 @@ def test_gemm_sass(arch):
     half of the instructions are FFMA."""
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
-    for pass_ in ("forward", "grad_input"):
+    for pass_ in PASSES:
         for math_name in ("f32", "f64", "tf32", "tf32x3", "f16"):
             row = rows[f"deconv_{pass_}_gemm_{math_name}"]
             assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row

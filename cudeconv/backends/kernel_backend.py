@@ -41,6 +41,12 @@ GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA
 # of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
 GEMM_MIN_K_CHANNELS = 4
 GEMM_MIN_N_CHANNELS = 16
+# grad_weight's split K: enough splits to give the GPU about two blocks per SM (of an H100's 132),
+# each split at least GEMM_MIN_SPLIT_POSITIONS (sample, position) pairs long, at most
+# GEMM_MAX_SPLITS (the workspace holds that many partial copies of grad_weight).
+GEMM_TARGET_BLOCKS = 264
+GEMM_MIN_SPLIT_POSITIONS = 256
+GEMM_MAX_SPLITS = 8
 MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
 INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
@@ -99,29 +105,49 @@ def gemm_math(dtype, precision: str) -> str:
 
 
 def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
-    """At most how many taps one block of the GEMM walks: all of them for grad_input; per stride
-    phase, ⌈k / (stride / gcd(stride, dilation))⌉ per dim for the forward."""
+    """At most how many taps one block of the GEMM walks through its tap table: all of them for
+    grad_input; per stride phase, ⌈k / (stride / gcd(stride, dilation))⌉ per dim for the forward;
+    none for grad_weight (taps are its columns)."""
+    if pass_ == "grad_weight":
+        return 0
     if pass_ == "grad_input":
         return geom.taps
     return math.prod(ceil_div(k, s // math.gcd(s, d)) for k, s, d in zip(geom.kernel_size, geom.stride, geom.dilation))
 
 
-def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str):
-    """(grid, None) for the implicit GEMM of ``pass_`` ("forward" or "grad_input"), or (None, why)
-    where the GEMM cannot run this problem. Forward: grid z = stride phases × groups, x over the
-    rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim); grad_input: z = groups."""
-    tile = GEMM_TILE[math_name]
+def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
+    """(rows, columns) of the GEMM's C per group — of the largest stride phase for the forward."""
     if pass_ == "forward":
-        phases = math.prod(geom.stride)
-        rows = geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride))
-        columns = geom.out_channels_per_group
-    else:
-        phases, rows, columns = 1, geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
+        return (geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride)),
+                geom.out_channels_per_group)
+    if pass_ == "grad_input":
+        return geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
+    return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
+
+
+def weight_grad_splits(geom: ConvTransposeGeometry, math_name: str) -> int:
+    """How many parts grad_weight's K (every sample and input position) is split into."""
+    tile = GEMM_TILE[math_name]
+    rows, columns = gemm_sides(geom, "grad_weight")
+    blocks = geom.groups * ceil_div(rows, tile) * ceil_div(columns, tile)
+    positions = geom.batch * math.prod(geom.in_size)
+    return max(1, min(GEMM_MAX_SPLITS, ceil_div(GEMM_TARGET_BLOCKS, blocks), positions // GEMM_MIN_SPLIT_POSITIONS))
+
+
+def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1):
+    """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight"), or
+    (None, why) where the GEMM cannot run this problem. Forward: grid z = stride phases × groups,
+    x over the rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim); grad_input:
+    z = groups; grad_weight: z = groups × splits of K."""
+    tile = GEMM_TILE[math_name]
+    rows, columns = gemm_sides(geom, pass_)
+    phases = math.prod(geom.stride) if pass_ == "forward" else splits if pass_ == "grad_weight" else 1
     taps = _taps_per_phase_bound(geom, pass_)
     if taps > GEMM_MAX_TAPS:
         return None, f"{taps} kernel taps per stride phase, above the GEMM's {GEMM_MAX_TAPS}"
     if phases * geom.groups > MAX_GRID_Y:
-        return None, f"stride phases × groups = {phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
+        what = "stride phases" if pass_ == "forward" else "splits"
+        return None, f"{what} × groups = {phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
     spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
     if geom.batch * spatial + tile > INT32_MAX:
         return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
@@ -187,26 +213,33 @@ class KernelBackend:
         module.get_function(entry)(grid, block, args)
 
     # -- convolution ----------------------------------------------------------------------------
-    def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str):
+    def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
+                  splits=None):
         """(entry point, grid) of the implicit GEMM for ``pass_`` when ``algorithm`` picks it,
-        else None (the direct kernel). "auto" takes the GEMM where it can run and both channel
-        sides are wide enough (GEMM_MIN_K_CHANNELS, GEMM_MIN_N_CHANNELS); "gemm" insists."""
+        else None (the direct kernel); for grad_weight, (entry point, grid, splits) with ``splits``
+        from weight_grad_splits unless given. "auto" takes the GEMM where it can run and both
+        channel sides are wide enough (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for grad_weight
+        C_in/groups and C_out/groups·taps); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
         math_name = gemm_math(dtype, precision)
-        grid, reason = gemm_grid(geom, pass_, math_name)
+        if pass_ == "grad_weight" and splits is None:
+            splits = weight_grad_splits(geom, math_name)
+        grid, reason = gemm_grid(geom, pass_, math_name, splits or 1)
         reason = self._gemm_unavailable_reason() or reason
         if algorithm == "gemm":
             if reason:
                 raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
         else:
-            k_channels, n_channels = (
-                (geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
-                else (geom.out_channels_per_group, geom.in_channels_per_group)
-            )
-            if reason or k_channels < GEMM_MIN_K_CHANNELS or n_channels < GEMM_MIN_N_CHANNELS:
+            narrow, wide = {
+                "forward": (geom.in_channels_per_group, geom.out_channels_per_group),
+                "grad_input": (geom.out_channels_per_group, geom.in_channels_per_group),
+                "grad_weight": gemm_sides(geom, "grad_weight"),
+            }[pass_]
+            if reason or narrow < GEMM_MIN_K_CHANNELS or wide < GEMM_MIN_N_CHANNELS:
                 return None
-        return f"deconv_{pass_}_gemm_{math_name}", grid
+        entry = f"deconv_{pass_}_gemm_{math_name}"
+        return (entry, grid, splits) if pass_ == "grad_weight" else (entry, grid)
 
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
@@ -262,14 +295,37 @@ class KernelBackend:
             raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_input, got {algorithm!r}")
         return grad_input
 
-    def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry):
+    def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
+                    splits=None):
+        """grad_weight by the split-K GEMM (``splits``: None chooses; tests pin it) or the direct
+        kernel. The GEMM's workspace is ``splits`` partial copies of grad_weight in the
+        accumulation type (float32; float64 for float64), from the array module's pool, only when
+        splits > 1."""
         check_index_limits(geom)
         grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
-        work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
-        self._launch("deconv_backward.cu", f"deconv_grad_weight_{_SUFFIX[x.dtype]}",
-                     (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                     (grad_output, x, grad_weight) + geometry_args(geom))
+        gemm = self.gemm_plan(geom, "grad_weight", algorithm, x.dtype, precision, splits)
+        if gemm is not None:
+            entry, grid, splits = gemm
+            accumulator = np.float64 if x.dtype == np.float64 else np.float32
+            # One split writes grad_weight itself; the workspace argument then only has to have the
+            # accumulator's element size.
+            workspace = (self.xp.empty((splits,) + geom.weight_shape, dtype=accumulator) if splits > 1
+                         else grad_weight if x.dtype == accumulator else self._placeholder_float32())
+            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
+                         (x, grad_output, grad_weight, workspace, np.int32(splits)) + geometry_args(geom))
+            if splits > 1:
+                count = grad_weight.size
+                self._launch("deconv_gemm.cu", f"deconv_grad_weight_reduce_{_SUFFIX[x.dtype]}",
+                             (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                             (workspace, grad_weight, np.int32(splits), np.int64(count)))
+        elif algorithm in ("gather", "auto"):
+            work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
+            self._launch("deconv_backward.cu", f"deconv_grad_weight_{_SUFFIX[x.dtype]}",
+                         (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                         (grad_output, x, grad_weight) + geometry_args(geom))
+        else:
+            raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_weight, got {algorithm!r}")
         return grad_weight
 
     def grad_bias(self, grad_output, geom: ConvTransposeGeometry):
@@ -287,7 +343,7 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         return (
             self.grad_input(grad_output, weight, geom, algorithm, precision),
-            self.grad_weight(grad_output, x, geom),
+            self.grad_weight(grad_output, x, geom, algorithm, precision),
             self.grad_bias(grad_output, geom) if need_bias else None,
         )
 
