@@ -182,6 +182,42 @@ def test_every_entry_point_under_the_sanitizer():
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("values_per_thread", [1, 16], ids=["many-slabs", "default"])
+def test_parallel_grad_bias(kernel_backend, poisoned, monkeypatch, dtype, values_per_thread):
+    """grad_bias over slabs (3 channels, 5040 values each: 20 slabs with one value per thread),
+    against the reference and the one-block-per-channel kernel, bitwise reproducible."""
+    from cudeconv.backends import kernel_backend as launch_layer
+
+    monkeypatch.setattr(launch_layer, "GRAD_BIAS_MIN_VALUES_PER_THREAD", values_per_thread)
+    geom = _geometry(((20, 21), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 4, 3, 3))
+    impl = backends.get(kernel_backend)
+    x, weight, bias, grad_output = _arrays(geom, dtype, 8)
+    (_, _, _, gb_ref), (_, _, _, gb_scale) = float64_reference(geom, x, weight, bias, grad_output)
+    gy = to_backend(grad_output, kernel_backend)
+    slabs, again, per_channel = (to_numpy(impl.grad_bias(gy, geom, a)) for a in ("auto", "auto", "gather"))
+    assert slabs.tobytes() == again.tobytes()
+    terms = geom.batch * math.prod(geom.out_size)
+    for got, name in ((slabs, "slabs"), (per_channel, "one block per channel")):
+        assert_close(got, gb_ref, dtype, terms=terms, scale=gb_scale, name=name)
+
+
+def test_parallel_grad_bias_under_the_sanitizer(monkeypatch):
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
+    from cudeconv import emulator
+    from cudeconv.backends import kernel_backend as launch_layer
+
+    monkeypatch.setattr(launch_layer, "GRAD_BIAS_MIN_VALUES_PER_THREAD", 1)
+    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
+                              lambda: "cpu-sanitized")
+    geom = _geometry(((9, 10), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 2, 5, 3))
+    for dtype in DTYPES:
+        x, weight, bias, grad_output = _arrays(geom, dtype, 9)
+        (_, _, _, gb_ref), (_, _, _, gb_scale) = float64_reference(geom, x, weight, bias, grad_output)
+        assert_close(sanitized.grad_bias(grad_output, geom), gb_ref, dtype,
+                     terms=geom.batch * math.prod(geom.out_size), scale=gb_scale)
+
+
 def test_geometry_args_pad_to_three_dims():
     geom = _geometry(CONFIGS[0])
     args = geometry_args(geom)

@@ -47,6 +47,7 @@ GEMM_MIN_N_CHANNELS = 16
 GEMM_TARGET_BLOCKS = 264
 GEMM_MIN_SPLIT_POSITIONS = 256
 GEMM_MAX_SPLITS = 8
+GRAD_BIAS_MIN_VALUES_PER_THREAD = 16  # the parallel grad_bias: slabs of at least 16 values per thread
 MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
 INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
@@ -328,14 +329,33 @@ class KernelBackend:
             raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_weight, got {algorithm!r}")
         return grad_weight
 
-    def grad_bias(self, grad_output, geom: ConvTransposeGeometry):
+    def grad_bias(self, grad_output, geom: ConvTransposeGeometry, algorithm="auto"):
+        """grad_bias over slabs of N·out_spatial per channel (enough blocks to fill the GPU, partial
+        sums in a C_out × slabs workspace added in order), or one block per channel ("gather",
+        or where one slab suffices)."""
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
         grad_bias = self._output((geom.out_channels,), grad_output.dtype)
-        self._launch("deconv_backward.cu", f"deconv_grad_bias_{_SUFFIX[grad_output.dtype]}",
-                     (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                     (grad_output, grad_bias, np.int32(geom.batch), np.int32(geom.out_channels),
-                      np.int32(math.prod(geom.out_size))))
+        suffix, out_spatial = _SUFFIX[grad_output.dtype], math.prod(geom.out_size)
+        total = geom.batch * out_spatial
+        slabs = max(1, min(ceil_div(GEMM_TARGET_BLOCKS, geom.out_channels),
+                           ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
+        if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
+            self._launch("deconv_backward.cu", f"deconv_grad_bias_{suffix}",
+                         (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                         (grad_output, grad_bias, np.int32(geom.batch), np.int32(geom.out_channels),
+                          np.int32(out_spatial)))
+            return grad_bias
+        per_slab = ceil_div(total, slabs)
+        slabs = ceil_div(total, per_slab)
+        partial = self.xp.empty((geom.out_channels, slabs),
+                                dtype=np.float64 if grad_output.dtype == np.float64 else np.float32)
+        self._launch("deconv_backward.cu", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1),
+                     (BLOCK, 1, 1), (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
+                                     np.int32(out_spatial), np.int32(slabs), np.int32(per_slab)))
+        self._launch("deconv_backward.cu", f"deconv_grad_bias_combine_{suffix}",
+                     (ceil_div(geom.out_channels, BLOCK), 1, 1), (BLOCK, 1, 1),
+                     (partial, grad_bias, np.int32(geom.out_channels), np.int32(slabs)))
         return grad_bias
 
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
@@ -344,7 +364,7 @@ class KernelBackend:
         return (
             self.grad_input(grad_output, weight, geom, algorithm, precision),
             self.grad_weight(grad_output, x, geom, algorithm, precision),
-            self.grad_bias(grad_output, geom) if need_bias else None,
+            self.grad_bias(grad_output, geom, algorithm) if need_bias else None,
         )
 
     # -- optimizer ------------------------------------------------------------------------------
