@@ -218,6 +218,56 @@ def test_parallel_grad_bias_under_the_sanitizer(monkeypatch):
                      terms=geom.batch * math.prod(geom.out_size), scale=gb_scale)
 
 
+DEPTHWISE = [  # one input channel per group; channel multipliers 1 and 2
+    ((6, 7), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 4, 4, 4, 2),
+    ((5, 4), (3, 3), (3, 2), (1, 0), (2, 1), (2, 1), 3, 3, 6, 1),
+    ((9,), (16,), (8,), (4,), (3,), (1,), 2, 2, 4, 2),
+    ((3, 2, 3), (2, 3, 2), (2, 1, 2), (0, 1, 1), (1, 0, 0), (1, 2, 1), 2, 2, 2, 0),
+    ((5, 6), (3, 4), (2, 4), (1, 2), (1, 1), (2, 2), 2, 2, 4, 1),  # gcd(stride, dilation) = 2
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("config", DEPTHWISE, ids=_config_id)
+def test_depthwise_kernels(kernel_backend, poisoned, monkeypatch, config, dtype):
+    """algorithm="auto" on layers with one input channel per group runs the depthwise kernels
+    (forward, grad_input), which match the reference; reruns are bitwise identical."""
+    geom = _geometry(config)
+    impl = backends.get(kernel_backend)
+    launched = []
+    launch = KernelBackend._launch
+    monkeypatch.setattr(KernelBackend, "_launch", lambda self, f, entry, *a: (launched.append(entry), launch(self, f, entry, *a)))
+    x, weight, bias, grad_output = _arrays(geom, dtype, seed=hash(config) % 2**32)
+    (y_ref, gi_ref, _, _), scales = float64_reference(geom, x, weight, bias, grad_output)
+    xb, wb, bb, gyb = (to_backend(a, kernel_backend) for a in (x, weight, bias, grad_output))
+    for with_bias in (True, False):
+        y = impl.forward(xb, wb, bb if with_bias else None, geom, "auto")
+        expected = y_ref if with_bias else y_ref - bias.astype(np.float64).reshape((-1,) + (1,) * geom.ndim)
+        assert_close(y, expected, dtype, terms=geom.taps + 1, scale=scales[0], name=f"forward (bias={with_bias})")
+    grad_input = to_numpy(impl.grad_input(gyb, wb, geom, "auto"))
+    assert_close(grad_input, gi_ref, dtype, terms=geom.out_channels_per_group * geom.taps, scale=scales[1],
+                 name="grad_input")
+    assert to_numpy(impl.grad_input(gyb, wb, geom, "auto")).tobytes() == grad_input.tobytes()
+    if geom.batch:
+        suffix = {np.float16: "f16", np.float32: "f32", np.float64: "f64"}[dtype]
+        assert f"deconv_forward_depthwise_{suffix}" in launched and f"deconv_grad_input_depthwise_{suffix}" in launched
+
+
+def test_depthwise_kernels_under_the_sanitizer():
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
+    from cudeconv import emulator
+
+    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
+                              lambda: "cpu-sanitized")
+    geom = _geometry(DEPTHWISE[1])
+    for dtype in DTYPES:
+        x, weight, bias, grad_output = _arrays(geom, dtype, 4)
+        (y_ref, gi_ref, _, _), scales = float64_reference(geom, x, weight, bias, grad_output)
+        assert_close(sanitized.forward(x, weight, bias, geom), y_ref, dtype, terms=geom.taps + 1, scale=scales[0])
+        assert_close(sanitized.grad_input(grad_output, weight, geom), gi_ref, dtype,
+                     terms=geom.out_channels_per_group * geom.taps, scale=scales[1])
+
+
 def test_geometry_args_pad_to_three_dims():
     geom = _geometry(CONFIGS[0])
     args = geometry_args(geom)

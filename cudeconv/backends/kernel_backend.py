@@ -258,6 +258,10 @@ class KernelBackend:
             entry, grid = gemm
             self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
                          (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
+        elif algorithm == "auto" and geom.in_channels_per_group == 1:
+            self._launch("deconv_depthwise.cu", f"deconv_forward_depthwise_{suffix}",
+                         rows_grid(rows, out_positions), (BLOCK, 1, 1),
+                         (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
         elif algorithm in ("gather", "auto"):
             self._launch("deconv_forward.cu", f"deconv_forward_gather_{suffix}",
                          rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions),
@@ -287,6 +291,10 @@ class KernelBackend:
         if gemm is not None:
             entry, grid = gemm
             self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
+                         (grad_output, weight, grad_input) + geometry_args(geom))
+        elif algorithm == "auto" and geom.in_channels_per_group == 1:
+            self._launch("deconv_depthwise.cu", f"deconv_grad_input_depthwise_{_SUFFIX[weight.dtype]}",
+                         rows_grid(geom.batch * geom.in_channels, math.prod(geom.in_size)), (BLOCK, 1, 1),
                          (grad_output, weight, grad_input) + geometry_args(geom))
         elif algorithm in ("gather", "auto"):
             self._launch("deconv_backward.cu", f"deconv_grad_input_{_SUFFIX[weight.dtype]}",
