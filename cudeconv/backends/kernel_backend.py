@@ -11,6 +11,7 @@ the host, so a whole training step can be captured in a CUDA graph.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,6 +94,22 @@ def check_index_limits(geom: ConvTransposeGeometry):
                 f"problem too large for the CUDA kernels' 32-bit indices: {what} is {value}, "
                 f"above {INT32_MAX}"
             )
+
+
+class KernelPath(NamedTuple):
+    """The kernel a pass runs: ``kind`` ("gemm", "depthwise", "direct", "scatter", "slabs",
+    "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (grad_weight's
+    K splits, grad_bias's slabs) and the workspace it takes from the memory pool, in bytes."""
+    kind: str
+    entry: str
+    grid: tuple = ()
+    parts: int = 1
+    workspace_bytes: int = 0
+
+
+def _backward_algorithm(algorithm: str) -> str:
+    """A layer's forward algorithm "scatter" has no backward twin: its backward takes the direct kernels."""
+    return "gather" if algorithm == "scatter" else algorithm
 
 
 def gemm_math(dtype, precision: str) -> str:
@@ -242,6 +259,50 @@ class KernelBackend:
         entry = f"deconv_{pass_}_gemm_{math_name}"
         return (entry, grid, splits) if pass_ == "grad_weight" else (entry, grid)
 
+    def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
+                    parts=None) -> KernelPath:
+        """Which kernel runs ``pass_`` ("forward", "grad_input", "grad_weight", "grad_bias") — the one
+        decision the launches below follow and ``cudeconv bench`` reports. Forward and grad_input:
+        the implicit GEMM where gemm_plan takes it, else (under "auto") the depthwise kernels for
+        one input channel per group, else the direct gather (or the forward's scatter);
+        grad_weight: the split-K GEMM or the direct per-filter reduction; grad_bias: slabs of
+        N·spatial per channel where more than one is worth it, else one block per channel.
+        ``parts``: grad_weight's split count (None chooses)."""
+        accumulator = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+        suffix = _SUFFIX[np.dtype(dtype)]
+        if pass_ == "grad_bias":
+            total = geom.batch * math.prod(geom.out_size)
+            slabs = max(1, min(ceil_div(GEMM_TARGET_BLOCKS, geom.out_channels),
+                               ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
+            if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
+                return KernelPath("per-channel", f"deconv_grad_bias_{suffix}")
+            slabs = ceil_div(total, ceil_div(total, slabs))  # every slab non-empty
+            return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
+                              geom.out_channels * slabs * accumulator.itemsize)
+        allowed = ("auto", "gemm", "gather", "scatter") if pass_ == "forward" else ("auto", "gemm", "gather")
+        if algorithm not in allowed:
+            raise ValueError(f"algorithm must be one of {allowed} for {pass_}, got {algorithm!r}")
+        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts)
+        if gemm is not None:
+            entry, grid, *split = gemm
+            splits = split[0] if split else 1
+            workspace = splits * math.prod(geom.weight_shape) * accumulator.itemsize if splits > 1 else 0
+            return KernelPath("gemm", entry, grid, splits, workspace)
+        if pass_ == "grad_weight":
+            return KernelPath("direct", f"deconv_grad_weight_{suffix}")
+        if algorithm == "auto" and geom.in_channels_per_group == 1:
+            return KernelPath("depthwise", f"deconv_{pass_}_depthwise_{suffix}")
+        if algorithm == "scatter":
+            return KernelPath("scatter", f"deconv_forward_scatter_{suffix}")
+        return KernelPath("direct", f"deconv_forward_gather_{suffix}" if pass_ == "forward"
+                          else f"deconv_grad_input_{suffix}")
+
+    def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True):
+        """{pass: KernelPath} of a forward and backward step (grad_bias when ``need_bias``)."""
+        passes = ("forward", "grad_input", "grad_weight") + (("grad_bias",) if need_bias else ())
+        return {p: self.kernel_path(geom, p, algorithm if p == "forward" else _backward_algorithm(algorithm), dtype,
+                                    precision) for p in passes}
+
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
@@ -251,32 +312,26 @@ class KernelBackend:
         has_bias = np.int32(bias is not None)
         y = self._output(geom.output_shape, x.dtype)
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
+        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision)
         if rows == 0:
             return y
-        gemm = self.gemm_plan(geom, "forward", algorithm, x.dtype, precision)
-        if gemm is not None:
-            entry, grid = gemm
-            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
-                         (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
-        elif algorithm == "auto" and geom.in_channels_per_group == 1:
-            self._launch("deconv_depthwise.cu", f"deconv_forward_depthwise_{suffix}",
-                         rows_grid(rows, out_positions), (BLOCK, 1, 1),
-                         (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
-        elif algorithm in ("gather", "auto"):
-            self._launch("deconv_forward.cu", f"deconv_forward_gather_{suffix}",
-                         rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions),
-                         (BLOCK, 1, 1),
-                         (x, weight, bias_arg, has_bias, y) + geometry_args(geom))
-        elif algorithm == "scatter":
+        conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
+        if path.kind == "gemm":
+            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1), conv_args)
+        elif path.kind == "depthwise":
+            self._launch("deconv_depthwise.cu", path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
+        elif path.kind == "direct":
+            self._launch("deconv_forward.cu", path.entry,
+                         rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions), (BLOCK, 1, 1),
+                         conv_args)
+        else:  # scatter: the bias (or zeros), then atomic adds
             self._launch("deconv_forward.cu", f"deconv_fill_bias_{suffix}",
                          rows_grid(rows, out_positions), (BLOCK, 1, 1),
                          (y, bias_arg, has_bias, np.int32(rows), np.int32(geom.out_channels),
                           np.int32(out_positions)))
-            self._launch("deconv_forward.cu", f"deconv_forward_scatter_{suffix}",
+            self._launch("deconv_forward.cu", path.entry,
                          rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
                          (x, weight, y) + geometry_args(geom))
-        else:
-            raise ValueError(f"algorithm must be 'auto', 'gemm', 'gather' or 'scatter', got {algorithm!r}")
         return y
 
     def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
@@ -284,24 +339,19 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
-        rows = tiled_rows(geom, geom.in_channels_per_group)
-        if not rows or not math.prod(geom.in_size):
+        path = self.kernel_path(geom, "grad_input", algorithm, weight.dtype, precision)
+        positions = math.prod(geom.in_size)
+        if not geom.batch * geom.in_channels * positions:
             return grad_input
-        gemm = self.gemm_plan(geom, "grad_input", algorithm, weight.dtype, precision)
-        if gemm is not None:
-            entry, grid = gemm
-            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
-                         (grad_output, weight, grad_input) + geometry_args(geom))
-        elif algorithm == "auto" and geom.in_channels_per_group == 1:
-            self._launch("deconv_depthwise.cu", f"deconv_grad_input_depthwise_{_SUFFIX[weight.dtype]}",
-                         rows_grid(geom.batch * geom.in_channels, math.prod(geom.in_size)), (BLOCK, 1, 1),
-                         (grad_output, weight, grad_input) + geometry_args(geom))
-        elif algorithm in ("gather", "auto"):
-            self._launch("deconv_backward.cu", f"deconv_grad_input_{_SUFFIX[weight.dtype]}",
-                         rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
-                         (grad_output, weight, grad_input) + geometry_args(geom))
+        args = (grad_output, weight, grad_input) + geometry_args(geom)
+        if path.kind == "gemm":
+            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1), args)
+        elif path.kind == "depthwise":
+            self._launch("deconv_depthwise.cu", path.entry, rows_grid(geom.batch * geom.in_channels, positions),
+                         (BLOCK, 1, 1), args)
         else:
-            raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_input, got {algorithm!r}")
+            self._launch("deconv_backward.cu", path.entry,
+                         rows_grid(tiled_rows(geom, geom.in_channels_per_group), positions), (BLOCK, 1, 1), args)
         return grad_input
 
     def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
@@ -313,28 +363,24 @@ class KernelBackend:
         check_index_limits(geom)
         grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
-        gemm = self.gemm_plan(geom, "grad_weight", algorithm, x.dtype, precision, splits)
-        if gemm is not None:
-            entry, grid, splits = gemm
+        path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits)
+        if path.kind == "gemm":
             accumulator = np.float64 if x.dtype == np.float64 else np.float32
             # One split writes grad_weight itself; the workspace argument then only has to have the
             # accumulator's element size.
-            workspace = (self.xp.empty((splits,) + geom.weight_shape, dtype=accumulator) if splits > 1
+            workspace = (self.xp.empty((path.parts,) + geom.weight_shape, dtype=accumulator) if path.parts > 1
                          else grad_weight if x.dtype == accumulator else self._placeholder_float32())
-            self._launch("deconv_gemm.cu", entry, grid, (BLOCK, 1, 1),
-                         (x, grad_output, grad_weight, workspace, np.int32(splits)) + geometry_args(geom))
-            if splits > 1:
+            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1),
+                         (x, grad_output, grad_weight, workspace, np.int32(path.parts)) + geometry_args(geom))
+            if path.parts > 1:
                 count = grad_weight.size
                 self._launch("deconv_gemm.cu", f"deconv_grad_weight_reduce_{_SUFFIX[x.dtype]}",
                              (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                             (workspace, grad_weight, np.int32(splits), np.int64(count)))
-        elif algorithm in ("gather", "auto"):
-            work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
-            self._launch("deconv_backward.cu", f"deconv_grad_weight_{_SUFFIX[x.dtype]}",
-                         (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                         (grad_output, x, grad_weight) + geometry_args(geom))
+                             (workspace, grad_weight, np.int32(path.parts), np.int64(count)))
         else:
-            raise ValueError(f"algorithm must be 'auto', 'gemm' or 'gather' for grad_weight, got {algorithm!r}")
+            work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
+            self._launch("deconv_backward.cu", path.entry, (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1),
+                         (BLOCK, 1, 1), (grad_output, x, grad_weight) + geometry_args(geom))
         return grad_weight
 
     def grad_bias(self, grad_output, geom: ConvTransposeGeometry, algorithm="auto"):
@@ -345,22 +391,19 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         grad_bias = self._output((geom.out_channels,), grad_output.dtype)
         suffix, out_spatial = _SUFFIX[grad_output.dtype], math.prod(geom.out_size)
-        total = geom.batch * out_spatial
-        slabs = max(1, min(ceil_div(GEMM_TARGET_BLOCKS, geom.out_channels),
-                           ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
-        if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
-            self._launch("deconv_backward.cu", f"deconv_grad_bias_{suffix}",
+        path = self.kernel_path(geom, "grad_bias", algorithm, grad_output.dtype, "fp32")
+        if path.kind == "per-channel":
+            self._launch("deconv_backward.cu", path.entry,
                          (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                          (grad_output, grad_bias, np.int32(geom.batch), np.int32(geom.out_channels),
                           np.int32(out_spatial)))
             return grad_bias
-        per_slab = ceil_div(total, slabs)
-        slabs = ceil_div(total, per_slab)
+        slabs = path.parts
         partial = self.xp.empty((geom.out_channels, slabs),
                                 dtype=np.float64 if grad_output.dtype == np.float64 else np.float32)
-        self._launch("deconv_backward.cu", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1),
-                     (BLOCK, 1, 1), (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
-                                     np.int32(out_spatial), np.int32(slabs), np.int32(per_slab)))
+        self._launch("deconv_backward.cu", path.entry, path.grid, (BLOCK, 1, 1),
+                     (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
+                      np.int32(out_spatial), np.int32(slabs), np.int32(ceil_div(geom.batch * out_spatial, slabs))))
         self._launch("deconv_backward.cu", f"deconv_grad_bias_combine_{suffix}",
                      (ceil_div(geom.out_channels, BLOCK), 1, 1), (BLOCK, 1, 1),
                      (partial, grad_bias, np.int32(geom.out_channels), np.int32(slabs)))
