@@ -81,6 +81,7 @@ WARMUP = {False: 0, True: 5}
 DEFAULT_MIN_SAMPLES = {"numpy": 7, "emulator": 3, "cuda": 20}
 DEFAULT_MIN_SECONDS = 0.2
 TF32_UNIT = 2.0 ** -11  # TF32 keeps 10 mantissa bits
+TF32X3_UNIT = 2.0 ** -21
 
 
 # -- machine --------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
         if hasattr(impl, "grad_input"):
             passes["grad_input"] = lambda: impl.grad_input(grad_output, weight, geom, precision=precision)
         if hasattr(impl, "grad_weight"):
-            passes["grad_weight"] = lambda: impl.grad_weight(grad_output, x, geom)
+            passes["grad_weight"] = lambda: impl.grad_weight(grad_output, x, geom, precision=precision)
         if hasattr(impl, "grad_bias") and bias is not None:
             passes["grad_bias"] = lambda: impl.grad_bias(grad_output, geom)
         return passes
@@ -495,8 +496,9 @@ def contenders(backend_name: str, dtype, precision: str = "fp32"):
     if backend_name != "numpy":
         baselines.append(backend_contender("numpy", backends.get("numpy"), on_gpu=False))
     baselines.append(cupy_col2im_contender(on_gpu))
-    # TF32 rounds float32 operands to 10 mantissa bits; tf32x3 keeps close to FP32 (its own unit).
-    unit = TF32_UNIT if precision == "tf32" and np.dtype(dtype) == np.float32 else None
+    # TF32 rounds float32 operands to 10 mantissa bits; tf32x3 keeps close to FP32: each product may
+    # carry ~12 float32 units from its dropped and rounded parts, so 8 float32 units bound it.
+    unit = {"tf32": TF32_UNIT, "tf32x3": TF32X3_UNIT}.get(precision) if np.dtype(dtype) == np.float32 else None
     return backend_contender(backend_name, impl, on_gpu, precision, unit), baselines
 
 
@@ -609,6 +611,16 @@ def _case_record(problem: Problem, mine: Checked, samples: Dict[str, Samples],
     return record
 
 
+def kernel_paths(impl, problem: Problem, precision: str):
+    """{pass: {"kind", "kernel", "workspace_bytes"}}: which kernel the benchmarked backend ran for
+    each pass of this case (None for the NumPy backend, which has no kernels)."""
+    if not hasattr(impl, "kernel_paths"):
+        return None
+    paths = impl.kernel_paths(problem.geom, problem.dtype, precision=precision, need_bias=problem.bias is not None)
+    return {p: {"kind": path.kind, "kernel": path.entry, "workspace_bytes": path.workspace_bytes}
+            for p, path in paths.items()}
+
+
 def describe_device(backend_name: str) -> str:
     if backend_name == "cuda":
         gpu = gpu_info()
@@ -643,11 +655,12 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
         progress=True, min_seconds=None, precision="fp32") -> dict:
     """Check and time every case; the JSON-able results (see the module docstring). ``repeat`` and
     ``min_seconds``: the least samples and seconds of samples per pass (None: the defaults);
-    ``precision``: the float32 arithmetic of the benchmarked backend (``cudeconv._precision``; the
-    command line does not offer it yet: fp32)."""
+    ``precision``: the float32 arithmetic of the benchmarked backend (``cudeconv._precision``,
+    ``--precision``)."""
     from tqdm import tqdm
 
     mine, baselines = contenders(backend_name, dtype, check_precision(precision))
+    mine_impl = backends.get(backend_name)
     policy = default_policy(backend_name, repeat, min_seconds)
     peaks = gpu_info() if mine.on_gpu else None
     runnable = [b for b in baselines if b.skipped is None]
@@ -696,8 +709,9 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
                 speedups[name] = {p: ratio for p, s in samples[name].items()
                                   if (ratio := paired_ratios(s, samples[mine.name][p])) is not None}
             ordered = {b.name: timings[b.name] for b in baselines}
-            results["cases"].append(_case_record(problem, ours, samples.get(mine.name, {}), ordered,
-                                                 speedups, peaks))
+            record = _case_record(problem, ours, samples.get(mine.name, {}), ordered, speedups, peaks)
+            record["paths"] = kernel_paths(mine_impl, problem, precision)
+            results["cases"].append(record)
             bar.update()
     finally:
         bar.close()
@@ -760,6 +774,17 @@ def _geometric_mean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def _fmt_paths(paths: dict) -> str:
+    """'forward gemm (deconv_forward_gemm_tf32), ...', with any workspace."""
+    parts = []
+    for p, path in paths.items():
+        text = f"{p} {path['kind']}"
+        if path["workspace_bytes"]:
+            text += f" ({path['workspace_bytes'] / 2**20:.3g} MiB workspace)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def format_table(results: dict) -> str:
     """The per-case, per-pass table: medians, spread, speedup over each baseline."""
     ours = results["backend"]
@@ -799,6 +824,8 @@ def format_table(results: dict) -> str:
                 row += (f" │ {_fmt(None if timing is None else timing['median_ms'], widths[name][0])} "
                         f"{_fmt_spread(timing)} {_fmt_ratio(ratio, spread, widths[name][1])}")
             lines.append(row)
+        if case.get("paths"):
+            lines.append(f"{'':14s} kernels: " + _fmt_paths(case["paths"]))
             label = ""
     lines += [
         "",

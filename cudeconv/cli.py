@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from . import __version__, backends
+from ._precision import PRECISIONS
 from .cases import QUICK, QUICK_EMULATOR
 
 DTYPES = ("float16", "float32", "float64")
@@ -33,6 +34,7 @@ examples:
   cudeconv bench --quick                      every case shrunk: a smoke test in well under a minute
   cudeconv bench --cases 'dcgan_*' unet_up    some cases (names or globs)
   cudeconv bench --backend emulator --quick   the CUDA kernels on the CPU emulator (correctness, not speed)
+  cudeconv bench --precision tf32             float32 on TF32 tensor cores (compare with torch_cudnn_tf32)
   cudeconv bench --repeat 30 --min-time 1     more samples, for steadier numbers on a busy machine
   cudeconv bench --json out.json --plot out.png
                                               results as JSON, and a chart of the speed-ups (matplotlib)"""
@@ -148,7 +150,7 @@ def _bench(args, parser) -> int:
     backend = _usable_backend(parser, args.backend)
     print(bench.first_line(backend, args.quick), flush=True)
     results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick,
-                        min_seconds=args.min_time)
+                        min_seconds=args.min_time, precision=args.precision)
     print(bench.format_table(results))
     if args.json:
         _write_json(args.json, results)
@@ -221,6 +223,10 @@ def build_parser():
                               help="case names or globs, comma or space separated (default: all; see --list)")
     bench_parser.add_argument("--dtype", choices=DTYPES, default="float32",
                               help="array dtype (default: %(default)s)")
+    bench_parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                              help="float32 arithmetic of the kernels: fp32 (exact FFMA), tf32 (TF32 tensor cores, "
+                                   "what cuDNN does under PyTorch's default) or tf32x3 (near-FP32 on tensor cores); "
+                                   "compare tf32 with the torch_cudnn_tf32 baseline (default: fp32)")
     bench_parser.add_argument("--quick", action="store_true",
                               help=f"shrink every case ({QUICK.describe()}; on the emulator "
                                    f"{QUICK_EMULATOR.describe()}): a smoke test, not the real layers")

@@ -8,6 +8,8 @@
 #   summary.txt    one line per step: name, exit status, seconds
 #   bench.json     `cudeconv bench --backend cuda` results (cuDNN with TF32 off/on in the same run)
 #   bench.png      the benchmark chart
+#   bench_tf32.*   the same with --precision tf32 (the kernels on TF32 tensor cores)
+#   sass.json      scripts/sass_report.py for every kernels/*.cu (needs nvcc and cuobjdump there)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -43,6 +45,12 @@ else
     echo "memcheck skipped: compute-sanitizer does not run on this machine (see $LOG)" | tee -a "$OUT/summary.txt"
     echo "racecheck skipped: compute-sanitizer does not run on this machine" | tee -a "$OUT/summary.txt"
 fi
-step bench 150 python3 -m cudeconv bench --backend cuda --json "$OUT/bench.json" --plot "$OUT/bench.png"
+# The same suite with exact FP32 kernels (against cuDNN with TF32 off) and with TF32 tensor cores
+# (against cuDNN with TF32 on, PyTorch's default for convolutions).
+step bench 130 python3 -m cudeconv bench --backend cuda --json "$OUT/bench.json" --plot "$OUT/bench.png"
+step bench_tf32 130 python3 -m cudeconv bench --backend cuda --precision tf32 --json "$OUT/bench_tf32.json" \
+    --plot "$OUT/bench_tf32.png"
+# What the GPU ran, from the SASS (registers, spills, HMMA/LDGSTS/FFMA counts), beside the timings.
+step sass 120 python3 scripts/sass_report.py --json "$OUT/sass.json"
 cat "$OUT/summary.txt"
 exit $failed

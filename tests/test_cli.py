@@ -245,6 +245,29 @@ def test_emulator_backend_benchmarks(tmp_path):
     # the kernel backends time each gradient on its own too
     assert set(case["ms"]) == set(bench.PASSES)
     assert "numpy" in case["baselines"]
+    # textbook: 1 channel per group: the depthwise kernels, grad_weight's direct reduction
+    assert {p: path["kind"] for p, path in case["paths"].items()} == {
+        "forward": "depthwise", "grad_input": "depthwise", "grad_weight": "direct", "grad_bias": "per-channel"}
+
+
+@pytest.mark.slow  # compiles the GEMM kernels for the CPU on first use
+def test_bench_precision_flag_and_kernel_paths(tmp_path, capsys):
+    """--precision tf32 runs the kernels' TF32 GEMMs (checked against TF32's own error bound), and
+    the table and JSON say which kernel ran each pass, with grad_weight's workspace."""
+    reason = backends.emulator_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"emulator unavailable: {reason}")
+    out = tmp_path / "tf32.json"
+    assert cli.main(["bench", "--backend", "emulator", "--quick", "--cases", "dcgan_g4", "--precision", "tf32",
+                     "--repeat", "1", "--min-time", "0", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    (case,) = results["cases"]
+    assert results["precision"] == "tf32" and case["status"] == "ok"
+    paths = case["paths"]
+    assert paths["forward"]["kind"] == "direct"  # 3 output channels: too narrow for a GEMM tile
+    assert paths["grad_weight"]["kernel"] == "deconv_grad_weight_gemm_tf32"
+    assert paths["grad_weight"]["workspace_bytes"] % (4 * math.prod(case["config"]["kernel_size"])) == 0
+    assert "kernels: forward direct, grad_input direct, grad_weight gemm" in capsys.readouterr().out
 
 
 def _demo(tmp_path, *extra):
@@ -511,8 +534,7 @@ def test_clean_install_runs_bench_and_demo(tmp_path):
 
 
 def test_bench_precision_hook():
-    """run() takes the library's precision names and says which one ran; the command line offers
-    only fp32 so far."""
+    """run() takes the library's precision names and says which one ran."""
     with pytest.raises(ValueError, match="precision must be one of"):
         bench.run([BY_NAME["textbook"]], "numpy", precision="fp16", progress=False)
     results = bench.run([BY_NAME["textbook"]], "numpy", precision="tf32", repeat=1, min_seconds=0,
