@@ -84,8 +84,9 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
 
     ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
     An unbatched input ``(C_in, *in_size)`` takes an unbatched grad_output. ``algorithm`` ("auto",
-    "gemm", "gather") and ``precision`` choose grad_input's kernel as in :func:`forward`;
-    grad_weight and grad_bias use the direct kernels.
+    "gemm", "gather") and ``precision`` choose the kernels as in :func:`forward`: the implicit
+    GEMMs for grad_input and grad_weight (split K) where the heuristic takes them, and grad_bias over
+    slabs of the batch; "gather" takes the direct kernels for all three (docs/kernels.md).
     """
     (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight)
     unbatched = x.ndim == ndim + 1
@@ -140,7 +141,7 @@ def _make_pair(ndim):
 
     Returns ``(grad_input, grad_weight, grad_bias)`` shaped like x, weight and (C_out,);
     grad_bias is None when ``bias`` is False. grad_output has the forward output's shape.
-    ``algorithm`` ("auto", "gemm", "gather") and ``precision`` pick grad_input's kernel.
+    ``algorithm`` ("auto", "gemm", "gather") and ``precision`` pick the gradients' kernels.
     """
     return conv_transpose, conv_transpose_backward
 

@@ -38,7 +38,8 @@
 // kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
 //
 // Limits the host checks (kernel_backend.py): taps per phase <= GEMM_MAX_TAPS; N·(spatial size)
-// < 2^31; phases (or splits) · groups <= 65535. 64-bit offsets into the tensors, 32-bit in a tile.
+// < 2^31; phases (or splits) · groups <= 65535 (grid z) and column tiles <= 65535 (grid y).
+// 64-bit offsets into the tensors, 32-bit within a tile.
 #include "deconv_common.cuh"
 #include "mma.cuh"
 
@@ -74,6 +75,7 @@ struct SimtMath {
     static constexpr int kMinBlocks = 2;  // blocks per SM the registers must allow (<= 128 per thread)
     static constexpr int kAccumulators = PerThread * PerThread;
     static constexpr int kThreadsN = BN / PerThread;
+    static_assert((BM / PerThread) * (BN / PerThread) == kThreads, "one thread per PerThread × PerThread outputs");
     // k-major slices: a thread's PerThread rows (columns) of one k are contiguous (vector loads)
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
@@ -108,6 +110,7 @@ struct MmaTiles {
     typedef float Accumulator;
     static constexpr int BM = GEMM_TILE_MMA, BN = GEMM_TILE_MMA, BK = SliceK, PAD = Pad;
     static constexpr int kAccumulators = 2 * 8 * 4;
+    static_assert(BM == 128 && BN == 128 && kThreads == 256, "8 warps as 4 × 2 warp tiles of 32 × 64");
     __device__ static __forceinline__ int warp_row() { return (threadIdx.x / 32 / 2) * 32; }
     __device__ static __forceinline__ int warp_col() { return (threadIdx.x / 32 % 2) * 64; }
     __device__ static __forceinline__ int row_of(int i) {

@@ -66,27 +66,19 @@ __device__ __forceinline__ void cp_async_wait_all() { cudeconv_emu::cp_async_wai
 
 #else  // the GPU: inline PTX
 
-__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%10,%11,%12,%13};\n"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
-}
-__device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%10,%11,%12,%13};\n"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
-}
-__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%10,%11,%12,%13};\n"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
-}
+// D = A·B + C with f32 accumulators; SHAPE_TYPES completes "mma.sync.aligned.".
+#define CUDECONV_MMA_F32(NAME, SHAPE_TYPES)                                                                  \
+    __device__ __forceinline__ void NAME(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) { \
+        asm volatile("mma.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "               \
+                     "{%10,%11,%12,%13};\n"                                                                   \
+                     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                         \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),                      \
+                       "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));                                           \
+    }
+CUDECONV_MMA_F32(mma_m16n8k8_tf32, "m16n8k8.row.col.f32.tf32.tf32.f32")
+CUDECONV_MMA_F32(mma_m16n8k16_f16, "m16n8k16.row.col.f32.f16.f16.f32")
+CUDECONV_MMA_F32(mma_m16n8k16_bf16, "m16n8k16.row.col.f32.bf16.bf16.f32")
+#undef CUDECONV_MMA_F32
 __device__ __forceinline__ unsigned float_to_tf32(float x) {
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));

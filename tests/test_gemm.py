@@ -197,6 +197,20 @@ def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_o
     assert impl.gemm_plan(huge_kernel, "forward", "auto", np.float32, "fp32") is None
 
 
+def test_gemm_limits_that_a_grid_cannot_exceed():
+    """grad_weight's columns (C_out/groups·taps) can exceed 65535 tiles (grid y): "auto" then takes
+    the direct kernel, "gemm" says why it cannot; a split count must be a positive int."""
+    impl = KernelBackend("emulator", np, None, lambda: "cpu")
+    wide_3d = make_geometry(3, (1, 4, 2, 2, 2), (4, 1024, 16, 16, 16), 1, 0, 0, 1, 1)
+    assert impl.kernel_path(wide_3d, "grad_weight", "auto", np.float64, "fp32").kind == "direct"
+    with pytest.raises(ValueError, match=r"grid y"):
+        impl.kernel_path(wide_3d, "grad_weight", "gemm", np.float64, "fp32")
+    small = _geometry(GEOMETRIES[0])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="splits must be a positive int"):
+            impl.kernel_path(small, "grad_weight", "gemm", np.float32, "fp32", bad)
+
+
 def test_gemm_grid_covers_every_phase_and_tile():
     geom = _geometry(((5, 6), (4, 4), (2, 3), (1, 1), (1, 2), (1, 1), 2, 16, 300, 3))
     grid, reason = gemm_grid(geom, "forward", "f32")

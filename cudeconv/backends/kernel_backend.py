@@ -169,7 +169,10 @@ def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: i
     spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
     if geom.batch * spatial + tile > INT32_MAX:
         return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
-    return (ceil_div(rows, tile), ceil_div(columns, tile), phases * geom.groups), None
+    grid = (ceil_div(rows, tile), ceil_div(columns, tile), phases * geom.groups)
+    if grid[1] > MAX_GRID_Y:
+        return None, f"{columns} GEMM columns per group: {grid[1]} tiles, above {MAX_GRID_Y} (grid y)"
+    return grid, None
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -243,6 +246,8 @@ class KernelBackend:
         math_name = gemm_math(dtype, precision)
         if pass_ == "grad_weight" and splits is None:
             splits = weight_grad_splits(geom, math_name)
+        elif splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
+            raise ValueError(f"splits must be a positive int, got {splits!r}")
         grid, reason = gemm_grid(geom, pass_, math_name, splits or 1)
         reason = self._gemm_unavailable_reason() or reason
         if algorithm == "gemm":

@@ -1429,14 +1429,17 @@ inline void ldmatrix_sync(unsigned* out, const void* row_address) {
 template <unsigned Size>
 inline void cp_async(void* shared_destination, const void* global_source, int source_bytes) {
     const Worker& w = current_worker();
-    const std::string what = "cp.async of " + std::to_string(Size) + " bytes (" + where_am_i() + "): ";
+    // the message is built only on failure: this is the hot path of every GEMM slice
+    const auto fail = [&](const std::string& problem) {
+        abort_launch("cp.async of " + std::to_string(Size) + " bytes (" + where_am_i() + "): " + problem);
+    };
     if (source_bytes < 0 || source_bytes > static_cast<int>(Size))
-        abort_launch(what + "src-size " + std::to_string(source_bytes) + " is not in [0, " + std::to_string(Size) + "]");
+        fail("src-size " + std::to_string(source_bytes) + " is not in [0, " + std::to_string(Size) + "]");
     if (!in_shared_memory(w, shared_destination, Size))
-        abort_launch(what + "destination " + pointer_text(shared_destination) + " is not inside the block's shared memory");
+        fail("destination " + pointer_text(shared_destination) + " is not inside the block's shared memory");
     if (reinterpret_cast<uintptr_t>(shared_destination) % Size || reinterpret_cast<uintptr_t>(global_source) % Size)
-        abort_launch(what + "source " + pointer_text(global_source) + " and destination " +
-                     pointer_text(shared_destination) + " must be aligned to the copy size");
+        fail("source " + pointer_text(global_source) + " and destination " + pointer_text(shared_destination) +
+             " must be aligned to the copy size");
     Fiber& f = current_fiber();
     PendingCopy copy{static_cast<unsigned char*>(shared_destination), Size, f.committed_copy_groups, {}};
     if (source_bytes > 0) std::memcpy(copy.bytes, global_source, static_cast<size_t>(source_bytes));

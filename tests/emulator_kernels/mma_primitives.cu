@@ -8,6 +8,16 @@
 // ---- fragment layout probes (one warp) ------------------------------------------------------
 // swap_registers != 0 swaps a1 and a2 before the mma: a deliberately misplaced register.
 
+// C and D (16×8 row-major float): ci at row groupID (+8 for c2, c3), column 2·tig + (i & 1).
+__device__ __forceinline__ void load_accumulator(const float* matrix, float c[4]) {
+    const int group = threadIdx.x % 32 >> 2, tig = threadIdx.x % 4;
+    for (int i = 0; i < 4; ++i) c[i] = matrix[(group + (i >= 2 ? 8 : 0)) * 8 + 2 * tig + (i & 1)];
+}
+__device__ __forceinline__ void store_accumulator(float* matrix, const float d[4]) {
+    const int group = threadIdx.x % 32 >> 2, tig = threadIdx.x % 4;
+    for (int i = 0; i < 4; ++i) matrix[(group + (i >= 2 ? 8 : 0)) * 8 + 2 * tig + (i & 1)] = d[i];
+}
+
 // D (16×8) = A (16×8) · B (8×8) + C, all row-major float. round_operands: cvt.rna first, else
 // the raw float bits are passed (the tensor core then ignores their low 13 bits).
 extern "C" __global__ void __launch_bounds__(32)
@@ -25,14 +35,10 @@ probe_mma_tf32(const float* a_matrix, const float* b_matrix, const float* c_matr
         a[1] = a[2];
         a[2] = t;
     }
-    const float c[4] = {c_matrix[group * 8 + 2 * tig], c_matrix[group * 8 + 2 * tig + 1],
-                        c_matrix[(group + 8) * 8 + 2 * tig], c_matrix[(group + 8) * 8 + 2 * tig + 1]};
-    float d[4];
+    float c[4], d[4];
+    load_accumulator(c_matrix, c);
     mma_m16n8k8_tf32(d, a, b, c);
-    d_matrix[group * 8 + 2 * tig] = d[0];
-    d_matrix[group * 8 + 2 * tig + 1] = d[1];
-    d_matrix[(group + 8) * 8 + 2 * tig] = d[2];
-    d_matrix[(group + 8) * 8 + 2 * tig + 1] = d[3];
+    store_accumulator(d_matrix, d);
 }
 
 __device__ __forceinline__ unsigned pack_halves(unsigned short low, unsigned short high) {
@@ -60,17 +66,13 @@ probe_mma_k16(const unsigned short* a_matrix, const unsigned short* b_matrix, co
         a[1] = a[2];
         a[2] = t;
     }
-    const float c[4] = {c_matrix[group * 8 + 2 * tig], c_matrix[group * 8 + 2 * tig + 1],
-                        c_matrix[(group + 8) * 8 + 2 * tig], c_matrix[(group + 8) * 8 + 2 * tig + 1]};
-    float d[4];
+    float c[4], d[4];
+    load_accumulator(c_matrix, c);
     if (is_bf16)
         mma_m16n8k16_bf16(d, a, b, c);
     else
         mma_m16n8k16_f16(d, a, b, c);
-    d_matrix[group * 8 + 2 * tig] = d[0];
-    d_matrix[group * 8 + 2 * tig + 1] = d[1];
-    d_matrix[(group + 8) * 8 + 2 * tig] = d[2];
-    d_matrix[(group + 8) * 8 + 2 * tig + 1] = d[3];
+    store_accumulator(d_matrix, d);
 }
 
 extern "C" __global__ void __launch_bounds__(256) round_to_tf32(const float* x, unsigned* out, int n) {
