@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -12,10 +13,11 @@ import sys
 import numpy as np
 
 from . import __version__, backends
+from ._dtypes import NAMES as FLOAT_NAMES
 from ._precision import PRECISIONS
 from .cases import QUICK, QUICK_EMULATOR
 
-DTYPES = ("float16", "float32", "float64")
+DTYPES = FLOAT_NAMES  # float16, bfloat16, float32, float64
 DEMO_PICTURE = "cudeconv-demo.png"
 
 BENCH_DESCRIPTION = """\
@@ -169,17 +171,32 @@ def _demo(args, parser) -> int:
     _check_output_paths(parser, args.out, args.json)
     _check_plot_option(parser, "--out", args.out)
     picture = args.out or (DEMO_PICTURE if _matplotlib_missing() is None else None)
+    if args.distributed:
+        from . import distributed
+
+        reason = distributed.mpi_unavailable_reason()
+        if reason is not None:
+            parser.error(f"--distributed needs MPI: {reason}")
+        distributed.use_local_device()  # before the backend check below touches a GPU
     backend = _usable_backend(parser, args.backend)
-    result = demo.train(backend=backend, steps=args.steps, batch=args.batch, size=args.size,
-                        scale=args.scale, lr=args.lr, momentum=args.momentum, seed=args.seed)
-    print(demo.summary(result))
-    if picture:
-        demo.plot(result, picture)
-        print(f"wrote {picture}")
-    else:
-        print(f"no picture: {_matplotlib_missing()}")
-    if args.json:
-        _write_json(args.json, demo.to_json(result))
+    comm = distributed.communicator_for(backend) if args.distributed else None
+    if comm is not None and args.batch % comm.size:
+        parser.error(f"--batch {args.batch} must be a multiple of the {comm.size} processes")
+    # a process that fails aborts the others, which would otherwise wait for it forever
+    with contextlib.nullcontext() if comm is None else comm.abort_on_error():
+        result = demo.train(backend=backend, steps=args.steps, batch=args.batch, size=args.size,
+                            scale=args.scale, lr=args.lr, momentum=args.momentum, seed=args.seed,
+                            comm=comm)
+        if comm is not None and comm.rank != 0:
+            return 0  # the processes ended with the same decoder: the first one reports
+        print(demo.summary(result))
+        if picture:
+            demo.plot(result, picture)
+            print(f"wrote {picture}")
+        else:
+            print(f"no picture: {_matplotlib_missing()}")
+        if args.json:
+            _write_json(args.json, demo.to_json(result))
     return 0
 
 
@@ -267,6 +284,10 @@ def build_parser():
                              help=f"picture of inputs, outputs, targets and the loss curve (needs "
                                   f"matplotlib; default: {DEMO_PICTURE} where matplotlib is installed)")
     demo_parser.add_argument("--json", metavar="FILE", help="write the losses and settings as JSON")
+    demo_parser.add_argument("--distributed", action="store_true",
+                             help="train data-parallel on the processes of `mpiexec -n N cudeconv demo "
+                                  "--distributed`: MPI on numpy/emulator, NCCL on cuda (one GPU per "
+                                  "process); --batch must be a multiple of N; needs cudeconv[mpi]")
     return parser, {"bench": bench_parser, "demo": demo_parser}
 
 

@@ -14,6 +14,12 @@ the layers' ``backward`` does the rest.
 For reference the summary also gives the loss of the simplest upsampler, repeating every pixel
 ``scale``×``scale`` times, on the same held-out images. With the same ``--seed`` the NumPy backend
 gives the same losses, bit for bit.
+
+With ``--distributed``, under ``mpiexec -n N``, N processes train one decoder data-parallel
+(:mod:`cudeconv.distributed`: MPI on the CPU backends, NCCL on "cuda", one GPU per process): each
+makes the whole batch and keeps its N-th of it, the gradients are averaged across the processes
+before every step, and the loss printed (by the first process) is the whole batch's, so it
+matches a single process's run with the same seed to float rounding.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from typing import List
 import numpy as np
 
 from . import backends
+from .distributed import DataParallel
 from .layers import ConvTranspose2d
 from .optim import SGD
 
@@ -91,6 +98,7 @@ class DemoResult:
     lr: float
     momentum: float
     seed: int
+    ranks: int  # processes that trained it data-parallel (1: a single process)
     losses: List[float]
     seconds: float
     held_out_loss: float  # the trained decoder on the held-out images
@@ -119,25 +127,38 @@ class DemoResult:
 
 def train(backend="numpy", steps=DEFAULTS["steps"], batch=DEFAULTS["batch"], size=DEFAULTS["size"],
           scale=DEFAULTS["scale"], lr=DEFAULTS["lr"], momentum=DEFAULTS["momentum"],
-          seed=DEFAULTS["seed"], progress=True) -> DemoResult:
+          seed=DEFAULTS["seed"], progress=True, comm=None) -> DemoResult:
+    """Train the decoder; with ``comm`` (a :class:`cudeconv.distributed.Communicator` for
+    ``backend``'s arrays) data-parallel on its ranks, each taking an equal share of every batch
+    (``batch`` must be a multiple of ``comm.size``), with rank 0's progress bar only."""
     from tqdm import tqdm
 
     impl = backends.get(backend)
     xp = impl.xp
     rng = np.random.default_rng(seed)
     model = Decoder(scale, backend, seed)
+    parallel = None if comm is None else DataParallel(model, comm)
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum)
     losses = []
     start = time.perf_counter()
-    with tqdm(range(steps), desc=f"demo ({backend})", disable=not progress, leave=False) as bar:
+    show_progress = progress and (comm is None or comm.rank == 0)
+    with tqdm(range(steps), desc=f"demo ({backend})", disable=not show_progress, leave=False) as bar:
         for _ in bar:
+            # every rank makes the whole batch (the same images: the same seed) and keeps its
+            # share, so the run sees the images a single process would
             targets = synthetic_images(rng, batch, size)
+            if parallel is not None:
+                targets = parallel.shard(targets)
             inputs, targets = impl.asarray(shrink(targets, scale)), impl.asarray(targets)
             diff = model.forward(inputs) - targets
-            losses.append(float((diff * diff).mean()))
+            loss = (diff * diff).mean().reshape(1)
             optimizer.zero_grad()
             model.backward(diff * xp.float32(2 / diff.size))  # d(mean of squares)/d(output)
+            if parallel is not None:
+                parallel.average_gradients()
+                comm.allreduce_mean(loss)  # equal shares: the mean of their means is the batch's
             optimizer.step()
+            losses.append(float(loss[0]))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     seconds = time.perf_counter() - start
 
@@ -147,7 +168,7 @@ def train(backend="numpy", steps=DEFAULTS["steps"], batch=DEFAULTS["batch"], siz
     outputs = outputs.get() if hasattr(outputs, "get") else outputs  # CuPy -> NumPy
     return DemoResult(
         backend=backend, steps=steps, batch=batch, size=size, scale=scale, lr=lr, momentum=momentum,
-        seed=seed, losses=losses, seconds=seconds,
+        seed=seed, ranks=1 if comm is None else comm.size, losses=losses, seconds=seconds,
         held_out_loss=float(np.mean((outputs - targets) ** 2)),
         repeat_pixels_loss=float(np.mean((repeat_pixels(inputs, scale) - targets) ** 2)),
         inputs=inputs[:EXAMPLES], outputs=outputs[:EXAMPLES], targets=targets[:EXAMPLES],
@@ -158,7 +179,8 @@ def summary(result: DemoResult) -> str:
     w = result.window
     return "\n".join([
         f"cudeconv demo: {result.scale}× super-resolution of {result.size}×{result.size} synthetic images, "
-        f"backend {result.backend!r}, {result.steps} steps of batch {result.batch} in {result.seconds:.1f} s",
+        f"backend {result.backend!r}, {result.steps} steps of batch {result.batch} in {result.seconds:.1f} s"
+        + (f", data-parallel on {result.ranks} processes" if result.ranks > 1 else ""),
         f"loss (mean squared error, mean of the first/last {w} steps): {result.first_loss:.4g} → "
         f"{result.last_loss:.4g}, {result.ratio:.1f}× lower",
         f"held-out images: decoder {result.held_out_loss:.4g}, "
@@ -167,7 +189,7 @@ def summary(result: DemoResult) -> str:
 
 
 def to_json(result: DemoResult) -> dict:
-    keys = ("backend", "steps", "batch", "size", "scale", "lr", "momentum", "seed", "losses", "seconds",
+    keys = ("backend", "steps", "batch", "size", "scale", "lr", "momentum", "seed", "ranks", "losses", "seconds",
             "held_out_loss", "repeat_pixels_loss", "first_loss", "last_loss", "ratio", "window")
     return {key: getattr(result, key) for key in keys}
 
