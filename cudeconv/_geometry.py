@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from ._dtypes import FLOAT_DTYPES, NAMES as FLOAT_NAMES
 
 
 def is_int(value) -> bool:
@@ -62,7 +62,7 @@ def check_float_dtypes(**arrays) -> np.dtype:
     for name, dtype in dtypes.items():
         if dtype not in FLOAT_DTYPES:
             raise TypeError(
-                f"{name} has dtype {dtype}; cudeconv computes in float16, float32 or float64"
+                f"{name} has dtype {dtype}; cudeconv computes in {', '.join(FLOAT_NAMES)}"
             )
     if len(set(dtypes.values())) > 1:
         listing = ", ".join(f"{name}={dtype}" for name, dtype in dtypes.items())

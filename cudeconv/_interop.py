@@ -27,6 +27,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from ._dtypes import BFLOAT16
 from .backends import _is_cupy_array
 
 # DLPack device types (dlpack.h) whose memory the CPU can read, and those of CUDA devices.
@@ -67,6 +68,10 @@ def _from_dlpack(name: str, value):
             f"in CPU memory (NumPy) or on CUDA devices (CuPy)"
         )
     try:
+        if str(getattr(value, "dtype", "")).endswith("bfloat16"):
+            # DLPack's bfloat16 is not a NumPy/CuPy dtype: take the same memory as int16, then view
+            # it as ml_dtypes' bfloat16 (no copy either way)
+            return convert(value.view(_namespace(value).int16)).view(BFLOAT16)
         return convert(value)
     except Exception as exc:  # BufferError (a tensor that requires grad), an unsupported dtype, ...
         raise TypeError(
@@ -88,17 +93,33 @@ def as_backend_array(value, name: str):
     raise TypeError(f"{name} must be an array ({ACCEPTED}), got {_type_name(value)}")
 
 
+def _namespace(value):
+    """The module of ``value``'s framework that has its ``from_dlpack`` and dtypes (``torch``,
+    ``jax.numpy``, ...); ImportError where there is none."""
+    package = type(value).__module__.split(".")[0]
+    return importlib.import_module(_FROM_DLPACK_MODULE.get(package, package))
+
+
 def _returner(value) -> Optional[Callable]:
-    """The ``from_dlpack`` of the framework ``value`` comes from; None for NumPy/CuPy arrays, None
-    values and frameworks without one."""
+    """A function giving a NumPy/CuPy result back in the framework ``value`` comes from, through its
+    ``from_dlpack`` (bfloat16 as int16, viewed back as the framework's bfloat16); None for NumPy/CuPy
+    arrays, None values and frameworks without one."""
     if value is None or isinstance(value, np.ndarray) or _is_cupy_array(value):
         return None
-    package = type(value).__module__.split(".")[0]
     try:
-        module = importlib.import_module(_FROM_DLPACK_MODULE.get(package, package))
+        namespace = _namespace(value)
     except ImportError:
         return None
-    return getattr(module, "from_dlpack", None)
+    from_dlpack = getattr(namespace, "from_dlpack", None)
+    if from_dlpack is None:
+        return None
+
+    def give(result):
+        if result.dtype == BFLOAT16:
+            return from_dlpack(result.view(np.int16)).view(namespace.bfloat16)
+        return from_dlpack(result)
+
+    return give
 
 
 def take_arrays(**arrays) -> Tuple[tuple, Callable]:

@@ -61,7 +61,8 @@ import numpy as np
 from . import __version__, backends
 from ._geometry import ConvTransposeGeometry
 from ._precision import check_precision
-from .backends.numpy_backend import NumpyBackend, crop, tap_windows, compute_dtype
+from ._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype, unit_roundoff
+from .backends.numpy_backend import NumpyBackend, crop, tap_windows
 from .cases import BY_NAME, QUICK, QUICK_EMULATOR, SUITE, Case
 from .optim import SGDHyperparameters
 from .timing import (NOISY_RELATIVE_IQR, CpuClock, CudaEventClock, Samples, Spread, Timed, TimingPolicy,
@@ -140,8 +141,11 @@ def cpu_name() -> str:
 def versions() -> Dict[str, Optional[str]]:
     """Versions of what the benchmark runs on (None: not installed or not usable here; for
     ``cuda_driver``, also: no NVIDIA driver)."""
+    import ml_dtypes
+
     found = {"cudeconv": __version__, "python": platform.python_version(), "numpy": np.__version__,
-             "cupy": None, "cuda_runtime": None, "cuda_driver": None, "torch": None}
+             "ml_dtypes": ml_dtypes.__version__, "cupy": None, "cuda_runtime": None, "cuda_driver": None,
+             "torch": None}
     try:
         import cupy
 
@@ -246,14 +250,16 @@ def tolerance(dtype, terms: int, unit: Optional[float] = None) -> float:
     """Bound on max|err|/max|ref| for sums of ``terms`` products in the compute precision ``unit``."""
     dtype = np.dtype(dtype)
     if unit is None:
-        unit = float(np.finfo(compute_dtype(dtype)).eps) / 2
+        unit = unit_roundoff(compute_dtype(dtype))
     bound = 8 * math.sqrt(max(terms, 1)) * unit
-    return bound + (2.0 ** -10 if dtype == np.float16 else 0.0)
+    # float16 and bfloat16 results also carry their final rounding (twice the unit, for slack)
+    return bound + (2 * unit_roundoff(dtype) if dtype in LOW_PRECISION else 0.0)
 
 
 def _to_numpy(array) -> np.ndarray:
-    if hasattr(array, "detach"):  # torch
-        return array.detach().cpu().numpy()
+    if hasattr(array, "detach"):  # torch (whose bfloat16 NumPy cannot take: widened, exactly)
+        array = array.detach().cpu()
+        return (array.float() if str(array.dtype) == "torch.bfloat16" else array).numpy()
     if not isinstance(array, np.ndarray) and hasattr(array, "get"):  # cupy
         return array.get()
     return np.asarray(array)
@@ -336,7 +342,12 @@ def _torch_build(device: str):
         import torch.nn.functional as F
 
         case, geom = problem.case, problem.geom
-        to = lambda a: None if a is None else torch.from_numpy(a).to(device)  # noqa: E731
+        def to(a):
+            if a is None:
+                return None
+            if a.dtype == BFLOAT16:  # torch.from_numpy has no bfloat16: the same bits as int16
+                return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
+            return torch.from_numpy(a).to(device)
         x, weight, bias, grad_output = map(to, (problem.x, problem.weight, problem.bias, problem.grad_output))
         conv = getattr(F, f"conv_transpose{case.ndim}d")
         spatial_dims = (0,) + tuple(range(2, 2 + case.ndim))

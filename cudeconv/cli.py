@@ -49,6 +49,7 @@ def _print_versions():
     print(f"cudeconv {__version__}")
     print(f"python   {platform.python_version()} ({sys.executable})")
     print(f"numpy    {np.__version__}")
+    print(f"dtypes   {', '.join(DTYPES)} (bfloat16 from ml_dtypes {found['ml_dtypes']})")
     try:
         import cupy
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import backends
+from ._dtypes import BFLOAT16, FLOAT_DTYPES, NAMES as FLOAT_NAMES
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
 from ._precision import check_precision
@@ -73,7 +74,7 @@ def check_state_array(value, what):
         raise TypeError(
             f"{what} must be a NumPy or CuPy array, got {type(value).__module__}.{type(value).__name__}"
         )
-    if np.dtype(value.dtype).kind not in "fiu":
+    if np.dtype(value.dtype).kind not in "fiu" and np.dtype(value.dtype) != BFLOAT16:
         raise TypeError(f"{what} must hold real numbers, got dtype {value.dtype}")
 
 
@@ -198,9 +199,12 @@ class _ConvTransposeNd:
             self.ndim, stride, padding, output_padding, dilation
         )
         # np.dtype(None) is float64; PyTorch's dtype=None means its default, float32.
-        self.dtype = np.dtype("float32" if dtype is None else dtype)
-        if self.dtype not in (np.float16, np.float32, np.float64):
-            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype!r}")
+        try:
+            self.dtype = np.dtype("float32" if dtype is None else dtype)
+        except TypeError:
+            self.dtype = None
+        if self.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(FLOAT_NAMES)}, got {dtype!r}")
         self.algorithm = check_algorithm(algorithm, ALGORITHMS)
         # None follows cudeconv.get_default_precision() at each call
         self.precision = None if precision is None else check_precision(precision)
@@ -278,11 +282,14 @@ class _ConvTransposeNd:
     def save(self, path):
         """Write the state_dict as an uncompressed ``.npz`` to exactly ``path`` (no suffix is
         added), atomically: into a temporary file beside it, flushed to disk, then renamed over
-        ``path``, so a save that fails leaves the previous file intact."""
+        ``path``, so a save that fails leaves the previous file intact. bfloat16 arrays are stored
+        as float32 (exactly: every bfloat16 is a float32; ``.npy`` has no bfloat16 type) and load
+        back bitwise."""
         path = _checkpoint_path(path)
-        state = {
-            name: backends.get("numpy").asarray(getattr(self, name).data) for name in self._state_names()
-        }
+        state = {}
+        for name in self._state_names():
+            array = backends.get("numpy").asarray(getattr(self, name).data)
+            state[name] = array.astype(np.float32) if array.dtype == BFLOAT16 else array
         _write_atomically(path, lambda file: np.savez(file, **state))
 
     def load(self, path):

@@ -10,7 +10,7 @@ For each parameter ``p`` whose ``grad`` is not None (others are skipped)::
         g = g + momentum * buf if nesterov else buf
     p = p - lr * g
 
-float16 parameters are updated with float32 math and keep a float32 momentum buffer. On the "cuda"
+float16 and bfloat16 parameters are updated with float32 math and keep a float32 momentum buffer. On the "cuda"
 and "emulator" backends each parameter's update is one fused kernel launch.
 """
 from __future__ import annotations

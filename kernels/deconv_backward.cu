@@ -20,8 +20,8 @@
 //                         partial[co, slab]; one thread per channel then adds its slabs in order.
 //                         Enough blocks to fill the GPU when channels are few (3 or 21), and
 //                         deterministic: every sum has a fixed order.
-// (grad_weight's implicit GEMM is in deconv_gemm.cu.) Entry points for __half (float
-// accumulation), float and double.
+// (grad_weight's implicit GEMM is in deconv_gemm.cu.) Entry points for __half and __nv_bfloat16
+// (float accumulation), float and double.
 #include "deconv_common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -191,6 +191,10 @@ deconv_grad_input_f16(const __half* gy, const __half* w, __half* gx, DECONV_GEOM
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
 extern "C" __global__ void
+deconv_grad_input_bf16(const __nv_bfloat16* gy, const __nv_bfloat16* w, __nv_bfloat16* gx, DECONV_GEOMETRY_PARAMS) {
+    grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
 deconv_grad_input_f32(const float* gy, const float* w, float* gx, DECONV_GEOMETRY_PARAMS) {
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
@@ -204,6 +208,10 @@ deconv_grad_weight_f16(const __half* gy, const __half* x, __half* gw, DECONV_GEO
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
 extern "C" __global__ void
+deconv_grad_weight_bf16(const __nv_bfloat16* gy, const __nv_bfloat16* x, __nv_bfloat16* gw, DECONV_GEOMETRY_PARAMS) {
+    grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
 deconv_grad_weight_f32(const float* gy, const float* x, float* gw, DECONV_GEOMETRY_PARAMS) {
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
@@ -214,6 +222,10 @@ deconv_grad_weight_f64(const double* gy, const double* x, double* gw, DECONV_GEO
 
 extern "C" __global__ void
 deconv_grad_bias_f16(const __half* gy, __half* gb, int N, int C_out, int out_spatial) {
+    grad_bias(gy, gb, N, C_out, out_spatial);
+}
+extern "C" __global__ void
+deconv_grad_bias_bf16(const __nv_bfloat16* gy, __nv_bfloat16* gb, int N, int C_out, int out_spatial) {
     grad_bias(gy, gb, N, C_out, out_spatial);
 }
 extern "C" __global__ void
@@ -236,5 +248,6 @@ deconv_grad_bias_f64(const double* gy, double* gb, int N, int C_out, int out_spa
         grad_bias_combine(partial, gb, C_out, slabs);                                                        \
     }
 DECONV_GRAD_BIAS_SLABS(f16, __half)
+DECONV_GRAD_BIAS_SLABS(bf16, __nv_bfloat16)
 DECONV_GRAD_BIAS_SLABS(f32, float)
 DECONV_GRAD_BIAS_SLABS(f64, double)

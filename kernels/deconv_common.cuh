@@ -8,7 +8,7 @@
 //   y      (N, C_out, out_d, out_h, out_w)
 // Input position i meets tap k at output position o = i*stride + k*dilation - padding (per dim).
 //
-// Element types: __half (accumulated in float), float, double. Elementwise kernels split their
+// Element types: __half and __nv_bfloat16 (accumulated in float), float, double. Elementwise kernels split their
 // work into rows (n, channel) and positions within a row: blockIdx.y strides over rows, the x
 // dimension over positions. Rows, positions, and every size are int; flat offsets are long long,
 // so a tensor may exceed 2^31 elements. This keeps 64-bit division — a slow subroutine call — out
@@ -18,18 +18,22 @@
 // launched with few enough blocks that index + stride stays below 2^31 too.
 #pragma once
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 // ---------------------------------------------------------------------------------------------
 // Accumulator type and conversions
 template <typename T> struct Acc { typedef T type; };
 template <> struct Acc<__half> { typedef float type; };
+template <> struct Acc<__nv_bfloat16> { typedef float type; };
 
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 
 template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v);
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
 template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
 

@@ -14,7 +14,7 @@
 // (the direct gather kernel divides per tap and tiles 4 channels per thread, 3 of them idle here).
 // Sums run in a fixed order: bitwise reproducible. grad_weight of these layers is the direct
 // per-filter reduction in deconv_backward.cu (one block per filter tap tile, already reading each
-// tensor about once). Entry points for __half (float accumulation), float and double.
+// tensor about once). Entry points for __half and __nv_bfloat16 (float accumulation), float and double.
 #include "deconv_common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -120,5 +120,6 @@ __device__ void depthwise_grad_input(const T* __restrict__ gy, const T* __restri
         depthwise_grad_input(grad_output, w, grad_input, DECONV_GEOMETRY_ARGS);                                \
     }
 DECONV_DEPTHWISE_ENTRY_POINTS(f16, __half)
+DECONV_DEPTHWISE_ENTRY_POINTS(bf16, __nv_bfloat16)
 DECONV_DEPTHWISE_ENTRY_POINTS(f32, float)
 DECONV_DEPTHWISE_ENTRY_POINTS(f64, double)

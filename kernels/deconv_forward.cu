@@ -13,7 +13,7 @@
 //      output channels (each input value it loads serves the whole tile, from registers); it
 //      visits only the taps whose input position is an integer (a stride phase) and sums in a
 //      fixed order, so the result is bitwise reproducible. No atomics. The default.
-// Each has entry points for __half (float accumulation), float and double.
+// Each has entry points for __half and __nv_bfloat16 (float accumulation), float and double.
 #include "deconv_common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -124,6 +124,10 @@ deconv_fill_bias_f16(__half* y, const __half* bias, int has_bias, int rows, int 
     fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
 }
 extern "C" __global__ void
+deconv_fill_bias_bf16(__nv_bfloat16* y, const __nv_bfloat16* bias, int has_bias, int rows, int C_out, int out_spatial) {
+    fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
+}
+extern "C" __global__ void
 deconv_fill_bias_f32(float* y, const float* bias, int has_bias, int rows, int C_out, int out_spatial) {
     fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
 }
@@ -137,6 +141,10 @@ deconv_forward_scatter_f16(const __half* x, const __half* w, __half* y, DECONV_G
     forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
 }
 extern "C" __global__ void
+deconv_forward_scatter_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, DECONV_GEOMETRY_PARAMS) {
+    forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
 deconv_forward_scatter_f32(const float* x, const float* w, float* y, DECONV_GEOMETRY_PARAMS) {
     forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
 }
@@ -147,6 +155,11 @@ deconv_forward_scatter_f64(const double* x, const double* w, double* y, DECONV_G
 
 extern "C" __global__ void
 deconv_forward_gather_f16(const __half* x, const __half* w, const __half* bias, int has_bias, __half* y,
+                          DECONV_GEOMETRY_PARAMS) {
+    forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
+}
+extern "C" __global__ void
+deconv_forward_gather_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, int has_bias, __nv_bfloat16* y,
                           DECONV_GEOMETRY_PARAMS) {
     forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
 }

@@ -33,6 +33,7 @@
 //           (big·small + small·big + big·big) per mma step: near-FP32 accuracy on tensor cores
 //   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): 128×128, BK = 32, fragments by
 //           ldmatrix.trans; the output rounded once to half
+//   bf16    the same on BF16 tensor cores (__nv_bfloat16 storage)
 // Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
 // only workspace is grad_weight's split partials (splits × |grad_weight| accumulators). The direct
 // kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
@@ -185,16 +186,35 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
     }
 };
 
-// FP16: fragments by ldmatrix.trans from the k-major slices (rows of 136 halves: 272 bytes, so
-// the 8 rows one ldmatrix reads fall in distinct banks). A (m16n8k16): matrices (k 0-7, m 0-7),
-// (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n) = b0, b1.
-struct F16Math : MmaTiles<__half, 16, 32, 8> {
+// FP16 and BF16: fragments by ldmatrix.trans from the k-major slices (rows of 136 halves: 272
+// bytes, so the 8 rows one ldmatrix reads fall in distinct banks). A (m16n8k16): matrices (k 0-7,
+// m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n)
+// = b0, b1. The two types share the layout (16-bit elements); only the mma instruction differs.
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                                             const __half*) {
+    mma_m16n8k16_f16(d, a, b, c);
+}
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                                             const __nv_bfloat16*) {
+    mma_m16n8k16_bf16(d, a, b, c);
+}
+
+template <typename T16>
+struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
+    typedef MmaTiles<T16, 16, 32, 8> Tiles;
+    using Tiles::BM;
+    using Tiles::BN;
+    using Tiles::BK;
+    using Tiles::PAD;
+    using Tiles::kAccumulators;
+    using Tiles::warp_row;
+    using Tiles::warp_col;
     static constexpr bool kAsync = false;
     static constexpr int kMinBlocks = 1;  // the staged registers of the next slice: ~170 registers
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
-    __device__ static __forceinline__ void multiply(const __half* a, const __half* b, float acc[kAccumulators]) {
+    __device__ static __forceinline__ void multiply(const T16* a, const T16* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
@@ -215,11 +235,14 @@ struct F16Math : MmaTiles<__half, 16, 32, 8> {
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 8; ++j) mma_m16n8k16_f16(acc + (i * 8 + j) * 4, a_frag[i], b_frag[j], acc + (i * 8 + j) * 4);
+                for (int j = 0; j < 8; ++j)
+                    mma_m16n8k16(acc + (i * 8 + j) * 4, a_frag[i], b_frag[j], acc + (i * 8 + j) * 4, a);
         }
     }
 };
 
+typedef Mma16Math<__half> F16Math;
+typedef Mma16Math<__nv_bfloat16> Bf16Math;
 typedef SimtMath<float, GEMM_TILE_FFMA, 8> F32Math;
 typedef SimtMath<double, GEMM_TILE_DFMA, 4> F64Math;
 
@@ -338,7 +361,9 @@ struct SliceRows {
 
 __device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
 __device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
-__device__ __forceinline__ void async_copy(__half*, const __half*, int) {}  // never called: no cp.async path
+// never called: 16-bit types have no cp.async path
+__device__ __forceinline__ void async_copy(__half*, const __half*, int) {}
+__device__ __forceinline__ void async_copy(__nv_bfloat16*, const __nv_bfloat16*, int) {}
 
 // cp.async path: the slice's copies into buffers a and b (zero-filled where the source is null).
 // The iterator describes this thread's rows in order: first_row(), then next_row(previous).
@@ -705,6 +730,7 @@ DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
 DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
 DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
 DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
+DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
 
 #define DECONV_GRAD_WEIGHT_REDUCE(SUFFIX, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
@@ -713,5 +739,6 @@ DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
         gemm::reduce_splits<T>(workspace, grad_weight, splits, count);                                            \
     }
 DECONV_GRAD_WEIGHT_REDUCE(f16, __half)
+DECONV_GRAD_WEIGHT_REDUCE(bf16, __nv_bfloat16)
 DECONV_GRAD_WEIGHT_REDUCE(f32, float)
 DECONV_GRAD_WEIGHT_REDUCE(f64, double)

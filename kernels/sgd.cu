@@ -7,18 +7,21 @@
 //   p -= lr * g
 //
 // One version, one thread per element (grid-stride loop): parameter, gradient and momentum buffer
-// are read and written once each. The math runs in M = float for __half and float parameters,
-// double for double; the momentum buffer is M (float32 for float16 parameters). `buf` is only
+// are read and written once each. The math runs in M = float for __half, __nv_bfloat16 and float
+// parameters, double for double; the momentum buffer is M (float32 for 16-bit parameters). `buf` is only
 // touched when momentum != 0 (callers pass any valid pointer otherwise). The host passes
 // 1 - dampening already computed in double, as PyTorch does.
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 // ---------------------------------------------------------------------------------------------
 // Device helpers
 __device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_math(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_math(float v) { return v; }
 __device__ __forceinline__ double to_math(double v) { return v; }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(double* p, double v) { *p = v; }
 
@@ -47,6 +50,11 @@ __device__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad, M* _
 // Entry points
 extern "C" __global__ void
 sgd_step_f16(__half* param, const __half* grad, float* buf, long long n, float lr, float momentum,
+             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
+    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
+}
+extern "C" __global__ void
+sgd_step_bf16(__nv_bfloat16* param, const __nv_bfloat16* grad, float* buf, long long n, float lr, float momentum,
              float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
     sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
 }

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cudeconv import backends
+from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype, unit_roundoff
 
 BACKENDS = ("numpy", "emulator", "cuda")
 
@@ -87,8 +88,8 @@ def to_numpy(array):
 
 
 def rounding_unit(dtype):
-    """Unit roundoff of ``dtype``; float16 results are accumulated in float32."""
-    return float(np.finfo(np.dtype(dtype)).eps) / 2
+    """Unit roundoff of ``dtype`` (bfloat16 included)."""
+    return unit_roundoff(dtype)
 
 
 def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="result",
@@ -98,19 +99,20 @@ def assert_close(actual, expected, dtype, terms, scale=None, factor=8.0, name="r
     A sum of ``terms`` products in a precision with unit roundoff u has error at most about
     terms·u·Σ|a·b| (Higham); we use sqrt(terms) (the statistical bound for random signs, on which
     blocked and pairwise sums also sit) times ``factor``, relative to ``scale`` = Σ|a·b| per output
-    (or the max |expected| when not given). float16 outputs also carry the final rounding to half,
+    (or the max |expected| when not given). float16 and bfloat16 outputs (accumulated in float32)
+    also carry the final rounding to their type,
     and ``extra_half_roundings`` roundings of partial sums to half (each at most u16·scale), as
     when atomics accumulate in half precision.
     """
     actual = to_numpy(actual).astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    u = rounding_unit(np.float32 if np.dtype(dtype) == np.float16 else dtype)
+    u = rounding_unit(compute_dtype(dtype))
     if scale is None:
         scale = np.max(np.abs(expected), initial=1.0)
     bound = factor * max(np.sqrt(max(terms, 1)), 1.0) * u * np.asarray(scale, dtype=np.float64)
-    if np.dtype(dtype) == np.float16:
-        bound = bound + rounding_unit(np.float16) * (
+    if np.dtype(dtype) in LOW_PRECISION:
+        bound = bound + rounding_unit(dtype) * (
             2 * np.abs(expected) + extra_half_roundings * np.asarray(scale, dtype=np.float64)
         )
     bound = np.maximum(bound, np.finfo(np.float64).tiny)

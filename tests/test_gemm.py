@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cudeconv import backends
+from cudeconv._dtypes import BFLOAT16
 from cudeconv._geometry import make_geometry
 from cudeconv.backends.kernel_backend import GEMM_MAX_TAPS, KernelBackend, gemm_grid
 
@@ -36,7 +37,8 @@ GEOMETRIES = [
     ((3, 2), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 8, 16, 0),           # batch 0
 ]
 MATHS = [  # (dtype, precision)
-    (np.float32, "fp32"), (np.float32, "tf32"), (np.float32, "tf32x3"), (np.float16, "fp32"), (np.float64, "fp32"),
+    (np.float32, "fp32"), (np.float32, "tf32"), (np.float32, "tf32x3"), (np.float16, "fp32"), (BFLOAT16, "fp32"),
+    (np.float64, "fp32"),
 ]
 
 
@@ -228,13 +230,13 @@ def test_gemm_sass(arch):
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
     for pass_ in PASSES:
-        for math_name in ("f32", "f64", "tf32", "tf32x3", "f16"):
+        for math_name in ("f32", "f64", "tf32", "tf32x3", "f16", "bf16"):
             row = rows[f"deconv_{pass_}_gemm_{math_name}"]
             assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
-            if math_name in ("tf32", "tf32x3", "f16"):
+            if math_name in ("tf32", "tf32x3", "f16", "bf16"):
                 assert row["HMMA"] > 0, row
-            if math_name != "f16":
+            if math_name not in ("f16", "bf16"):
                 assert row["LDGSTS"] > 0, row
-        assert rows[f"deconv_{pass_}_gemm_f16"]["LDSM"] > 0
+        assert rows[f"deconv_{pass_}_gemm_f16"]["LDSM"] > 0 and rows[f"deconv_{pass_}_gemm_bf16"]["LDSM"] > 0
         f32 = rows[f"deconv_{pass_}_gemm_f32"]
         assert f32["loop_fma"] >= f32["loop"] / 2, f32

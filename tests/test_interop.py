@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import cudeconv
+from cudeconv._dtypes import BFLOAT16
 from cudeconv._interop import as_backend_array, take_arrays
 
 
@@ -96,7 +97,20 @@ def test_a_tensor_that_requires_grad_is_refused_by_name(torch):
 def test_a_dtype_numpy_lacks_is_refused_by_name(torch):
     x, w, _ = map(torch.from_numpy, _arrays())
     with pytest.raises(TypeError, match="weight: cannot take a torch.Tensor through DLPack"):
-        cudeconv.conv_transpose2d(x, w.to(torch.bfloat16), **KW)
+        cudeconv.conv_transpose2d(x, w.to(torch.float8_e5m2), **KW)
+
+
+def test_bfloat16_tensors_go_in_and_come_back_without_copies(torch):
+    """torch.bfloat16 has no NumPy dtype: it is taken as int16 and viewed as ml_dtypes' bfloat16,
+    and results go back the same way (PyTorch's bfloat16 out)."""
+    x, w, b = (torch.from_numpy(a).to(torch.bfloat16) for a in _arrays())
+    y = cudeconv.conv_transpose2d(x, w, b, **KW)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16
+    expected = torch.nn.functional.conv_transpose2d(x.double(), w.double(), b.double(), **KW)
+    # float32 math on exact bfloat16 inputs, one rounding to bfloat16 (2^-8 relative) at the end
+    assert torch.allclose(y.double(), expected, rtol=2.0**-7, atol=1e-2 * float(expected.abs().max()))
+    taken = as_backend_array(x, "input")
+    assert taken.dtype == BFLOAT16 and taken.ctypes.data == x.data_ptr()
 
 
 # -- a stand-in framework: the generic path, without torch -----------------------------------------

@@ -19,12 +19,13 @@ from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
 from cudeconv.backends.kernel_backend import KernelBackend, check_index_limits, geometry_args, loop_blocks
 from cudeconv.backends.numpy_backend import NumpyBackend
+from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
 from cudeconv.optim import SGDHyperparameters
 
 from conftest import (assert_close, float64_reference, rounding_unit, sass_report, skip_unless_kernel_checks_can_run,
                       to_backend, to_numpy)
 
-DTYPES = (np.float16, np.float32, np.float64)
+DTYPES = (np.float16, BFLOAT16, np.float32, np.float64)
 REFERENCE = NumpyBackend()
 
 # Tiny configurations: (in_size, kernel, stride, padding, output_padding, dilation, groups, cin, cout, batch)
@@ -143,10 +144,10 @@ def test_sgd_kernel_matches_numpy(kernel_backend, dtype):
             REFERENCE.sgd_step(ref_param, grad, ref_buf if hyper.momentum else None, hyper, step == 0)
             impl.sgd_step(dev_param, to_backend(grad, kernel_backend), dev_buf, hyper, step == 0)
         # Same formulas; only rounding differs (FMA contraction on the GPU): a few ulps of the math type.
-        u = rounding_unit(np.float32 if dtype == np.float16 else dtype)
+        u = rounding_unit(compute_dtype(dtype))
         tol = 64 * u * (1 + np.abs(ref_param.astype(np.float64)))
-        if dtype == np.float16:
-            tol = tol + 2 * rounding_unit(np.float16) * np.abs(ref_param.astype(np.float64))
+        if dtype in LOW_PRECISION:
+            tol = tol + 2 * rounding_unit(dtype) * np.abs(ref_param.astype(np.float64))
         err = np.abs(to_numpy(dev_param).astype(np.float64) - ref_param.astype(np.float64))
         assert np.all(err <= tol), (hyper, float(err.max()))
 
@@ -159,6 +160,7 @@ def test_every_entry_point_under_the_sanitizer():
     sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
                               lambda: "cpu-sanitized")
     for config, dtype in ((CONFIGS[3], np.float32), (CONFIGS[5], np.float16), (CONFIGS[1], np.float64),
+                          (CONFIGS[0], BFLOAT16),
                           (CONFIGS[7], np.float32), (CONFIGS[8], np.float64)):
         geom = _geometry(config)
         x, weight, bias, grad_output = _arrays(geom, dtype, 1)
@@ -178,7 +180,7 @@ def test_every_entry_point_under_the_sanitizer():
         REFERENCE.sgd_step(ref_param, gw_ref.astype(dtype), ref_buf, hyper, True)
         sanitized.sgd_step(param, gw_ref.astype(dtype), sanitized.momentum_buffer_for(param), hyper, True)
         np.testing.assert_allclose(param.astype(np.float64), ref_param.astype(np.float64),
-                                   rtol=4 * rounding_unit(np.float16 if dtype == np.float16 else np.float32),
+                                   rtol=4 * rounding_unit(dtype if dtype in LOW_PRECISION else np.float32),
                                    atol=1e-6)
 
 
@@ -249,7 +251,8 @@ def test_depthwise_kernels(kernel_backend, poisoned, monkeypatch, config, dtype)
                  name="grad_input")
     assert to_numpy(impl.grad_input(gyb, wb, geom, "auto")).tobytes() == grad_input.tobytes()
     if geom.batch:
-        suffix = {np.float16: "f16", np.float32: "f32", np.float64: "f64"}[dtype]
+        suffix = {np.dtype(np.float16): "f16", BFLOAT16: "bf16", np.dtype(np.float32): "f32",
+                  np.dtype(np.float64): "f64"}[np.dtype(dtype)]
         assert f"deconv_forward_depthwise_{suffix}" in launched and f"deconv_grad_input_depthwise_{suffix}" in launched
 
 

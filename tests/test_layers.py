@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cudeconv
+from cudeconv._dtypes import BFLOAT16
 from cudeconv import backends
 
 from conftest import assert_close, to_backend, to_numpy
@@ -85,7 +86,7 @@ def test_seeding():
     assert not np.array_equal(to_numpy(d.weight.data), to_numpy(e.weight.data))
 
 
-@pytest.mark.parametrize("dtype", ("float16", "float32", "float64"))
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32", "float64"))
 def test_dtype(dtype, backend):
     layer, x, gy, _ = _small(2, backend, dtype)
     assert to_numpy(layer.weight.data).dtype == np.dtype(dtype)
@@ -381,6 +382,30 @@ def test_save_load_round_trip(tmp_path, backend):
     assert np.array_equal(to_numpy(c.weight.data), to_numpy(d.weight.data))
 
 
+def test_bfloat16_layers_save_load_and_pytorch_state_dicts(tmp_path, backend):
+    """A bfloat16 layer's checkpoint round-trips bitwise (stored as float32: .npy has no bfloat16),
+    stays pickle-free, and a PyTorch bfloat16 state dict loads — widened with .float().numpy() or
+    as the tensors themselves (through DLPack)."""
+    a = cudeconv.ConvTranspose2d(4, 6, 3, stride=2, dtype="bfloat16", seed=0, backend=backend)
+    path = tmp_path / "bf16.npz"
+    a.save(str(path))
+    with np.load(path, allow_pickle=False) as f:
+        assert f["weight"].dtype == np.float32
+    b = cudeconv.ConvTranspose2d(4, 6, 3, stride=2, dtype="bfloat16", seed=1, backend=backend)
+    b.load(str(path))
+    for k in ("weight", "bias"):
+        got, want = to_numpy(getattr(b, k).data), to_numpy(getattr(a, k).data)
+        assert got.dtype == want.dtype == BFLOAT16 and got.tobytes() == want.tobytes()
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    assert np.asarray(to_numpy(b(to_backend(x.astype(BFLOAT16), backend))), dtype=np.float32).dtype == np.float32
+    torch = pytest.importorskip("torch")
+    t = torch.nn.ConvTranspose2d(4, 6, 3, stride=2).to(torch.bfloat16)
+    for state in ({k: v.detach().float().numpy() for k, v in t.state_dict().items()},
+                  {k: v.detach() for k, v in t.state_dict().items()}):
+        b.load_state_dict(state)
+        assert to_numpy(b.weight.data).tobytes() == t.weight.detach().view(torch.int16).numpy().tobytes()
+
+
 class _Evil:
     """Unpickling this creates a file: proof that something unpickled."""
 
@@ -421,7 +446,7 @@ def test_layer_cuda_unavailable():
         cudeconv.ConvTranspose2d(2, 2, 2, backend="cuda")
 
 
-@pytest.mark.parametrize("dtype", ("float16", "float64"))
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float64"))
 @pytest.mark.parametrize("nd", (1, 3))
 def test_layer_other_dtypes_vs_oracle(nd, dtype, backend):
     layer, x, gy, fkw = _small(nd, backend, dtype)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cudeconv
+from cudeconv._dtypes import BFLOAT16
 
 from conftest import assert_close, rounding_unit, to_backend, to_numpy
 from oracle import sgd_ref
@@ -92,6 +93,44 @@ def test_sgd_float16(opts, backend):
     for t, (g_step, r_step) in enumerate(zip(got, ref)):
         for i, (a, e) in enumerate(zip(g_step, r_step)):
             _assert_params(a, e, np.float16, t, f"step {t} params[{i}]")
+
+
+def sgd_float32_math(params0, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                     maximize=False):
+    """torch.optim.SGD on bfloat16 parameters the way PyTorch's own kernels update them: each step
+    in float32 from the stored bfloat16 values, a float32 momentum buffer, one rounding back."""
+    params = [p.copy() for p in params0]
+    buffers = [None] * len(params)
+    f32 = np.float32
+    for step in grads:
+        for i, g in enumerate(step):
+            p, d_p = params[i].astype(f32), g.astype(f32)
+            if maximize:
+                d_p = -d_p
+            if weight_decay:
+                d_p = d_p + f32(weight_decay) * p
+            if momentum:
+                buffers[i] = d_p.copy() if buffers[i] is None else f32(momentum) * buffers[i] + f32(1 - dampening) * d_p
+                d_p = d_p + f32(momentum) * buffers[i] if nesterov else buffers[i]
+            params[i] = (p - f32(lr) * d_p).astype(BFLOAT16)
+        yield [p.copy() for p in params]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_opt_id)
+def test_sgd_bfloat16_follows_float32_math_step_for_step(opts, backend):
+    """bfloat16 parameters follow the float32-math trajectory: each step equal to it, but for the
+    last bit where a fused multiply-add on the GPU rounds the float32 result differently."""
+    params0, grads = _problem(BFLOAT16, seed=4)
+    got, _, _ = _run(params0, grads, backend, BFLOAT16, lr=0.1, **opts)
+    for t, (g_step, r_step) in enumerate(zip(got, sgd_float32_math(params0, grads, 0.1, **opts))):
+        for i, (a, e) in enumerate(zip(g_step, r_step)):
+            a = to_numpy(a)
+            assert a.dtype == BFLOAT16
+            ulp = np.spacing(np.abs(e.astype(np.float32))).astype(np.float64) * 2.0**16  # bfloat16 spacing
+            diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
+            assert np.all(diff <= ulp), f"step {t} params[{i}]: {diff.max():.3g} off"
+            if backend == "numpy":  # the same float32 operations: bitwise
+                assert a.tobytes() == e.tobytes(), f"step {t} params[{i}]"
 
 
 def test_sgd_float16_single_update_is_rounded_once(backend):

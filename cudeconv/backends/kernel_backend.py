@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
 from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
 
@@ -30,14 +31,14 @@ COMPILE_OPTIONS = (
     f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
     f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
 )
-# The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16
-# always runs on tensor cores with float32 accumulation, float64 on FP64 FMA.
+# The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
+# bfloat16 always run on tensor cores with float32 accumulation, float64 on FP64 FMA.
 GEMM_MATH = {
     (np.dtype(np.float32), "fp32"): "f32", (np.dtype(np.float32), "tf32"): "tf32",
     (np.dtype(np.float32), "tf32x3"): "tf32x3",
 }
 GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA, "tf32x3": GEMM_TILE_MMA,
-             "f16": GEMM_TILE_MMA}
+             "f16": GEMM_TILE_MMA, "bf16": GEMM_TILE_MMA}
 # The heuristic of algorithm="auto": the GEMM where both of its channel sides fill a useful part
 # of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
 GEMM_MIN_K_CHANNELS = 4
@@ -54,7 +55,7 @@ INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
 MAX_GRID_Y = 65535
 
-_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_SUFFIX = {np.dtype(np.float16): "f16", BFLOAT16: "bf16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 def geometry_args(geom: ConvTransposeGeometry):
@@ -115,8 +116,8 @@ def _backward_algorithm(algorithm: str) -> str:
 def gemm_math(dtype, precision: str) -> str:
     """The suffix of the GEMM entry point for ``dtype`` under ``precision``."""
     dtype = np.dtype(dtype)
-    if dtype == np.float16:
-        return "f16"
+    if dtype in LOW_PRECISION:  # always tensor cores, float32 accumulation
+        return _SUFFIX[dtype]
     if dtype == np.float64:
         return "f64"
     return GEMM_MATH[(dtype, precision)]
@@ -226,8 +227,7 @@ class KernelBackend:
         return self.xp.empty(shape, dtype=dtype)
 
     def momentum_buffer_for(self, param):
-        dtype = np.float32 if param.dtype == np.float16 else param.dtype
-        return self.xp.empty(param.shape, dtype=dtype)
+        return self.xp.empty(param.shape, dtype=compute_dtype(param.dtype))
 
     def _launch(self, filename, entry, grid, block, args):
         module = load_module(filename, self._module_class, self._device_key(), COMPILE_OPTIONS)
@@ -273,7 +273,7 @@ class KernelBackend:
         grad_weight: the split-K GEMM or the direct per-filter reduction; grad_bias: slabs of
         N·spatial per channel where more than one is worth it, else one block per channel.
         ``parts``: grad_weight's split count (None chooses)."""
-        accumulator = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+        accumulator = compute_dtype(dtype)
         suffix = _SUFFIX[np.dtype(dtype)]
         if pass_ == "grad_bias":
             total = geom.batch * math.prod(geom.out_size)
@@ -370,7 +370,7 @@ class KernelBackend:
         grad_weight = self._output(geom.weight_shape, x.dtype)
         path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits)
         if path.kind == "gemm":
-            accumulator = np.float64 if x.dtype == np.float64 else np.float32
+            accumulator = compute_dtype(x.dtype)
             # One split writes grad_weight itself; the workspace argument then only has to have the
             # accumulator's element size.
             workspace = (self.xp.empty((path.parts,) + geom.weight_shape, dtype=accumulator) if path.parts > 1
@@ -404,8 +404,7 @@ class KernelBackend:
                           np.int32(out_spatial)))
             return grad_bias
         slabs = path.parts
-        partial = self.xp.empty((geom.out_channels, slabs),
-                                dtype=np.float64 if grad_output.dtype == np.float64 else np.float32)
+        partial = self.xp.empty((geom.out_channels, slabs), dtype=compute_dtype(grad_output.dtype))
         self._launch("deconv_backward.cu", path.entry, path.grid, (BLOCK, 1, 1),
                      (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
                       np.int32(out_spatial), np.int32(slabs), np.int32(ceil_div(geom.batch * out_spatial, slabs))))
@@ -432,7 +431,7 @@ class KernelBackend:
         math_type = np.float64 if param.dtype == np.float64 else np.float32
         if momentum_buffer is None:
             # The kernel touches buf only when momentum != 0; any array of its type stands in.
-            momentum_buffer = param if param.dtype != np.float16 else self._placeholder_float32()
+            momentum_buffer = param if param.dtype not in LOW_PRECISION else self._placeholder_float32()
         count = param.size
         if count == 0:
             return

@@ -23,7 +23,7 @@ tap into the same ``cols`` layout (zeros for the pairs that land outside the out
     grad_input[g]  = weight[g] (C_in/g, C_out/g·∏k) @ cols[g]
     grad_weight[g] = x[g] (C_in/g, N·∏in) @ cols[g]ᵀ
 
-float16 is computed in float32 and rounded once at the end. The column buffer (C_out·∏k·N·∏in
+float16 and bfloat16 are computed in float32 and rounded once at the end. The column buffer (C_out·∏k·N·∏in
 elements) is built for a slice of the batch at a time so that it stays under ``COLUMN_BUDGET``
 elements — the peak extra memory is about that plus the output.
 """
@@ -36,14 +36,12 @@ import math
 import numpy as np
 
 from .._geometry import ConvTransposeGeometry
+from .._dtypes import compute_dtype
 
 # Elements of the column buffer per batch slice (2**25 float32 = 128 MiB).
 COLUMN_BUDGET = 1 << 25
 
 
-def compute_dtype(dtype) -> np.dtype:
-    """float16 accumulates in float32; the other dtypes compute in themselves."""
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
 def _batch_slices(geom: ConvTransposeGeometry, positions: int):
@@ -328,7 +326,7 @@ class NumpyBackend:
     def sgd_step(self, param, grad, momentum_buffer, hyper, first_step):
         """One torch.optim.SGD update of ``param`` in place (see :class:`cudeconv.SGD`).
 
-        float16 parameters are updated in float32 math; ``momentum_buffer`` (same shape, in the
+        float16 and bfloat16 parameters are updated in float32 math; ``momentum_buffer`` (same shape, in the
         compute dtype) is updated in place when momentum is used.
         """
         dtype = compute_dtype(param.dtype)
