@@ -122,10 +122,11 @@ class Communicator:
         """Replace ``array`` (any shape, float32 or float64) by its mean over the ranks, in place.
 
         Every rank ends with bitwise the same values. An MPI or NCCL all-reduce does not promise
-        that: its algorithm may add the ranks' pieces in a different order on different ranks (a
-        ring starts each chunk at another rank), and float addition is not associative. So the
-        sum is made once, on rank 0, and rank 0's bits are broadcast: a reduce and a broadcast
-        move the same bytes as an all-reduce's reduce-scatter and all-gather.
+        that: the order of the additions is the algorithm's (which may add partial sums as they
+        arrive, or group them differently on different ranks), and float addition is not
+        associative. So, as the MPI standard advises where the order matters, the sum is made
+        once, on rank 0, and rank 0's bits are broadcast; a reduce and a broadcast move about as
+        many bytes as an all-reduce.
         """
         self.check_array(array, "array")
         if np.dtype(array.dtype) not in _SUM_DTYPES:

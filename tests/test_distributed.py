@@ -55,7 +55,7 @@ def run_ranks(command, timeout, cwd=None):
     output."""
     job = subprocess.Popen(
         [str(MPIEXEC), "-n", str(RANKS), *map(str, command)], cwd=cwd, env=RANK_ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
         output, _ = job.communicate(timeout=timeout)
