@@ -300,10 +300,10 @@ class Contender:
 
 
 def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
-                      unit: Optional[float] = None) -> Contender:
-    """A cudeconv backend's passes (its per-gradient entry points only where it has them), with its
-    default algorithm and the given float32 ``precision``; ``unit``: the unit roundoff that precision
-    computes with, when not the dtype's."""
+                      unit: Optional[float] = None, algorithm: str = "auto") -> Contender:
+    """A cudeconv backend's passes (its per-gradient entry points only where it has them), with
+    ``algorithm`` (its default, or "gather": the direct kernels) and the given float32
+    ``precision``; ``unit``: the unit roundoff that precision computes with, when not the dtype's."""
 
     def build(problem: Problem):
         geom, to = problem.geom, impl.asarray
@@ -318,19 +318,22 @@ def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
             return param
 
         passes = {
-            "forward": lambda: impl.forward(x, weight, bias, geom, precision=precision),
+            "forward": lambda: impl.forward(x, weight, bias, geom, algorithm=algorithm, precision=precision),
             "backward": lambda: tuple(
-                g for g in impl.backward(grad_output, x, weight, geom, bias is not None, precision=precision)
+                g for g in impl.backward(grad_output, x, weight, geom, bias is not None, algorithm=algorithm,
+                                         precision=precision)
                 if g is not None
             ),
             "sgd_step": sgd_step,
         }
         if hasattr(impl, "grad_input"):
-            passes["grad_input"] = lambda: impl.grad_input(grad_output, weight, geom, precision=precision)
+            passes["grad_input"] = lambda: impl.grad_input(grad_output, weight, geom, algorithm=algorithm,
+                                                           precision=precision)
         if hasattr(impl, "grad_weight"):
-            passes["grad_weight"] = lambda: impl.grad_weight(grad_output, x, geom, precision=precision)
+            passes["grad_weight"] = lambda: impl.grad_weight(grad_output, x, geom, algorithm=algorithm,
+                                                             precision=precision)
         if hasattr(impl, "grad_bias") and bias is not None:
-            passes["grad_bias"] = lambda: impl.grad_bias(grad_output, geom)
+            passes["grad_bias"] = lambda: impl.grad_bias(grad_output, geom, algorithm=algorithm)
         return passes
 
     return Contender(name, on_gpu, build, unit=unit)
@@ -504,6 +507,8 @@ def contenders(backend_name: str, dtype, precision: str = "fp32"):
     impl = backends.get(backend_name)
     on_gpu = backend_name == "cuda"
     baselines = torch_contenders(on_gpu, dtype)
+    if on_gpu:  # the library's own direct kernels (the plain reference versions) on the same GPU
+        baselines.append(backend_contender("cuda_direct", impl, on_gpu, algorithm="gather"))
     if backend_name != "numpy":
         baselines.append(backend_contender("numpy", backends.get("numpy"), on_gpu=False))
     baselines.append(cupy_col2im_contender(on_gpu))
