@@ -6,9 +6,9 @@ DIR/rank{r}.npz (arrays) or DIR/rank{r}.json and compares the ranks with one ano
 Scenarios:
 
 ``train``
-    STEPS SGD steps (momentum, Nesterov, weight decay) of three independent layers — float64,
-    float32 and float16 parameters, so three dtypes in two gradient buckets — each regressing its
-    own targets. Each rank starts from its own seed (rank 0's parameters must win) and takes its
+    STEPS SGD steps (momentum, Nesterov, weight decay) of four independent layers — float64,
+    float32, float16 and bfloat16 parameters, so four dtypes in two gradient buckets — each
+    regressing its own targets. Each rank starts from its own seed (rank 0's parameters must win) and takes its
     half of every batch. Writes each parameter before the broadcast, after it, and after every step.
 ``checkpoint``
     ``DataParallel.save``/``load`` of one layer, where only rank 0 may touch the file, and the load
@@ -29,22 +29,24 @@ import numpy as np
 
 import cudeconv
 from cudeconv import distributed
+from cudeconv._dtypes import BFLOAT16
 
-STEPS = 4
+STEPS = 6
 BATCH = 4  # samples in the full batch: 2 per rank
 
 
 def build_layers(backend, seed):
-    """Three layers of different dtypes and dimensions that train side by side."""
+    """Four layers of different dtypes and dimensions that train side by side."""
     return [
         cudeconv.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dtype="float64", backend=backend, seed=seed),
         cudeconv.ConvTranspose1d(2, 3, 4, stride=2, padding=1, dtype="float32", backend=backend, seed=seed + 1),
         cudeconv.ConvTranspose2d(2, 2, 2, stride=2, groups=2, dtype="float16", backend=backend, seed=seed + 2),
+        cudeconv.ConvTranspose3d(1, 2, 2, stride=2, dtype="bfloat16", backend=backend, seed=seed + 3),
     ]
 
 
 # Per layer: the (input, output) shape of one sample.
-SAMPLE_SHAPES = (((3, 5, 5), (4, 9, 9)), ((2, 7), (3, 14)), ((2, 3, 3), (2, 6, 6)))
+SAMPLE_SHAPES = (((3, 5, 5), (4, 9, 9)), ((2, 7), (3, 14)), ((2, 3, 3), (2, 6, 6)), ((1, 2, 2, 2), (2, 4, 4, 4)))
 
 
 def parameters(layers):
@@ -71,7 +73,8 @@ def train(layers, steps, xp, parallel=None, after_step=lambda step: None):
             if parallel is not None:
                 x, target = parallel.shard(x), parallel.shard(target)
             diff = layer(x) - target
-            layer.backward(diff * (2 / diff.size))  # d(mean of squares)/d(output), mean over the shard
+            # d(mean of squares)/d(output), the mean over the shard; bfloat16 times a float is float32
+            layer.backward((diff * (2 / diff.size)).astype(diff.dtype, copy=False))
         if parallel is not None:
             parallel.average_gradients()
         optimizer.step()
@@ -83,8 +86,12 @@ def to_numpy(array):
 
 
 def snapshot(tag, params):
-    """``{"tag/i": parameter i as a NumPy copy}``."""
-    return {f"{tag}/{i}": to_numpy(p.data).copy() for i, p in enumerate(params)}
+    """``{"tag/i": parameter i as a NumPy copy}``; bfloat16 as float32, exactly (NumPy's files
+    cannot hold bfloat16: it would read back as raw bytes)."""
+    return {
+        f"{tag}/{i}": to_numpy(p.data).astype(np.float32 if p.dtype == BFLOAT16 else p.dtype)
+        for i, p in enumerate(params)
+    }
 
 
 def scenario_train(comm, backend, steps):
