@@ -186,64 +186,64 @@ __device__ void grad_bias_combine(const typename Acc<T>::type* __restrict__ part
 // ---------------------------------------------------------------------------------------------
 // Entry points (grad_weight and grad_bias need blockDim.x a multiple of 32, at most 1024).
 
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_input_f16(const __half* gy, const __half* w, __half* gx, DECONV_GEOMETRY_PARAMS) {
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_input_bf16(const __nv_bfloat16* gy, const __nv_bfloat16* w, __nv_bfloat16* gx, DECONV_GEOMETRY_PARAMS) {
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_input_f32(const float* gy, const float* w, float* gx, DECONV_GEOMETRY_PARAMS) {
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_input_f64(const double* gy, const double* w, double* gx, DECONV_GEOMETRY_PARAMS) {
     grad_input(gy, w, gx, DECONV_GEOMETRY_ARGS);
 }
 
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_weight_f16(const __half* gy, const __half* x, __half* gw, DECONV_GEOMETRY_PARAMS) {
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_weight_bf16(const __nv_bfloat16* gy, const __nv_bfloat16* x, __nv_bfloat16* gw, DECONV_GEOMETRY_PARAMS) {
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_weight_f32(const float* gy, const float* x, float* gw, DECONV_GEOMETRY_PARAMS) {
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_weight_f64(const double* gy, const double* x, double* gw, DECONV_GEOMETRY_PARAMS) {
     grad_weight(gy, x, gw, DECONV_GEOMETRY_ARGS);
 }
 
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_bias_f16(const __half* gy, __half* gb, int N, int C_out, int out_spatial) {
     grad_bias(gy, gb, N, C_out, out_spatial);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_bias_bf16(const __nv_bfloat16* gy, __nv_bfloat16* gb, int N, int C_out, int out_spatial) {
     grad_bias(gy, gb, N, C_out, out_spatial);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_bias_f32(const float* gy, float* gb, int N, int C_out, int out_spatial) {
     grad_bias(gy, gb, N, C_out, out_spatial);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 deconv_grad_bias_f64(const double* gy, double* gb, int N, int C_out, int out_spatial) {
     grad_bias(gy, gb, N, C_out, out_spatial);
 }
 
 #define DECONV_GRAD_BIAS_SLABS(SUFFIX, T)                                                                    \
-    extern "C" __global__ void __launch_bounds__(256) deconv_grad_bias_slabs_##SUFFIX(const T* gy, Acc<T>::type* partial, int N, \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2) deconv_grad_bias_slabs_##SUFFIX(const T* gy, Acc<T>::type* partial, int N, \
                                                                int C_out, int out_spatial, int slabs,        \
                                                                int per_slab) {                               \
         grad_bias_slabs(gy, partial, N, C_out, out_spatial, slabs, per_slab);                                \
     }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(256) deconv_grad_bias_combine_##SUFFIX(const Acc<T>::type* partial, T* gb, \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2) deconv_grad_bias_combine_##SUFFIX(const Acc<T>::type* partial, T* gb, \
                                                                  int C_out, int slabs) {                     \
         grad_bias_combine(partial, gb, C_out, slabs);                                                        \
     }

@@ -42,8 +42,11 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type load(cons
 }
 
 // ---------------------------------------------------------------------------------------------
-// Register tiles. The host passes its values with -D (kernel_backend.py), since it sizes the grids
-// from them; the defaults here serve standalone nvcc builds.
+// Block size and register tiles. The host passes its values with -D (kernel_backend.py), since it
+// sizes the grids from them; the defaults here serve standalone nvcc builds.
+#ifndef DECONV_BLOCK
+#define DECONV_BLOCK 256  // threads per block of the direct kernels (the host's BLOCK)
+#endif
 #ifndef CHANNEL_TILE
 #define CHANNEL_TILE 4  // channels one thread of the gather kernels computes
 #endif

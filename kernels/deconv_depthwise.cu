@@ -109,12 +109,12 @@ __device__ void depthwise_grad_input(const T* __restrict__ gy, const T* __restri
 // Entry points
 
 #define DECONV_DEPTHWISE_ENTRY_POINTS(SUFFIX, T)                                                               \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                                        \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 4)                                                        \
         deconv_forward_depthwise_##SUFFIX(const T* x, const T* w, const T* bias, int has_bias, T* y,           \
                                           DECONV_GEOMETRY_PARAMS) {                                            \
         depthwise_forward(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);                                      \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                                        \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 4)                                                        \
         deconv_grad_input_depthwise_##SUFFIX(const T* grad_output, const T* w, T* grad_input,                  \
                                              DECONV_GEOMETRY_PARAMS) {                                         \
         depthwise_grad_input(grad_output, w, grad_input, DECONV_GEOMETRY_ARGS);                                \

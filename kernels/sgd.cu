@@ -14,6 +14,10 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
+#ifndef DECONV_BLOCK
+#define DECONV_BLOCK 256  // threads per block (the host's BLOCK, passed with -D)
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Device helpers
 __device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
@@ -48,22 +52,22 @@ __device__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad, M* _
 
 // ---------------------------------------------------------------------------------------------
 // Entry points
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 sgd_step_f16(__half* param, const __half* grad, float* buf, long long n, float lr, float momentum,
              float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
     sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 sgd_step_bf16(__nv_bfloat16* param, const __nv_bfloat16* grad, float* buf, long long n, float lr, float momentum,
              float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
     sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 sgd_step_f32(float* param, const float* grad, float* buf, long long n, float lr, float momentum,
              float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
     sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
 }
-extern "C" __global__ void
+extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
 sgd_step_f64(double* param, const double* grad, double* buf, long long n, double lr, double momentum,
              double one_minus_dampening, double weight_decay, int nesterov, int maximize, int first_step) {
     sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);

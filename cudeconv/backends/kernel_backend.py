@@ -28,7 +28,7 @@ TAP_TILE = 8
 GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
 GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (rows = columns)
 COMPILE_OPTIONS = (
-    f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
+    f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
     f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
 )
 # The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
