@@ -89,28 +89,20 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(row)));
-}
+// ldmatrix_x{1,2,4}[_trans]: REGISTERS is the PTX operand list, the rest its output constraints.
+#define CUDECONV_LDMATRIX(NAME, COUNT, SUFFIX, REGISTERS, ...)                                            \
+    __device__ __forceinline__ void NAME(unsigned r[COUNT], const void* row) {                             \
+        asm volatile("ldmatrix.sync.aligned.m8n8.x" #COUNT SUFFIX ".shared.b16 " REGISTERS ";\n"          \
+                     : __VA_ARGS__ : "r"(shared_address(row)));                                           \
+    }
+CUDECONV_LDMATRIX(ldmatrix_x1, 1, "", "{%0}, [%1]", "=r"(r[0]))
+CUDECONV_LDMATRIX(ldmatrix_x2, 2, "", "{%0,%1}, [%2]", "=r"(r[0]), "=r"(r[1]))
+CUDECONV_LDMATRIX(ldmatrix_x4, 4, "", "{%0,%1,%2,%3}, [%4]", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]))
+CUDECONV_LDMATRIX(ldmatrix_x1_trans, 1, ".trans", "{%0}, [%1]", "=r"(r[0]))
+CUDECONV_LDMATRIX(ldmatrix_x2_trans, 2, ".trans", "{%0,%1}, [%2]", "=r"(r[0]), "=r"(r[1]))
+CUDECONV_LDMATRIX(ldmatrix_x4_trans, 4, ".trans", "{%0,%1,%2,%3}, [%4]", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]),
+                  "=r"(r[3]))
+#undef CUDECONV_LDMATRIX
 
 // .ca (cache in L1) for 4 and 8 bytes, .cg (L2 only) for 16 bytes, the only size .cg allows.
 __device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, int src_bytes) {

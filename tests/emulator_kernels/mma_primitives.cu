@@ -8,6 +8,13 @@
 // ---- fragment layout probes (one warp) ------------------------------------------------------
 // swap_registers != 0 swaps a1 and a2 before the mma: a deliberately misplaced register.
 
+// The deliberate mistake: a1 and a2 swapped.
+__device__ __forceinline__ void misplace(unsigned a[4]) {
+    const unsigned t = a[1];
+    a[1] = a[2];
+    a[2] = t;
+}
+
 // C and D (16×8 row-major float): ci at row groupID (+8 for c2, c3), column 2·tig + (i & 1).
 __device__ __forceinline__ void load_accumulator(const float* matrix, float c[4]) {
     const int group = threadIdx.x % 32 >> 2, tig = threadIdx.x % 4;
@@ -30,11 +37,7 @@ probe_mma_tf32(const float* a_matrix, const float* b_matrix, const float* c_matr
     unsigned a[4], b[2];
     for (int i = 0; i < 4; ++i) a[i] = round_operands ? float_to_tf32(a_values[i]) : __float_as_uint(a_values[i]);
     for (int i = 0; i < 2; ++i) b[i] = round_operands ? float_to_tf32(b_values[i]) : __float_as_uint(b_values[i]);
-    if (swap_registers) {
-        const unsigned t = a[1];
-        a[1] = a[2];
-        a[2] = t;
-    }
+    if (swap_registers) misplace(a);
     float c[4], d[4];
     load_accumulator(c_matrix, c);
     mma_m16n8k8_tf32(d, a, b, c);
@@ -61,11 +64,7 @@ probe_mma_k16(const unsigned short* a_matrix, const unsigned short* b_matrix, co
         const int row = 2 * tig + r * 8;
         b[r] = pack_halves(b_matrix[row * 8 + group], b_matrix[(row + 1) * 8 + group]);
     }
-    if (swap_registers) {
-        const unsigned t = a[1];
-        a[1] = a[2];
-        a[2] = t;
-    }
+    if (swap_registers) misplace(a);
     float c[4], d[4];
     load_accumulator(c_matrix, c);
     if (is_bf16)
