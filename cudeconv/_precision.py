@@ -1,4 +1,7 @@
-"""The ``precision`` option of float32 convolutions on the kernel backends.
+"""The ``precision`` and ``algorithm`` options of the convolutions on the kernel backends.
+
+``algorithm``: "auto" (the heuristic of docs/kernels.md), "gemm", "gather" (the direct kernels) or,
+for the forward only, "scatter" (atomics). ``precision``, for float32:
 
 - ``"fp32"`` (the default): exact FP32 multiply-adds, no tensor cores — results within FP32
   rounding of the float64 reference.
@@ -7,7 +10,7 @@
 - ``"tf32x3"``: each operand split into two TF32 parts and three tensor-core products: close to
   FP32 accuracy at tensor-core speed.
 
-float16 always runs on tensor cores with float32 accumulation and float64 on FP64 arithmetic,
+float16 and bfloat16 always run on tensor cores with float32 accumulation and float64 on FP64 arithmetic,
 whatever the precision. The NumPy backend computes every precision exactly, and the direct
 kernels (chosen for narrow layers, see the README) compute in FP32: a precision is the fastest
 arithmetic allowed, never a promise of lower accuracy.
@@ -16,6 +19,20 @@ from __future__ import annotations
 
 PRECISIONS = ("fp32", "tf32", "tf32x3")
 _default = "fp32"
+ALGORITHMS = ("auto", "gemm", "gather", "scatter")
+BACKWARD_ALGORITHMS = ("auto", "gemm", "gather")
+
+
+def check_algorithm(algorithm, allowed=ALGORITHMS):
+    if not isinstance(algorithm, str) or algorithm not in allowed:
+        raise ValueError(f"algorithm must be one of {allowed}, got {algorithm!r}")
+    return algorithm
+
+
+def backward_algorithm(algorithm: str) -> str:
+    """The backward's algorithm for a forward ``algorithm``: "scatter" has no backward twin, its
+    backward takes the direct kernels."""
+    return "gather" if algorithm == "scatter" else algorithm
 
 
 def check_precision(precision, arg="precision"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import backends
 from ._geometry import check_float_dtypes, make_geometry
-from ._precision import resolve_precision
+from ._precision import ALGORITHMS, BACKWARD_ALGORITHMS, check_algorithm, resolve_precision
 from ._interop import take_arrays
 
 __all__ = [
@@ -35,14 +35,6 @@ __all__ = [
     "BACKWARD_ALGORITHMS",
 ]
 
-ALGORITHMS = ("auto", "gemm", "gather", "scatter")
-BACKWARD_ALGORITHMS = ("auto", "gemm", "gather")
-
-
-def check_algorithm(algorithm, allowed=ALGORITHMS):
-    if not isinstance(algorithm, str) or algorithm not in allowed:
-        raise ValueError(f"algorithm must be one of {allowed}, got {algorithm!r}")
-    return algorithm
 
 
 def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,

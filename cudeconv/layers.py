@@ -21,8 +21,8 @@ from . import backends
 from ._dtypes import BFLOAT16, FLOAT_DTYPES, NAMES as FLOAT_NAMES
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
-from ._precision import check_precision
-from .functional import ALGORITHMS, backward as _backward, check_algorithm, forward as _forward
+from ._precision import ALGORITHMS, backward_algorithm, check_algorithm, check_precision
+from .functional import backward as _backward, forward as _forward
 
 
 class Parameter:
@@ -343,9 +343,7 @@ class _ConvTransposeNd:
         grad_input, grad_weight, grad_bias = _backward(
             self.ndim, grad_output, x, self.weight.data, self.stride, self.padding,
             output_padding, self.groups, self.dilation, bias=self.bias is not None,
-            backend=self.backend, precision=self.precision,
-            # "scatter" is a forward algorithm only; the backward then takes the direct kernels
-            algorithm="gather" if self.algorithm == "scatter" else self.algorithm,
+            backend=self.backend, precision=self.precision, algorithm=backward_algorithm(self.algorithm),
         )
         self.weight.accumulate_grad(grad_weight)
         if self.bias is not None:

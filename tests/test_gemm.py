@@ -179,19 +179,19 @@ def test_every_gemm_entry_point_under_the_sanitizer():
 def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_ones():
     impl = KernelBackend("emulator", np, None, lambda: "cpu")
     wide = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 32, 2))
-    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "fp32")[0] == "deconv_forward_gemm_f32"
-    assert impl.gemm_plan(wide, "grad_input", "auto", np.float16, "tf32")[0] == "deconv_grad_input_gemm_f16"
-    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "tf32x3")[0] == "deconv_forward_gemm_tf32x3"
+    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "fp32").entry == "deconv_forward_gemm_f32"
+    assert impl.gemm_plan(wide, "grad_input", "auto", np.float16, "tf32").entry == "deconv_grad_input_gemm_f16"
+    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "tf32x3").entry == "deconv_forward_gemm_tf32x3"
     rgb = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 3, 2))  # 3 output channels
     assert impl.gemm_plan(rgb, "forward", "auto", np.float32, "fp32") is None
     depthwise = _geometry(((8, 8), (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 32, 32, 32, 2))
     assert impl.gemm_plan(depthwise, "forward", "auto", np.float32, "fp32") is None
     assert impl.gemm_plan(wide, "forward", "gather", np.float32, "fp32") is None
     # grad_weight: rows C_in/groups, columns C_out/groups·taps (the RGB layer's 3·16 are enough)
-    assert impl.gemm_plan(rgb, "grad_weight", "auto", np.float32, "fp32")[0] == "deconv_grad_weight_gemm_f32"
+    assert impl.gemm_plan(rgb, "grad_weight", "auto", np.float32, "fp32").entry == "deconv_grad_weight_gemm_f32"
     assert impl.gemm_plan(depthwise, "grad_weight", "auto", np.float32, "fp32") is None
     # "gemm" insists, and says why it cannot
-    assert impl.gemm_plan(rgb, "forward", "gemm", np.float32, "tf32")[0] == "deconv_forward_gemm_tf32"
+    assert impl.gemm_plan(rgb, "forward", "gemm", np.float32, "tf32").entry == "deconv_forward_gemm_tf32"
     huge_kernel = _geometry(((4, 4), (17, 17), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
     assert 17 * 17 > GEMM_MAX_TAPS
     with pytest.raises(ValueError, match=r"algorithm='gemm' cannot run this forward.*289 kernel taps per stride phase"):

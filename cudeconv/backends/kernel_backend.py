@@ -18,6 +18,7 @@ import numpy as np
 from .._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
 from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
+from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, check_algorithm
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
@@ -106,11 +107,6 @@ class KernelPath(NamedTuple):
     grid: tuple = ()
     parts: int = 1
     workspace_bytes: int = 0
-
-
-def _backward_algorithm(algorithm: str) -> str:
-    """A layer's forward algorithm "scatter" has no backward twin: its backward takes the direct kernels."""
-    return "gather" if algorithm == "scatter" else algorithm
 
 
 def gemm_math(dtype, precision: str) -> str:
@@ -236,11 +232,11 @@ class KernelBackend:
     # -- convolution ----------------------------------------------------------------------------
     def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                   splits=None):
-        """(entry point, grid) of the implicit GEMM for ``pass_`` when ``algorithm`` picks it,
-        else None (the direct kernel); for grad_weight, (entry point, grid, splits) with ``splits``
-        from weight_grad_splits unless given. "auto" takes the GEMM where it can run and both
-        channel sides are wide enough (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for grad_weight
-        C_in/groups and C_out/groups·taps); "gemm" insists."""
+        """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
+        direct kernel); grad_weight's parts are its K splits (``splits``, or weight_grad_splits),
+        its workspace their partial copies of grad_weight. "auto" takes the GEMM where it can run
+        and both channel sides are wide enough (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for
+        grad_weight C_in/groups and C_out/groups·taps); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
         math_name = gemm_math(dtype, precision)
@@ -261,8 +257,9 @@ class KernelBackend:
             }[pass_]
             if reason or narrow < GEMM_MIN_K_CHANNELS or wide < GEMM_MIN_N_CHANNELS:
                 return None
-        entry = f"deconv_{pass_}_gemm_{math_name}"
-        return (entry, grid, splits) if pass_ == "grad_weight" else (entry, grid)
+        splits = splits or 1
+        workspace = splits * math.prod(geom.weight_shape) * compute_dtype(dtype).itemsize if splits > 1 else 0
+        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace)
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                     parts=None) -> KernelPath:
@@ -273,7 +270,6 @@ class KernelBackend:
         grad_weight: the split-K GEMM or the direct per-filter reduction; grad_bias: slabs of
         N·spatial per channel where more than one is worth it, else one block per channel.
         ``parts``: grad_weight's split count (None chooses)."""
-        accumulator = compute_dtype(dtype)
         suffix = _SUFFIX[np.dtype(dtype)]
         if pass_ == "grad_bias":
             total = geom.batch * math.prod(geom.out_size)
@@ -283,16 +279,11 @@ class KernelBackend:
                 return KernelPath("per-channel", f"deconv_grad_bias_{suffix}")
             slabs = ceil_div(total, ceil_div(total, slabs))  # every slab non-empty
             return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
-                              geom.out_channels * slabs * accumulator.itemsize)
-        allowed = ("auto", "gemm", "gather", "scatter") if pass_ == "forward" else ("auto", "gemm", "gather")
-        if algorithm not in allowed:
-            raise ValueError(f"algorithm must be one of {allowed} for {pass_}, got {algorithm!r}")
+                              geom.out_channels * slabs * compute_dtype(dtype).itemsize)
+        check_algorithm(algorithm, ALGORITHMS if pass_ == "forward" else BACKWARD_ALGORITHMS)
         gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts)
         if gemm is not None:
-            entry, grid, *split = gemm
-            splits = split[0] if split else 1
-            workspace = splits * math.prod(geom.weight_shape) * accumulator.itemsize if splits > 1 else 0
-            return KernelPath("gemm", entry, grid, splits, workspace)
+            return gemm
         if pass_ == "grad_weight":
             return KernelPath("direct", f"deconv_grad_weight_{suffix}")
         if algorithm == "auto" and geom.in_channels_per_group == 1:
@@ -305,7 +296,7 @@ class KernelBackend:
     def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True):
         """{pass: KernelPath} of a forward and backward step (grad_bias when ``need_bias``)."""
         passes = ("forward", "grad_input", "grad_weight") + (("grad_bias",) if need_bias else ())
-        return {p: self.kernel_path(geom, p, algorithm if p == "forward" else _backward_algorithm(algorithm), dtype,
+        return {p: self.kernel_path(geom, p, algorithm if p == "forward" else backward_algorithm(algorithm), dtype,
                                     precision) for p in passes}
 
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
