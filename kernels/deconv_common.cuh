@@ -119,6 +119,28 @@ struct SampleCursor {
     }
 };
 
+// The taps along one dim that reach output position o (or any o of its stride phase): those with
+// o + padding - k·dilation divisible by stride, k = first + j·step for j < count, where step =
+// stride / gcd(stride, dilation); the input position of tap `first` is (o + padding -
+// first·dilation) / stride and falls by dilation / gcd per step. One division per call, none per tap.
+struct PhaseTaps {
+    int first, step, count;
+    PhaseTaps() = default;
+    __device__ __forceinline__ PhaseTaps(int o, int k_size, int stride, int pad, int dil) {
+        int gcd = stride, b = dil;
+        while (b) { const int t = gcd % b; gcd = b; b = t; }
+        step = stride / gcd;
+        first = 0;
+        count = 0;
+        for (int k = 0; k < step && k < k_size; ++k)  // at most stride iterations
+            if ((o + pad - k * dil) % stride == 0) {
+                first = k;
+                count = (k_size - 1 - k) / step + 1;
+                break;
+            }
+    }
+};
+
 // The input position that reaches output position o through tap k along one dim, or -1.
 __device__ __forceinline__ int source_position(int o, int k, int stride, int pad, int dil, int in) {
     const int t = o + pad - k * dil;

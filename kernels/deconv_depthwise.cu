@@ -20,23 +20,13 @@
 // ---------------------------------------------------------------------------------------------
 // Device helpers
 
-// The taps of one dim that reach output position o: k = first + j·step (j < count), with input
-// position i = i_first - j·i_step.
-struct PhaseTaps {
-    int first, step, count, i_first, i_step;
-    __device__ __forceinline__ PhaseTaps(int o, int k_size, int stride, int pad, int dil) {
-        int gcd = stride, b = dil;
-        while (b) { const int t = gcd % b; gcd = b; b = t; }
-        step = stride / gcd;
-        i_step = dil / gcd;  // step·dil / stride
-        first = -1;
-        for (int k = 0; k < step && k < k_size; ++k)  // at most stride iterations, once per thread
-            if ((o + pad - k * dil) % stride == 0) { first = k; break; }
-        count = 0;
-        i_first = 0;
-        if (first < 0) return;
+// PhaseTaps (deconv_common.cuh) plus the input positions: i = i_first - j·i_step for tap j.
+struct PhaseInputs : PhaseTaps {
+    int i_first, i_step;
+    __device__ __forceinline__ PhaseInputs(int o, int k_size, int stride, int pad, int dil)
+        : PhaseTaps(o, k_size, stride, pad, dil) {
+        i_step = step * dil / stride;
         i_first = (o + pad - first * dil) / stride;  // may lie outside [0, in): the loop skips those
-        count = (k_size - 1 - first) / step + 1;
     }
 };
 
@@ -55,9 +45,9 @@ __device__ void depthwise_forward(const T* __restrict__ x, const T* __restrict__
         const int group = co / multiplier, c = co % multiplier;
         int o[3];
         unflatten3(o_flat, g.out, o);
-        const PhaseTaps pd(o[0], g.k[0], g.stride[0], g.pad[0], g.dil[0]);
-        const PhaseTaps ph(o[1], g.k[1], g.stride[1], g.pad[1], g.dil[1]);
-        const PhaseTaps pw(o[2], g.k[2], g.stride[2], g.pad[2], g.dil[2]);
+        const PhaseInputs pd(o[0], g.k[0], g.stride[0], g.pad[0], g.dil[0]);
+        const PhaseInputs ph(o[1], g.k[1], g.stride[1], g.pad[1], g.dil[1]);
+        const PhaseInputs pw(o[2], g.k[2], g.stride[2], g.pad[2], g.dil[2]);
         const T* x_channel = x + ((long long)n * g.C_in + group) * in_spatial;
         const T* w_filter = w + ((long long)group * multiplier + c) * taps;
         A sum = has_bias ? load(bias + co) : A(0);

@@ -254,15 +254,10 @@ struct TapEntry {
     int index;      // flat tap index in the weight
 };
 
-// Taps along one dim that reach the block's phase: k = first + j·step, j < count.
-struct TapRun {
-    int first, step, count;
-};
-
 template <Pass P>
 struct Problem {
     int q_ext[3], src_ext[3], src_mul[3], dst_ext[3], dst_mul[3], dst_offset[3];
-    TapRun runs[3];
+    PhaseTaps runs[3];  // the taps along each dim that reach the block's phase
     int src_channels, dst_channels;  // channel counts of the whole tensors
     int kc, nc;                      // channels per group on the K and N sides
     int q_total, m_size, tap_total;
@@ -288,14 +283,7 @@ struct Problem {
                 dst_ext[d] = g.out[d];
                 dst_mul[d] = g.stride[d];
                 dst_offset[d] = r[d];
-                // k·dilation ≡ r + padding (mod stride): a run of step stride / gcd(stride, dilation)
-                int step = g.stride[d], a = g.dil[d];
-                while (a) { const int t = step % a; step = a; a = t; }  // gcd
-                step = g.stride[d] / step;
-                int first = -1;
-                for (int k = 0; k < step && k < g.k[d]; ++k)
-                    if ((r[d] + g.pad[d] - k * g.dil[d]) % g.stride[d] == 0) { first = k; break; }
-                runs[d] = TapRun{first < 0 ? 0 : first, step, first < 0 ? 0 : (g.k[d] - 1 - first) / step + 1};
+                runs[d] = PhaseTaps(r[d], g.k[d], g.stride[d], g.pad[d], g.dil[d]);
             } else {
                 q_ext[d] = g.in[d];
                 src_ext[d] = g.out[d];
@@ -303,7 +291,7 @@ struct Problem {
                 dst_ext[d] = g.in[d];
                 dst_mul[d] = 1;
                 dst_offset[d] = 0;
-                runs[d] = TapRun{0, 1, g.k[d]};
+                runs[d] = PhaseTaps(0, g.k[d], 1, 0, 1);  // every tap (stride 1: one phase)
             }
         }
         src_channels = P == Pass::Forward ? g.C_in : g.C_out;
