@@ -371,7 +371,7 @@ def test_bench_reports_paired_ratios_spread_and_flags(baseline_factor, ranked, m
 
     monkeypatch.setattr(bench.Contender, "timed", fake_timed)
     # a second NumPy backend stands in for PyTorch (whose presence the test must not depend on)
-    monkeypatch.setattr(bench, "torch_contenders", lambda on_gpu, dtype: [
+    monkeypatch.setattr(bench.baselines, "torch_contenders", lambda on_gpu, dtype: [
         bench.backend_contender("stand_in", NumpyBackend(), on_gpu=False)])
     out = tmp_path / "fake.json"
     assert cli.main(["bench", "--backend", "numpy", "--quick", "--cases", "textbook", "--repeat", "10",
