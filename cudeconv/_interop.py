@@ -122,10 +122,14 @@ def _returner(value) -> Optional[Callable]:
     return give
 
 
-def take_arrays(**arrays) -> Tuple[tuple, Callable]:
+def take_arrays(*, required=(), **arrays) -> Tuple[tuple, Callable]:
     """The named arrays (``input=x, weight=w, ...``) as NumPy/CuPy arrays, in order, and a function
     that gives results back in the kind of the first one from another framework (a result, None,
-    or a tuple of them)."""
+    or a tuple of them). None stays None, except for the names in ``required``: TypeError naming
+    the argument."""
+    for name in required:
+        if arrays[name] is None:
+            raise TypeError(f"{name} must be an array ({ACCEPTED}), got None")
     taken = tuple(as_backend_array(value, name) for name, value in arrays.items())
     from_dlpack = next((f for f in map(_returner, arrays.values()) if f is not None), None)
 

@@ -54,7 +54,8 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     fastest arithmetic float32 may use on the GPU (:mod:`cudeconv._precision`). The NumPy backend
     computes the same, exact values whatever the algorithm and precision.
     """
-    (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias)
+    (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias,
+                                                 required=("input", "weight"))
     unbatched = x.ndim == ndim + 1
     if unbatched:
         x = x[None]
@@ -80,7 +81,8 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     GEMMs for grad_input and grad_weight (split K) where the heuristic takes them, and grad_bias over
     slabs of the batch; "gather" takes the direct kernels for all three (docs/kernels.md).
     """
-    (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight)
+    (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight,
+                                                        required=("grad_output", "input", "weight"))
     unbatched = x.ndim == ndim + 1
     if unbatched:
         x = x[None]

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import backends
-from ._dtypes import BFLOAT16, FLOAT_DTYPES, NAMES as FLOAT_NAMES
+from ._dtypes import BFLOAT16, float_dtype
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
 from ._precision import ALGORITHMS, backward_algorithm, check_algorithm, check_precision
@@ -198,13 +198,8 @@ class _ConvTransposeNd:
         self.stride, self.padding, self.output_padding, self.dilation = check_hyperparameters(
             self.ndim, stride, padding, output_padding, dilation
         )
-        # np.dtype(None) is float64; PyTorch's dtype=None means its default, float32.
-        try:
-            self.dtype = np.dtype("float32" if dtype is None else dtype)
-        except TypeError:
-            self.dtype = None
-        if self.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be one of {', '.join(FLOAT_NAMES)}, got {dtype!r}")
+        # PyTorch's dtype=None means its default, float32 (np.dtype(None) would be float64).
+        self.dtype = float_dtype("float32" if dtype is None else dtype)
         self.algorithm = check_algorithm(algorithm, ALGORITHMS)
         # None follows cudeconv.get_default_precision() at each call
         self.precision = None if precision is None else check_precision(precision)
@@ -317,7 +312,7 @@ class _ConvTransposeNd:
         """y = conv_transpose(x); ``output_size`` (spatial, or full N, C, *spatial) picks among the
         sizes a strided layer can produce, as in PyTorch. Caches x for :meth:`backward`.
         A PyTorch tensor (or another framework's array) in gives one out (:mod:`cudeconv._interop`)."""
-        (x,), give_back = take_arrays(input=x)
+        (x,), give_back = take_arrays(input=x, required=("input",))
         if x.ndim not in (self.ndim + 1, self.ndim + 2):
             raise ValueError(
                 f"input must be {self.ndim + 2}-d (N, C_in, *spatial) or {self.ndim + 1}-d "
@@ -338,7 +333,7 @@ class _ConvTransposeNd:
         """grad_input for the last forward's input; accumulates into weight.grad and bias.grad."""
         if self._saved is None:
             raise RuntimeError("backward() called before forward()")
-        (grad_output,), give_back = take_arrays(grad_output=grad_output)
+        (grad_output,), give_back = take_arrays(grad_output=grad_output, required=("grad_output",))
         x, output_padding = self._saved
         grad_input, grad_weight, grad_bias = _backward(
             self.ndim, grad_output, x, self.weight.data, self.stride, self.padding,
