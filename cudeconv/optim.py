@@ -23,9 +23,16 @@ import numpy as np
 
 from . import backends
 from ._geometry import is_int
+from ._interop import as_backend_array
 from .layers import Parameter, check_state_array
 
 _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+# Options a torch.optim.SGD state_dict's groups carry that change only how PyTorch runs the same
+# update (its loop or kernel; "initial_lr" is where PyTorch's LR schedulers restart from, and
+# cudeconv has none): accepted and ignored. "differentiable" is taken only when False, as
+# cudeconv's steps record no autograd graph.
+_TORCH_IMPLEMENTATION_OPTIONS = ("foreach", "fused", "initial_lr")
+_TORCH_GROUP_KEYS = frozenset(("params", *_HYPERPARAMETERS, *_TORCH_IMPLEMENTATION_OPTIONS, "differentiable"))
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,9 @@ class SGD:
 
     def state_dict(self):
         """PyTorch's layout: ``{"state": {index: {"momentum_buffer": array}}, "param_groups": [...]}``
-        with parameters numbered in order across groups; arrays are copies."""
+        with parameters numbered in order across groups; arrays are copies, on this optimizer's
+        backend. ``torch.optim.SGD.load_state_dict`` takes it once each buffer is a tensor
+        (``torch.from_numpy``, or ``torch.from_dlpack`` for a CuPy array)."""
         index = {id(p): i for i, p in enumerate(self._parameters())}
         groups, start = [], 0
         for group in self.param_groups:
@@ -154,9 +163,13 @@ class SGD:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """Restore hyperparameters and momentum buffers from :meth:`state_dict`'s layout (PyTorch's,
-        with NumPy or CuPy arrays; group options other than SGD's hyperparameters, such as
-        PyTorch's ``foreach``, are ignored).
+        """Restore hyperparameters and momentum buffers from :meth:`state_dict`'s layout, which is
+        PyTorch's: a ``torch.optim.SGD(...).state_dict()`` loads as it is. Momentum buffers may be
+        NumPy or CuPy arrays or any array with ``__dlpack__`` (torch tensors), copied to this
+        optimizer's backend; None (PyTorch's entry for no buffer yet) starts a fresh one at the
+        next step with momentum. PyTorch's group options ``foreach``, ``fused`` and ``initial_lr``
+        are ignored (they choose how PyTorch runs the same update); ``differentiable=True`` and
+        any other option raise ValueError.
 
         All or nothing: the whole dict is checked and every buffer copied before anything
         changes, so a refused state_dict leaves the optimizer as it was.
@@ -204,6 +217,7 @@ class SGD:
                 if int(i) in params_by_id:
                     raise ValueError(f"state_dict's param_groups name parameter {int(i)} twice")
                 params_by_id[int(i)] = p
+            _check_torch_options(saved, index)
             group = {**mine, **{k: saved[k] for k in _HYPERPARAMETERS if k in saved}}
             _check_hyperparameters(group)
             groups.append(group)
@@ -224,11 +238,11 @@ class SGD:
                     f"state_dict['state'][{key!r}] must be a dict with at most the key "
                     f"'momentum_buffer', got {entry!r}"
                 )
-            buf = entry.get("momentum_buffer")
+            what = f"state_dict['state'][{key!r}]['momentum_buffer']"
+            buf = as_backend_array(entry.get("momentum_buffer"), what)
             if buf is None:  # as PyTorch: no buffer yet, the next step with momentum starts one
                 continue
             p = params_by_id[int(key)]
-            what = f"state_dict['state'][{key!r}]['momentum_buffer']"
             check_state_array(buf, what)
             if tuple(buf.shape) != tuple(p.data.shape):
                 raise ValueError(
@@ -238,3 +252,20 @@ class SGD:
             mine[...] = self._impl.asarray(buf)
             state[id(p)] = {"momentum_buffer": mine}
         return groups, state
+
+
+def _check_torch_options(saved_group, index):
+    """ValueError for a saved group option this optimizer cannot honour: one SGD has no use for
+    (another optimizer's, a misspelling) or ``differentiable=True``."""
+    unknown = set(saved_group) - _TORCH_GROUP_KEYS
+    if unknown:
+        raise ValueError(
+            f"state_dict['param_groups'][{index}] has option(s) {sorted(unknown, key=repr)} that SGD "
+            f"does not have; it takes {sorted(_TORCH_GROUP_KEYS - {'params'})}"
+        )
+    if saved_group.get("differentiable", False):
+        raise ValueError(
+            f"state_dict['param_groups'][{index}] has differentiable="
+            f"{saved_group['differentiable']!r}: cudeconv's SGD steps record no autograd graph, "
+            f"so it loads only differentiable=False"
+        )

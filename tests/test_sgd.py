@@ -364,3 +364,202 @@ def test_param_group_with_a_single_parameter_and_single_parameter_refused():
     np.testing.assert_allclose(q.data, 0.5)
     with pytest.raises(TypeError, match="iterable"):
         cudeconv.SGD(p, lr=0.1)
+
+
+# ------------------------------------------------------------------------- PyTorch interop
+
+# Three groups numbered on across groups: ids 0-1, 2, 3-5; the middle one without momentum.
+GROUP_SIZES = (2, 1, 3)
+GROUP_OPTIONS = (dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+                 dict(lr=0.05, momentum=0.0),
+                 dict(lr=0.2, momentum=0.5, dampening=0.25, maximize=True))
+GROUP_SHAPES = ((3, 4), (5,), (2, 3), (4,), (1, 2, 2), (3,))
+
+
+def _grouped(params):
+    """``params`` split into GROUP_SIZES groups, each with its GROUP_OPTIONS."""
+    groups, start = [], 0
+    for size, options in zip(GROUP_SIZES, GROUP_OPTIONS):
+        groups.append({"params": params[start:start + size], **options})
+        start += size
+    return groups
+
+
+def _torch_sgd(torch, arrays, **defaults):
+    tensors = [torch.tensor(a.copy()) for a in arrays]
+    return tensors, torch.optim.SGD(_grouped(tensors), **{"lr": 0.1, **defaults})
+
+
+def _cudeconv_sgd(arrays, backend, **defaults):
+    params = [cudeconv.Parameter(to_backend(a.copy(), backend)) for a in arrays]
+    return params, cudeconv.SGD(_grouped(params), **{"lr": 0.1, **defaults}, backend=backend)
+
+
+def _torch_step(torch, tensors, opt, grads):
+    for p, g in zip(tensors, grads):
+        p.grad = torch.tensor(g.copy())
+    opt.step()
+
+
+def _cudeconv_step(params, opt, grads, backend):
+    for p, g in zip(params, grads):
+        p.grad = to_backend(g.copy(), backend)
+    opt.step()
+
+
+def _assert_same_trajectory_step(params, tensors, step, dtype):
+    for i, (p, t) in enumerate(zip(params, tensors)):
+        expected = t.detach().numpy().astype(np.float64)
+        _assert_params(p.data, expected, dtype, step, f"step {step} params[{i}] vs torch")
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
+def test_torch_sgd_state_dict_loads_whole_and_both_continue_alike(dtype, backend):
+    """torch.optim.SGD trains 3 steps; its state_dict() as it is (tensors, PyTorch's group keys
+    foreach/differentiable/fused, ids running on across groups) loads into a cudeconv SGD holding
+    other hyperparameters; then both take the same 4 steps and agree after each."""
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(dtype, seed=8, steps=7, shapes=GROUP_SHAPES)
+    tensors, topt = _torch_sgd(torch, params0)
+    for t in range(3):
+        _torch_step(torch, tensors, topt, grads[t])
+    saved = topt.state_dict()
+    assert {"foreach", "differentiable", "fused"} <= set(saved["param_groups"][0])
+
+    params, opt = _cudeconv_sgd([t.detach().numpy() for t in tensors], backend)
+    for group in opt.param_groups:  # wrong on purpose: the load must restore torch's values
+        group.update(lr=1.0, momentum=0.7, dampening=0.0, weight_decay=0.0, maximize=False)
+    opt.load_state_dict(saved)
+    mine = opt.state_dict()
+    assert mine["param_groups"] == [
+        {k: g[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "params")}
+        for g in saved["param_groups"]
+    ]
+    assert sorted(mine["state"]) == sorted(saved["state"]) == [0, 1, 3, 4, 5]
+    for i, entry in saved["state"].items():
+        np.testing.assert_array_equal(to_numpy(mine["state"][i]["momentum_buffer"]),
+                                      entry["momentum_buffer"].numpy(), err_msg=f"buffer {i}")
+    for t in range(3, 7):
+        _torch_step(torch, tensors, topt, grads[t])
+        _cudeconv_step(params, opt, grads[t], backend)
+        _assert_same_trajectory_step(params, tensors, t - 3, dtype)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
+def test_sgd_state_dict_loads_into_torch_and_both_continue_alike(dtype, backend):
+    """The other way: cudeconv trains 3 steps, torch.optim.SGD loads its state_dict once each
+    buffer is a tensor (the only conversion), and both agree step for step afterwards."""
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(dtype, seed=9, steps=7, shapes=GROUP_SHAPES)
+    params, opt = _cudeconv_sgd(params0, backend)
+    for t in range(3):
+        _cudeconv_step(params, opt, grads[t], backend)
+    saved = opt.state_dict()
+    as_tensors = {"state": {i: {"momentum_buffer": torch.from_numpy(to_numpy(entry["momentum_buffer"]))}
+                            for i, entry in saved["state"].items()},
+                  "param_groups": saved["param_groups"]}
+    tensors, topt = _torch_sgd(torch, [to_numpy(p.data) for p in params], lr=1.0)
+    topt.load_state_dict(as_tensors)
+    assert [g["lr"] for g in topt.param_groups] == [o["lr"] for o in GROUP_OPTIONS]
+    for i, entry in saved["state"].items():
+        buffer = topt.state[tensors[i]]["momentum_buffer"]
+        np.testing.assert_array_equal(buffer.numpy(), to_numpy(entry["momentum_buffer"]), err_msg=f"buffer {i}")
+    for t in range(3, 7):
+        _torch_step(torch, tensors, topt, grads[t])
+        _cudeconv_step(params, opt, grads[t], backend)
+        _assert_same_trajectory_step(params, tensors, t - 3, dtype)
+
+
+def test_state_dict_numbers_parameters_on_across_groups_as_torch(backend):
+    """Same groups, same steps: cudeconv's state_dict has torch's ids in every group's "params",
+    torch's state keys (none for the group without momentum) and its buffers."""
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(np.float64, seed=10, steps=2, shapes=GROUP_SHAPES)
+    tensors, topt = _torch_sgd(torch, params0)
+    params, opt = _cudeconv_sgd(params0, backend)
+    for step_grads in grads:
+        _torch_step(torch, tensors, topt, step_grads)
+        _cudeconv_step(params, opt, step_grads, backend)
+    theirs, mine = topt.state_dict(), opt.state_dict()
+    assert [g["params"] for g in mine["param_groups"]] == [g["params"] for g in theirs["param_groups"]] \
+        == [[0, 1], [2], [3, 4, 5]]
+    torch_buffers = {i: e["momentum_buffer"] for i, e in theirs["state"].items()
+                     if e.get("momentum_buffer") is not None}
+    assert sorted(mine["state"]) == sorted(torch_buffers) == [0, 1, 3, 4, 5]
+    for i, buffer in torch_buffers.items():
+        assert_close(mine["state"][i]["momentum_buffer"], buffer.numpy(), np.float64, 8, name=f"buffer {i}")
+
+
+def test_no_momentum_buffer_while_momentum_is_zero(backend):
+    """momentum=0 keeps no buffer (torch neither: no entry, or None); turning momentum on later
+    starts the buffer at that step's gradient, as in torch."""
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(np.float64, seed=11, steps=4)
+    params = [cudeconv.Parameter(to_backend(p.copy(), backend)) for p in params0]
+    opt = cudeconv.SGD(params, lr=0.1, momentum=0, weight_decay=0.1, backend=backend)
+    tensors = [torch.tensor(p.copy()) for p in params0]
+    topt = torch.optim.SGD(tensors, lr=0.1, momentum=0, weight_decay=0.1)
+    for t in range(2):
+        _cudeconv_step(params, opt, grads[t], backend)
+        _torch_step(torch, tensors, topt, grads[t])
+    assert all(e.get("momentum_buffer") is None for e in topt.state_dict()["state"].values())
+    assert opt.state_dict()["state"] == {}
+    assert not any("momentum_buffer" in s for s in opt.state.values())
+    opt.param_groups[0]["momentum"] = topt.param_groups[0]["momentum"] = 0.9
+    for t in range(2, 4):
+        _cudeconv_step(params, opt, grads[t], backend)
+        _torch_step(torch, tensors, topt, grads[t])
+        _assert_same_trajectory_step(params, tensors, t, np.float64)
+
+
+def test_torch_bfloat16_buffers_load_into_float32_buffers(backend):
+    """torch keeps a bfloat16 parameter's buffer in bfloat16; cudeconv's float32 buffer takes its
+    values exactly."""
+    torch = pytest.importorskip("torch")
+    params0, grads = _problem(np.float32, seed=12, steps=2)
+    tensors = [torch.tensor(p).to(torch.bfloat16) for p in params0]
+    topt = torch.optim.SGD(tensors, lr=0.1, momentum=0.9)
+    for step_grads in grads:
+        for p, g in zip(tensors, step_grads):
+            p.grad = torch.tensor(g).to(torch.bfloat16)
+        topt.step()
+    params = [cudeconv.Parameter(to_backend(to_numpy(t.float().numpy()).astype(BFLOAT16), backend))
+              for t in tensors]
+    opt = cudeconv.SGD(params, lr=0.1, momentum=0.9, backend=backend)
+    opt.load_state_dict(topt.state_dict())
+    for i, t in enumerate(tensors):
+        buffer = to_numpy(opt.state_dict()["state"][i]["momentum_buffer"])
+        assert buffer.dtype == np.float32
+        np.testing.assert_array_equal(buffer, topt.state[t]["momentum_buffer"].float().numpy())
+
+
+@pytest.mark.parametrize("change, error, pattern", [
+    (lambda g, s: g.update(differentiable=True), ValueError, r"param_groups'\]\[0\] has differentiable=True"),
+    (lambda g, s: g.update(betas=(0.9, 0.99)), ValueError, r"param_groups'\]\[0\] has option\(s\) \['betas'\]"),
+    (lambda g, s: s.update({0: {"momentum_buffer": [1.0, 2.0, 3.0]}}), TypeError,
+     r"state_dict\['state'\]\[0\]\['momentum_buffer'\] must be an array"),
+], ids=("differentiable", "another-optimizers-option", "buffer-not-an-array"))
+def test_torch_state_dict_refusals_name_the_problem_and_change_nothing(change, error, pattern):
+    torch = pytest.importorskip("torch")
+    tensor = torch.zeros(3)
+    topt = torch.optim.SGD([tensor], lr=0.5, momentum=0.9)
+    tensor.grad = torch.ones(3)
+    topt.step()
+    saved = topt.state_dict()
+    change(saved["param_groups"][0], saved["state"])
+    p = cudeconv.Parameter(np.zeros(3, np.float32))
+    opt = cudeconv.SGD([p], lr=0.1, momentum=0.9)
+    with pytest.raises(error, match=pattern):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.state == {}
+
+
+def test_torch_implementation_options_are_accepted():
+    """foreach, fused (any value) and a scheduler's initial_lr choose only how torch runs the
+    same update: a state_dict with them loads."""
+    p = cudeconv.Parameter(np.zeros(3, np.float32))
+    opt = cudeconv.SGD([p], lr=0.1)
+    group = {**opt.state_dict()["param_groups"][0], "lr": 0.3, "foreach": True, "fused": False,
+             "differentiable": False, "initial_lr": 0.5}
+    opt.load_state_dict({"state": {}, "param_groups": [group]})
+    assert opt.param_groups[0]["lr"] == 0.3
