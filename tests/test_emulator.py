@@ -19,8 +19,8 @@ from cudeconv.emulator import (
     EmulatorKernelNotFoundError,
     EmulatorLaunchError,
     RawModule,
+    _kernel,
 )
-from cudeconv.emulator import _compiler, _kernel
 
 KERNELS = Path(__file__).parent / "emulator_kernels"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -660,95 +660,3 @@ def test_invalid_timeout_setting(features, monkeypatch, value):
     monkeypatch.setenv("CUDECONV_EMULATOR_TIMEOUT", value)
     with pytest.raises(ValueError, match="CUDECONV_EMULATOR_TIMEOUT must be a number of seconds"):
         launch(features, "axpy", (1,), (4,), _axpy_args())
-
-
-# ---- caching ------------------------------------------------------------------------------
-
-CACHE_SOURCE = 'extern "C" __global__ void fill(int* x, int v) { x[threadIdx.x] = v + %d; }\n'
-
-
-def test_disk_cache_hit_skips_the_compiler(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDECONV_EMULATOR_CACHE", str(tmp_path))
-    source = CACHE_SOURCE % 1
-    first = RawModule(source)
-    assert first._compiled is RawModule(source)._compiled  # in-memory cache
-    assert len(list(tmp_path.glob("*.so"))) == 1
-    assert not list(tmp_path.glob(".build-*"))
-
-    def no_compiler(*args, **kwargs):
-        raise AssertionError("the compiler ran despite a cached build")
-
-    monkeypatch.setattr(_compiler, "_loaded", {})  # forget the loaded module: go to disk
-    monkeypatch.setattr(_compiler, "_run_compiler", no_compiler)
-    second = RawModule(source)
-    assert second._compiled is not first._compiled
-    x = np.zeros(4, np.int32)
-    second.get_function("fill")((1,), (4,), (x, np.int32(41)))
-    np.testing.assert_array_equal(x, 42)
-    with pytest.raises(AssertionError, match="the compiler ran"):
-        RawModule(source, options=("-DSOMETHING_NEW",))  # a different key does compile
-
-
-def _replace_file(path, data):
-    # A new file rather than rewriting this one, which this process has mapped.
-    scratch = path.with_name(path.name + ".new")
-    scratch.write_bytes(data)
-    os.replace(scratch, path)
-
-
-@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped byte", "no record"])
-def test_damaged_cache_artifact_is_rebuilt(tmp_path, monkeypatch, damage):
-    monkeypatch.setenv("CUDECONV_EMULATOR_CACHE", str(tmp_path))
-    source = CACHE_SOURCE % 3
-    RawModule(source)
-    (artifact,) = tmp_path.glob("*.so")
-    record = artifact.with_name(artifact.name + ".sha256")
-    size, digest = record.read_text().split()
-    assert int(size) == artifact.stat().st_size and len(digest) == 64
-    data = artifact.read_bytes()
-    if damage == "empty":
-        _replace_file(artifact, b"")
-    elif damage == "truncated":  # loading it as it is can end the process with SIGBUS
-        _replace_file(artifact, data[: len(data) // 2])
-    elif damage == "flipped byte":
-        _replace_file(artifact, data[:-100] + bytes([data[-100] ^ 1]) + data[-99:])
-    else:
-        record.unlink()
-    monkeypatch.setattr(_compiler, "_loaded", {})
-    x = np.zeros(4, np.int32)
-    RawModule(source).get_function("fill")((1,), (4,), (x, np.int32(1)))
-    np.testing.assert_array_equal(x, 4)
-    assert artifact.read_bytes() == data
-    assert record.read_text().split() == [size, digest]
-
-
-def test_cache_artifact_that_matches_its_record_but_does_not_load_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDECONV_EMULATOR_CACHE", str(tmp_path))
-    source = CACHE_SOURCE % 4
-    RawModule(source)
-    (artifact,) = tmp_path.glob("*.so")
-    _replace_file(artifact, b"not a shared object")
-    artifact.with_name(artifact.name + ".sha256").write_text(_compiler._file_record(artifact))
-    monkeypatch.setattr(_compiler, "_loaded", {})
-    x = np.zeros(4, np.int32)
-    RawModule(source).get_function("fill")((1,), (4,), (x, np.int32(1)))
-    np.testing.assert_array_equal(x, 5)
-
-
-@pytest.mark.slow
-def test_two_processes_compiling_at_once(tmp_path):
-    source = CACHE_SOURCE % 2
-    script = (
-        "import numpy as np\n"
-        "from cudeconv.emulator import RawModule\n"
-        f"x = np.zeros(4, np.int32)\n"
-        f"RawModule({source!r}).get_function('fill')((1,), (4,), (x, np.int32(5)))\n"
-        "assert (x == 7).all(), x\n"
-    )
-    env = dict(os.environ, CUDECONV_EMULATOR_CACHE=str(tmp_path), PYTHONPATH=str(REPO_ROOT))
-    children = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE) for _ in range(2)]
-    for child in children:
-        _, stderr = child.communicate(timeout=120)
-        assert child.returncode == 0, stderr.decode()
-    assert len(list(tmp_path.glob("*.so"))) == 1
-    assert not list(tmp_path.glob(".build-*"))

@@ -10,9 +10,11 @@ with real grid/block semantics: the threads of a block run as fibers that meet a
     kernel((blocks,), (256,), (np.float32(2.0), x, y, np.int32(n)))
 
 Arrays stand for device pointers (read and written in place); scalars must be NumPy scalars of
-exactly the parameter's C type. See docs/emulator.md for what is and is not modelled.
+exactly the parameter's C type. Builds are cached on disk (``cache_usage()`` reports the
+cache). See docs/emulator.md for what is and is not modelled.
 """
 
+from ._cache import CacheUsage, cache_usage
 from ._compiler import compiler_description, compiler_unavailable_reason
 from ._errors import (
     EmulatorCompileError,
@@ -23,12 +25,14 @@ from ._errors import (
 from ._kernel import RawKernel, RawModule
 
 __all__ = [
+    "CacheUsage",
     "EmulatorCompileError",
     "EmulatorError",
     "EmulatorKernelNotFoundError",
     "EmulatorLaunchError",
     "RawKernel",
     "RawModule",
+    "cache_usage",
     "compiler_description",
     "compiler_unavailable_reason",
 ]

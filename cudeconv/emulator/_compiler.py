@@ -7,7 +7,7 @@ produced by macros or hidden behind ``#if`` are seen exactly as the compiler see
 
 Builds are cached on disk by a hash of everything that affects the output, each with a record
 of its size and SHA-256 that is checked before it is loaded; loaded modules are cached in
-memory by their file.
+memory by their file, and hold their build against eviction (``_cache``).
 """
 
 import ctypes
@@ -26,6 +26,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import _cache
+from ._cache import cache_dir, record_path
 from ._errors import EmulatorCompileError, EmulatorError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -289,14 +291,6 @@ def _first_argument(arguments):
     return arguments.strip()
 
 
-def cache_dir():
-    """``$CUDECONV_EMULATOR_CACHE``, else ``~/.cache/cudeconv/emulator`` (``$XDG_CACHE_HOME`` honoured)."""
-    configured = os.environ.get("CUDECONV_EMULATOR_CACHE")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cudeconv" / "emulator"
-
-
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
     """Everything that determines a build's output."""
@@ -374,10 +368,6 @@ def artifact_path(plan):
     return cache_dir() / (plan.key() + ("-sanitize.bin" if plan.sanitize else ".so"))
 
 
-def _record_path(artifact):
-    return artifact.with_name(artifact.name + ".sha256")
-
-
 def _file_record(path):
     """``"<size> <sha256>"`` of a file's contents."""
     digest = hashlib.sha256()
@@ -391,19 +381,20 @@ def _file_record(path):
 
 def _intact(artifact):
     try:
-        return _record_path(artifact).read_text() == _file_record(artifact)
+        return record_path(artifact).read_text() == _file_record(artifact)
     except OSError:
         return False
 
 
 def discard(artifact):
     """Removes a cached build and its record."""
-    for path in (artifact, _record_path(artifact)):
+    for path in (artifact, record_path(artifact)):
         path.unlink(missing_ok=True)
 
 
 def build(plan):
     """Path of the built module for ``plan``, compiling it unless the disk cache has it intact.
+    The caller holds the build (``_cache.hold``).
 
     A cached file that does not match its record (truncated, corrupt, or from before records)
     is deleted and built again: loading a truncated shared object can crash the process.
@@ -411,6 +402,7 @@ def build(plan):
     artifact = artifact_path(plan)
     if _intact(artifact):
         return artifact
+    limit = _cache.cache_limit()  # a bad setting fails before the compiler runs
     discard(artifact)
     artifact.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=artifact.parent, prefix=".build-") as scratch:
@@ -424,11 +416,12 @@ def build(plan):
         _run_compiler(
             [*plan.compiler, *plan.flags(), f"-ffile-prefix-map={scratch}=.", unit.name, "-o", output.name], plan, scratch
         )
-        record = Path(scratch) / _record_path(artifact).name
+        record = Path(scratch) / record_path(artifact).name
         record.write_text(_file_record(output))
         # Each rename is atomic; the record goes first, so whoever finds the new file finds its record.
-        os.replace(record, _record_path(artifact))
+        os.replace(record, record_path(artifact))
         os.replace(output, artifact)
+    _cache.evict(limit)  # the caller holds this build, so it stays whatever the limit
     return artifact
 
 
@@ -468,6 +461,7 @@ class CompiledModule:
     sanitize: bool
     kernels: dict
     library: object  # ctypes.CDLL; None for a sanitizer build, which runs as a child process
+    hold: object  # _cache.BuildHold, kept while the module may be used: for the process's life
 
 
 _loaded = {}
@@ -483,25 +477,31 @@ def load(source, options, sanitize):
         path = artifact_path(plan)
         module = _loaded.get(path)
         if module is None:
-            build(plan)
+            hold = _cache.hold(path)
             try:
-                module = _open(path, plan.sanitize)
-            except (OSError, EmulatorError):
-                # It matched its record yet does not load (a record written for a damaged
-                # file, say): build it afresh, once.
-                discard(path)
-                module = _open(build(plan), plan.sanitize)
+                build(plan)
+                _cache.touch(path)
+                try:
+                    module = _open(path, plan.sanitize, hold)
+                except (OSError, EmulatorError):
+                    # It matched its record yet does not load (a record written for a damaged
+                    # file, say): build it afresh, once.
+                    discard(path)
+                    module = _open(build(plan), plan.sanitize, hold)
+            except BaseException:
+                hold.release()
+                raise
             _loaded[path] = module
         return module
 
 
-def _open(path, sanitize):
+def _open(path, sanitize, hold):
     if sanitize:
         result = subprocess.run([str(path), "--describe"], capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulatorError(f"sanitizer build {path} did not start:\n{result.stderr}")
-        return CompiledModule(path, True, parse_description(result.stdout), None)
+        return CompiledModule(path, True, parse_description(result.stdout), None, hold)
     library = ctypes.CDLL(str(path))
     library.cudeconv_emu_describe.restype = ctypes.c_char_p
     kernels = parse_description(library.cudeconv_emu_describe().decode())
-    return CompiledModule(path, False, kernels, library)
+    return CompiledModule(path, False, kernels, library, hold)
