@@ -315,6 +315,24 @@ def test_state_dict_round_trip(backend):
     assert_close(b(xb), to_numpy(a(xb)).astype(np.float64), np.float32, 7)
 
 
+def test_state_dict_holds_copies(backend):
+    """Writing into a state_dict's arrays leaves the layer alone, and an SGD step (which updates
+    the parameters' arrays in place) leaves an earlier state_dict alone."""
+    layer, x, gy, _ = _small(2, backend)
+    before = {name: to_numpy(array).copy() for name, array in layer.state_dict().items()}
+    for array in layer.state_dict().values():
+        array.fill(7)
+    for name, value in before.items():
+        assert np.array_equal(to_numpy(getattr(layer, name).data), value), f"{name} changed with its state_dict"
+    state = layer.state_dict()
+    layer(to_backend(x, backend))
+    layer.backward(to_backend(gy, backend))
+    cudeconv.SGD(layer.parameters(), lr=0.1, backend=backend).step()
+    assert not np.array_equal(to_numpy(layer.weight.data), before["weight"])  # the step moved the layer
+    for name, value in before.items():
+        assert np.array_equal(to_numpy(state[name]), value), f"state_dict[{name!r}] changed with the layer"
+
+
 def test_pytorch_layout_state_dict_loads():
     layer, x, _, fkw = _small(2, "numpy")
     rng = np.random.default_rng(0)
