@@ -1,74 +1,176 @@
-"""A small run of every CUDA entry point on the "cuda" backend, for compute-sanitizer.
+"""Every CUDA entry point of kernels/*.cu, launched once through the public API on small shapes:
+the target of compute-sanitizer in scripts/gpu_check.sh.
 
-Forward (implicit GEMM, gather, scatter) and backward (GEMM and direct grad_input) for 1-d, 2-d
-and 3-d in float16/32/64 and every float32 precision (fp32, tf32, tf32x3), then a
-ConvTranspose2d + SGD (momentum, nesterov, weight decay) training step; each result is checked
-against the NumPy backend so a wrong answer fails the run, not only a memory error.
+The kernels are driven the way users reach them (functional API and layers, with the algorithm,
+precision and dtype that select each path): for float16, bfloat16, float32 and float64 the direct
+gather and scatter forwards (with the bias fill), the direct backward (grad_input, grad_weight,
+one-block-per-channel grad_bias), the implicit GEMMs of every math (forward, grad_input and a
+split-K grad_weight with its reduce), the depthwise kernels with the slab grad_bias and its
+combine, and an SGD step (momentum, Nesterov, weight decay). Every result is compared with the
+NumPy backend in float64, so a wrong answer fails the run, not only a memory error.
+
+The launches are recorded (``KernelBackend._launch``) and must be exactly the entry points the
+preprocessed sources define (``sass_report.library_entry_points``): a kernel added without a
+launch here fails the run (exit status 3) instead of going unchecked.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+    python3 scripts/gpu_smoke_step.py --backend emulator     # the same on the CPU, no GPU needed
 """
-import cupy
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
 import numpy as np
 
 import cudeconv
+from cudeconv import backends
+from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, unit_roundoff
+from cudeconv.backends.kernel_backend import KernelBackend
 
-TOLERANCE = {np.float16: 2e-2, np.float32: 1e-4, np.float64: 1e-10}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sass_report  # noqa: E402  (a script beside this one, not part of the package)
+
+DTYPES = (np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64))
+COVERAGE_FAILED = 3  # exit status when the launched entry points differ from those defined
+# Relative error allowed (to max(1, max |reference|)) in float16/bfloat16: the output's rounding,
+# and in the scatter forward one more per atomic add; at most 1.4 units were seen on the emulator.
+LOW_PRECISION_ROUNDINGS = 8
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 TF32_TOLERANCE = 1e-2  # operands rounded to 10 mantissa bits
+# Grouped convolutions: stride 2, padding 1, output_padding 1, groups 2. The 2-d one has
+# N·in_positions = 512, so grad_weight's GEMM splits K in two and runs its reduce.
+GROUPED = dict(stride=2, padding=1, output_padding=1, groups=2)
+GROUPED_SHAPES = {1: ((2, 4, 7), (4, 3, 4)), 2: ((2, 4, 16, 16), (4, 3, 3, 3)), 3: ((1, 4, 3, 4, 3), (4, 3, 2, 3, 2))}
+# Depthwise (one input channel per group, multiplier 2): out 48² × batch 2 = 4608 values per
+# channel, more than one slab's worth, so grad_bias runs its slabs and combine kernels.
+DEPTHWISE = dict(stride=2, groups=2)
+DEPTHWISE_SHAPES = ((2, 2, 24, 24), (2, 2, 2, 2))
 
 
-def check(name, got, expected, dtype, tolerance=None):
-    got = cupy.asnumpy(got).astype(np.float64)
+def tolerance(dtype, precision="fp32"):
+    dtype = np.dtype(dtype)
+    if dtype in LOW_PRECISION:
+        return LOW_PRECISION_ROUNDINGS * unit_roundoff(dtype)
+    return TF32_TOLERANCE if precision == "tf32" else TOLERANCE[dtype]
+
+
+def host(array):
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def check(name, got, expected, limit):
+    got = host(got).astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, f"{name}: shape {got.shape}, expected {expected.shape}"
     scale = max(1.0, float(np.abs(expected).max(initial=0)))
     err = float(np.abs(got - expected).max(initial=0)) / scale
-    assert err <= (tolerance or TOLERANCE[dtype]), f"{name}: relative error {err:.3g}"
-    print(f"ok  {name:40s} rel err {err:.2e}")
+    assert err <= limit, f"{name}: relative error {err:.3g} above {limit:.3g}"
+    print(f"ok  {name:48s} rel err {err:.2e}")
 
 
-def main():
-    # Every array its own cudaMalloc: the memory pool would hide overruns inside its larger blocks.
-    cupy.cuda.set_allocator(None)
+def record_launches():
+    """The name of every entry point the launch layer launches from now on, in a set."""
+    launched = set()
+    launch = KernelBackend._launch
+
+    def recording(self, module, entry, *args, **kwargs):  # module: which source (and build) holds entry
+        launched.add(entry)
+        return launch(self, module, entry, *args, **kwargs)
+
+    KernelBackend._launch = recording
+    return launched
+
+
+def convolutions(backend, ndim, x, w, b, settings, runs, rng):
+    """Forward and backward by each (algorithm, precision) of ``runs``, against float64 NumPy."""
+    impl = backends.get(backend)
+    forward = getattr(cudeconv, f"conv_transpose{ndim}d")
+    backward = getattr(cudeconv, f"conv_transpose{ndim}d_backward")
+    up = [a.astype(np.float64) for a in (x, w, b)]
+    y_ref = forward(*up, **settings, backend="numpy")
+    gy = rng.standard_normal(y_ref.shape).astype(x.dtype)
+    refs = backward(gy.astype(np.float64), up[0], up[1], **settings, backend="numpy")
+    for algorithm, precision, with_backward in runs:
+        label = f"{ndim}d {x.dtype.name} {algorithm} {precision}"
+        limit = tolerance(x.dtype, precision)
+        args = [impl.asarray(a) for a in (x, w, b)]
+        y = forward(*args, **settings, backend=backend, algorithm=algorithm, precision=precision)
+        check(f"{label} forward", y, y_ref, limit)
+        if with_backward:
+            grads = backward(impl.asarray(gy), args[0], args[1], **settings, backend=backend,
+                             algorithm=algorithm, precision=precision)
+            for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
+                check(f"{label} {name}", got, ref, limit)
+
+
+def sgd_steps(backend, dtype, rng):
+    """Two training steps of a layer with SGD (momentum, Nesterov, weight decay) against the NumPy backend."""
+    layers = [cudeconv.ConvTranspose2d(4, 4, 3, stride=2, dtype=dtype, backend=name, seed=0)
+              for name in (backend, "numpy")]
+    optimizers = [cudeconv.SGD(layer.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                               backend=layer.backend) for layer in layers]
+    x = rng.standard_normal((2, 4, 5, 5)).astype(dtype)
+    for _ in range(2):
+        for layer, optimizer in zip(layers, optimizers):
+            optimizer.zero_grad()
+            y = layer(backends.get(layer.backend).asarray(x))
+            layer.backward((y * 0.01).astype(dtype))
+            optimizer.step()
+    for name in ("weight", "bias"):
+        check(f"SGD {np.dtype(dtype).name} {name}", getattr(layers[0], name).data, getattr(layers[1], name).data,
+              tolerance(dtype))
+
+
+def run_everything(backend):
     rng = np.random.default_rng(0)
-    shapes = {1: ((2, 4, 7), (4, 3, 4)), 2: ((2, 4, 5, 6), (4, 3, 4, 3)), 3: ((1, 4, 3, 4, 3), (4, 3, 2, 3, 2))}
-    for ndim, (x_shape, w_shape) in shapes.items():
-        for dtype in (np.float16, np.float32, np.float64):
-            x = rng.standard_normal(x_shape).astype(dtype)
-            w = rng.standard_normal(w_shape).astype(dtype)
-            b = rng.standard_normal(w_shape[1] * 2).astype(dtype)
-            kw = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)
-            fwd = getattr(cudeconv, f"conv_transpose{ndim}d")
-            bwd = getattr(cudeconv, f"conv_transpose{ndim}d_backward")
-            y_ref = fwd(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
-            gy = rng.standard_normal(y_ref.shape).astype(dtype)
-            refs = bwd(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)
-            precisions = ("fp32", "tf32", "tf32x3") if dtype == np.float32 else ("fp32",)
-            for algorithm, precision in [("gather", "fp32"), ("scatter", "fp32")] + [("gemm", p) for p in precisions]:
-                label = f"{ndim}d {np.dtype(dtype).name} {algorithm} {precision}"
-                tolerance = TF32_TOLERANCE if precision == "tf32" else None
-                y = fwd(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), **kw, algorithm=algorithm,
-                        precision=precision)
-                check(f"{label} forward", y, y_ref, dtype, tolerance)
-                if algorithm == "scatter":
-                    continue
-                grads = bwd(cupy.asarray(gy), cupy.asarray(x), cupy.asarray(w), **kw, algorithm=algorithm,
-                            precision=precision)
-                for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
-                    check(f"{label} {name}", got, ref, dtype, tolerance)
+    for dtype in DTYPES:
+        maths = ("fp32", "tf32", "tf32x3") if dtype == np.float32 else ("fp32",)
+        runs = [("gather", "fp32", True), ("scatter", "fp32", False)] + [("gemm", p, True) for p in maths]
+        for ndim in (1, 2, 3) if dtype == np.float32 else (2,):
+            x_shape, w_shape = GROUPED_SHAPES[ndim]
+            x, w = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape))
+            b = rng.standard_normal(w_shape[1] * GROUPED["groups"]).astype(dtype)
+            convolutions(backend, ndim, x, w, b, GROUPED, runs, rng)
+        x, w = (rng.standard_normal(s).astype(dtype) for s in DEPTHWISE_SHAPES)
+        b = rng.standard_normal(w.shape[1] * DEPTHWISE["groups"]).astype(dtype)
+        convolutions(backend, 2, x, w, b, DEPTHWISE, [("auto", "fp32", True)], rng)
+        sgd_steps(backend, dtype, rng)
 
-    layer = cudeconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1, backend="cuda", seed=0)
-    reference = cudeconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1, backend="numpy", seed=0)
-    opts = [cudeconv.SGD(l.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
-            for l in (layer, reference)]
-    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
-    for step in range(2):
-        for l, opt, xs in ((layer, opts[0], cupy.asarray(x)), (reference, opts[1], x)):
-            opt.zero_grad()
-            y = l(xs)
-            l.backward(y * 0.01)
-            opt.step()
-    check("SGD training step (weight)", layer.weight.data, reference.weight.data, np.float32)
-    cupy.cuda.get_current_stream().synchronize()
+
+def coverage_problems(launched, defined):
+    """Lines naming the entry points ``defined`` ({source: names}) but never launched, and those
+    launched but defined nowhere; empty when the two sets are equal."""
+    source_of = {entry: source for source, entries in defined.items() for entry in entries}
+    return ([f"never launched: {entry} ({source_of[entry]})" for entry in sorted(source_of.keys() - launched)]
+            + [f"launched but not defined in kernels/*.cu: {entry}" for entry in sorted(launched - source_of.keys())])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda")
+    args = parser.parse_args(argv)
+    reason = backends.cuda_unavailable_reason() if args.backend == "cuda" else backends.emulator_unavailable_reason()
+    if reason is not None:
+        print(f"gpu_smoke_step: backend {args.backend!r} unavailable: {reason}", file=sys.stderr)
+        return 2
+    defined = sass_report.library_entry_points()
+    if args.backend == "cuda":
+        import cupy
+
+        # Every array its own cudaMalloc: the memory pool would hide overruns inside its larger blocks.
+        cupy.cuda.set_allocator(None)
+    launched = record_launches()
+    run_everything(args.backend)
+    if args.backend == "cuda":
+        cupy.cuda.get_current_stream().synchronize()
+    problems = coverage_problems(launched, defined)
+    print(f"entry points: launched {len(launched)}, defined in kernels/*.cu {sum(map(len, defined.values()))}")
+    for line in problems:
+        print(line)
+    return COVERAGE_FAILED if problems else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Shared test fixtures: one test body runs on every backend (CuPy-testing style).
 
 ``backend`` is parametrized over "numpy", "emulator" and "cuda". The "cuda" case skips with
-the reason when CuPy or a GPU is not usable here; the "emulator" case runs the same CUDA kernels on
+the reason when CuPy or a GPU is not usable here (and fails instead under CUDECONV_REQUIRE_CUDA=1,
+as on the GPU run of scripts/gpu_check.sh); the "emulator" case runs the same CUDA kernels on
 the CPU, so every kernel check also runs in CI.
 """
 import importlib.util
@@ -49,8 +50,11 @@ def skip_unless_kernel_checks_can_run(what, reason):
 
 
 def _usable(name):
-    if name == "cuda":  # no CI machine has a GPU: always a skip
+    if name == "cuda":  # no CI machine has a GPU: a skip, except where a GPU run demands it
         reason = _skip_reason(name)
+        if reason is not None and os.environ.get("CUDECONV_REQUIRE_CUDA") == "1":
+            pytest.fail(f"backend 'cuda' unavailable although CUDECONV_REQUIRE_CUDA=1 "
+                        f"(scripts/gpu_check.sh sets it): {reason}")
         if reason is not None:
             pytest.skip(f"backend 'cuda' unavailable: {reason}")
     else:

@@ -2,8 +2,10 @@
 
 The ranks run ``data_parallel_worker.py`` (or ``cudeconv demo --distributed``) in their own
 processes; this process never starts MPI. The oracle is training in this process, without any
-communication, on the full batch. The MPI tests skip, with the reason, only where mpi4py is not
-installed (``pip install ".[test]"`` brings it, with MPICH); the NCCL case needs two GPUs.
+communication, on the full batch. The MPI tests skip, with the reason, where mpi4py or MPICH's
+``mpiexec`` is not installed (``pip install ".[test]"`` brings both; a GPU machine may have mpi4py
+alone) — except under CUDECONV_REQUIRE_KERNEL_CHECKS=1 (CI), where a missing ``mpiexec`` beside
+mpi4py fails; the NCCL case needs two GPUs, and skips for that first.
 
 Every job gets a timeout: a job still running then is killed whole (mpiexec, its proxies and the
 ranks share a process group) and the test fails with the ranks' output. MPICH's wheel starts two
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 
 import data_parallel_worker as worker
+from conftest import skip_unless_kernel_checks_can_run
 
 from cudeconv import backends, cli, demo, distributed
 from cudeconv._dtypes import unit_roundoff
@@ -48,7 +51,8 @@ def require_mpi():
     if reason is not None:
         pytest.skip(reason)
     if not MPIEXEC.exists():
-        pytest.fail(f"mpi4py is installed but {MPIEXEC} is not: pip install mpich (in cudeconv[mpi])")
+        skip_unless_kernel_checks_can_run(
+            "mpiexec", f"mpi4py is installed but {MPIEXEC} is not: pip install mpich (in cudeconv[mpi])")
 
 
 def run_ranks(command, timeout, cwd=None):
@@ -91,10 +95,10 @@ def nccl_skip_reason():
 
 def test_two_ranks_train_as_one_process_on_the_full_batch(backend, tmp_path):
     """MPI on "numpy" and "emulator", NCCL on "cuda" (two GPUs)."""
-    require_mpi()
     reason = nccl_skip_reason() if backend == "cuda" else None
-    if reason is not None:
+    if reason is not None:  # before MPI: a one-GPU machine may have mpi4py without mpiexec
         pytest.skip(reason)
+    require_mpi()
     xp = backends.get(backend).xp
     # the oracle first: on the emulator it also compiles the kernels the ranks will find cached
     layers = worker.build_layers(backend, seed=0)
@@ -218,3 +222,16 @@ def test_demo_distributed_without_mpi_is_a_usage_error(monkeypatch, capsys):
         cli.main(["demo", "--distributed", "--backend", "numpy", "--steps", "1"])
     assert exit_info.value.code == 2
     assert "--distributed needs MPI: mpi4py is not installed" in capsys.readouterr().err
+
+
+def test_a_missing_mpiexec_skips_with_its_reason(monkeypatch):
+    """Where mpi4py is installed without MPICH's mpiexec (as on a GPU machine's image), every MPI
+    test skips saying so; CI (CUDECONV_REQUIRE_KERNEL_CHECKS=1) fails instead."""
+    monkeypatch.setattr(distributed, "mpi_unavailable_reason", lambda: None)
+    monkeypatch.setattr(sys.modules[__name__], "MPIEXEC", BIN / "no-such-mpiexec")
+    monkeypatch.delenv("CUDECONV_REQUIRE_KERNEL_CHECKS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="mpi4py is installed but .*no-such-mpiexec is not"):
+        require_mpi()
+    monkeypatch.setenv("CUDECONV_REQUIRE_KERNEL_CHECKS", "1")
+    with pytest.raises(pytest.fail.Exception, match="no-such-mpiexec is not"):
+        require_mpi()
