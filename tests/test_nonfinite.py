@@ -168,7 +168,7 @@ def assert_same_mask(actual, expected, what):
     )
 
 
-class Path(NamedTuple):
+class KernelCase(NamedTuple):
     """A kernel configuration and the path ``KernelBackend.kernel_path`` must pick for each pass."""
     problem: Problem
     dtype: object
@@ -185,25 +185,25 @@ GEMM = dict(forward="gemm", grad_input="gemm", grad_weight="gemm", grad_bias="pe
 DIRECT = dict(forward="direct", grad_input="direct", grad_weight="direct", grad_bias="per-channel")
 DEPTHWISE = dict(forward="depthwise", grad_input="depthwise", grad_weight="direct", grad_bias="per-channel")
 PATHS = [
-    Path(WIDE_2D, np.float32, "gemm", "fp32", GEMM),
-    Path(WIDE_2D, np.float32, "gemm", "tf32", GEMM),
-    Path(WIDE_2D, np.float32, "gemm", "tf32x3", GEMM),
-    Path(WIDE_2D, np.float64, "gemm", "fp32", GEMM),
-    Path(WIDE_2D, np.float16, "gemm", "fp32", GEMM),
-    Path(WIDE_2D, BFLOAT16, "gemm", "fp32", GEMM),
-    Path(WIDE_3D, np.float32, "gemm", "fp32", GEMM),
-    Path(WIDE_2D, np.float32, "gather", "fp32", DIRECT),
-    Path(WIDE_2D, np.float64, "gather", "fp32", DIRECT),
-    Path(WIDE_2D, BFLOAT16, "gather", "fp32", DIRECT),
-    Path(WIDE_2D, np.float32, "scatter", "fp32", dict(DIRECT, forward="scatter")),
-    Path(DEPTHWISE_2D, np.float32, "auto", "fp32", DEPTHWISE),
-    Path(DEPTHWISE_2D, np.float64, "auto", "fp32", DEPTHWISE),
-    Path(DEPTHWISE_2D, np.float16, "auto", "fp32", DEPTHWISE),
-    Path(LONG_2D, np.float32, "auto", "fp32", dict(DEPTHWISE, grad_bias="slabs")),
+    KernelCase(WIDE_2D, np.float32, "gemm", "fp32", GEMM),
+    KernelCase(WIDE_2D, np.float32, "gemm", "tf32", GEMM),
+    KernelCase(WIDE_2D, np.float32, "gemm", "tf32x3", GEMM),
+    KernelCase(WIDE_2D, np.float64, "gemm", "fp32", GEMM),
+    KernelCase(WIDE_2D, np.float16, "gemm", "fp32", GEMM),
+    KernelCase(WIDE_2D, BFLOAT16, "gemm", "fp32", GEMM),
+    KernelCase(WIDE_3D, np.float32, "gemm", "fp32", GEMM),
+    KernelCase(WIDE_2D, np.float32, "gather", "fp32", DIRECT),
+    KernelCase(WIDE_2D, np.float64, "gather", "fp32", DIRECT),
+    KernelCase(WIDE_2D, BFLOAT16, "gather", "fp32", DIRECT),
+    KernelCase(WIDE_2D, np.float32, "scatter", "fp32", dict(DIRECT, forward="scatter")),
+    KernelCase(DEPTHWISE_2D, np.float32, "auto", "fp32", DEPTHWISE),
+    KernelCase(DEPTHWISE_2D, np.float64, "auto", "fp32", DEPTHWISE),
+    KernelCase(DEPTHWISE_2D, np.float16, "auto", "fp32", DEPTHWISE),
+    KernelCase(LONG_2D, np.float32, "auto", "fp32", dict(DEPTHWISE, grad_bias="slabs")),
 ]
 
 
-def _check_path_choice(backend, path: Path):
+def _check_path_choice(backend, path: KernelCase):
     """The configuration runs the kernels it is meant to test."""
     impl, geom = backends.get(backend), path.problem.geometry()
     for pass_, kind in path.kinds.items():
