@@ -523,8 +523,7 @@ def test_torch_bfloat16_buffers_load_into_float32_buffers(backend):
         for p, g in zip(tensors, step_grads):
             p.grad = torch.tensor(g).to(torch.bfloat16)
         topt.step()
-    params = [cudeconv.Parameter(to_backend(to_numpy(t.float().numpy()).astype(BFLOAT16), backend))
-              for t in tensors]
+    params = [cudeconv.Parameter(to_backend(t.float().numpy().astype(BFLOAT16), backend)) for t in tensors]
     opt = cudeconv.SGD(params, lr=0.1, momentum=0.9, backend=backend)
     opt.load_state_dict(topt.state_dict())
     for i, t in enumerate(tensors):
