@@ -19,6 +19,7 @@
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include "module_select.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Accumulator type and conversions

@@ -109,7 +109,4 @@ __device__ void depthwise_grad_input(const T* __restrict__ gy, const T* __restri
                                              DECONV_GEOMETRY_PARAMS) {                                         \
         depthwise_grad_input(grad_output, w, grad_input, DECONV_GEOMETRY_ARGS);                                \
     }
-DECONV_DEPTHWISE_ENTRY_POINTS(f16, __half)
-DECONV_DEPTHWISE_ENTRY_POINTS(bf16, __nv_bfloat16)
-DECONV_DEPTHWISE_ENTRY_POINTS(f32, float)
-DECONV_DEPTHWISE_ENTRY_POINTS(f64, double)
+CUDECONV_FOR_EACH_DTYPE(DECONV_DEPTHWISE_ENTRY_POINTS)

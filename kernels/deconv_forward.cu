@@ -119,57 +119,18 @@ __device__ void forward_gather(const T* __restrict__ x, const T* __restrict__ w,
 // ---------------------------------------------------------------------------------------------
 // Entry points. `bias` is only read when has_bias is 1 (callers pass any valid pointer otherwise).
 
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_fill_bias_f16(__half* y, const __half* bias, int has_bias, int rows, int C_out, int out_spatial) {
-    fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_fill_bias_bf16(__nv_bfloat16* y, const __nv_bfloat16* bias, int has_bias, int rows, int C_out, int out_spatial) {
-    fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_fill_bias_f32(float* y, const float* bias, int has_bias, int rows, int C_out, int out_spatial) {
-    fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_fill_bias_f64(double* y, const double* bias, int has_bias, int rows, int C_out, int out_spatial) {
-    fill_bias(y, bias, has_bias, rows, C_out, out_spatial);
-}
-
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_scatter_f16(const __half* x, const __half* w, __half* y, DECONV_GEOMETRY_PARAMS) {
-    forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_scatter_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, DECONV_GEOMETRY_PARAMS) {
-    forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_scatter_f32(const float* x, const float* w, float* y, DECONV_GEOMETRY_PARAMS) {
-    forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_scatter_f64(const double* x, const double* w, double* y, DECONV_GEOMETRY_PARAMS) {
-    forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);
-}
-
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_gather_f16(const __half* x, const __half* w, const __half* bias, int has_bias, __half* y,
-                          DECONV_GEOMETRY_PARAMS) {
-    forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_gather_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, int has_bias, __nv_bfloat16* y,
-                          DECONV_GEOMETRY_PARAMS) {
-    forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_gather_f32(const float* x, const float* w, const float* bias, int has_bias, float* y,
-                          DECONV_GEOMETRY_PARAMS) {
-    forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-deconv_forward_gather_f64(const double* x, const double* w, const double* bias, int has_bias, double* y,
-                          DECONV_GEOMETRY_PARAMS) {
-    forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);
-}
+#define DECONV_FORWARD_ENTRY_POINTS(SUFFIX, T)                                                                 \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)                                               \
+        deconv_fill_bias_##SUFFIX(T* y, const T* bias, int has_bias, int rows, int C_out, int out_spatial) {    \
+        fill_bias(y, bias, has_bias, rows, C_out, out_spatial);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)                                               \
+        deconv_forward_scatter_##SUFFIX(const T* x, const T* w, T* y, DECONV_GEOMETRY_PARAMS) {                 \
+        forward_scatter(x, w, y, DECONV_GEOMETRY_ARGS);                                                         \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)                                               \
+        deconv_forward_gather_##SUFFIX(const T* x, const T* w, const T* bias, int has_bias, T* y,               \
+                                       DECONV_GEOMETRY_PARAMS) {                                                \
+        forward_gather(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);                                          \
+    }
+CUDECONV_FOR_EACH_DTYPE(DECONV_FORWARD_ENTRY_POINTS)

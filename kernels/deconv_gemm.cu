@@ -713,12 +713,24 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
         gemm::weight_grad_gemm<MATH>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS);       \
     }
 
+#if CUDECONV_WANTS(F32)
 DECONV_GEMM_ENTRY_POINTS(f32, float, gemm::F32Math)
+#endif
+#if CUDECONV_WANTS(F64)
 DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
+#endif
+#if CUDECONV_WANTS(TF32)
 DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
+#endif
+#if CUDECONV_WANTS(TF32X3)
 DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
+#endif
+#if CUDECONV_WANTS(F16)
 DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
+#endif
+#if CUDECONV_WANTS(BF16)
 DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
+#endif
 
 #define DECONV_GRAD_WEIGHT_REDUCE(SUFFIX, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
@@ -726,7 +738,4 @@ DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
                                            long long count) {                                                     \
         gemm::reduce_splits<T>(workspace, grad_weight, splits, count);                                            \
     }
-DECONV_GRAD_WEIGHT_REDUCE(f16, __half)
-DECONV_GRAD_WEIGHT_REDUCE(bf16, __nv_bfloat16)
-DECONV_GRAD_WEIGHT_REDUCE(f32, float)
-DECONV_GRAD_WEIGHT_REDUCE(f64, double)
+CUDECONV_FOR_EACH_DTYPE(DECONV_GRAD_WEIGHT_REDUCE)

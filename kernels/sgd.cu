@@ -13,6 +13,7 @@
 // 1 - dampening already computed in double, as PyTorch does.
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include "module_select.cuh"
 
 #ifndef DECONV_BLOCK
 #define DECONV_BLOCK 256  // threads per block (the host's BLOCK, passed with -D)
@@ -20,6 +21,9 @@
 
 // ---------------------------------------------------------------------------------------------
 // Device helpers
+// M, the type the update is computed in and the momentum buffer's: float but for double parameters.
+template <typename T> struct Math { typedef float type; };
+template <> struct Math<double> { typedef double type; };
 __device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_math(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_math(float v) { return v; }
@@ -52,23 +56,12 @@ __device__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad, M* _
 
 // ---------------------------------------------------------------------------------------------
 // Entry points
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-sgd_step_f16(__half* param, const __half* grad, float* buf, long long n, float lr, float momentum,
-             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
-    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-sgd_step_bf16(__nv_bfloat16* param, const __nv_bfloat16* grad, float* buf, long long n, float lr, float momentum,
-             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
-    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-sgd_step_f32(float* param, const float* grad, float* buf, long long n, float lr, float momentum,
-             float one_minus_dampening, float weight_decay, int nesterov, int maximize, int first_step) {
-    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
-}
-extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)
-sgd_step_f64(double* param, const double* grad, double* buf, long long n, double lr, double momentum,
-             double one_minus_dampening, double weight_decay, int nesterov, int maximize, int first_step) {
-    sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, first_step);
-}
+#define SGD_ENTRY_POINT(SUFFIX, T)                                                                              \
+    extern "C" __global__ void __launch_bounds__(DECONV_BLOCK, 2)                                               \
+        sgd_step_##SUFFIX(T* param, const T* grad, Math<T>::type* buf, long long n, Math<T>::type lr,           \
+                          Math<T>::type momentum, Math<T>::type one_minus_dampening,                            \
+                          Math<T>::type weight_decay, int nesterov, int maximize, int first_step) {             \
+        sgd_step(param, grad, buf, n, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize,      \
+                 first_step);                                                                                   \
+    }
+CUDECONV_FOR_EACH_DTYPE(SGD_ENTRY_POINT)

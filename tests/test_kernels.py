@@ -312,11 +312,15 @@ def test_loader_inlines_headers_with_line_marks():
     assert "struct Geometry" in source
     marks = re.findall(r'#line (\d+) "([^"]+)"', source)
     files = [name.rsplit("/", 1)[-1] for _, name in marks]
-    assert files[:3] == ["deconv_forward.cu", "deconv_common.cuh", "deconv_forward.cu"]
-    # After the header, the numbering resumes on the line after the #include.
-    include_line = next(i for i, line in enumerate((kernels_dir() / "deconv_forward.cu").read_text().splitlines(), 1)
-                        if line.startswith('#include "deconv_common.cuh"'))
-    assert int(marks[2][0]) == include_line + 1
+    # deconv_common.cuh includes module_select.cuh: nested headers are inlined too.
+    assert files[:5] == ["deconv_forward.cu", "deconv_common.cuh", "module_select.cuh", "deconv_common.cuh",
+                         "deconv_forward.cu"]
+    # After each header, the numbering resumes on the line after its #include.
+    for position, (includer, header) in ((3, ("deconv_common.cuh", "module_select.cuh")),
+                                         (4, ("deconv_forward.cu", "deconv_common.cuh"))):
+        include_line = next(i for i, line in enumerate((kernels_dir() / includer).read_text().splitlines(), 1)
+                            if line.startswith(f'#include "{header}"'))
+        assert int(marks[position][0]) == include_line + 1
 
 
 def test_compile_errors_point_at_the_real_file(tmp_path, monkeypatch):

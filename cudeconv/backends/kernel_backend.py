@@ -6,10 +6,20 @@ grid and block sizes, argument order and exact C scalar types, contiguity, outpu
 is here, once.
 
 On "cuda", launches go on CuPy's current stream and nothing here synchronizes with or copies to
-the host, so a whole training step can be captured in a CUDA graph.
+the host, so a whole training step can be captured in a CUDA graph. Each call allocates and
+launches on the device its arrays live on (whatever device is current), and refuses arrays on
+different devices.
+
+Each source is compiled once per math a call needs (``-DCUDECONV_MATH``, kernels/module_select.cuh):
+a first float32 step compiles the float32 GEMMs, grad_bias and SGD only, not every dtype's and
+precision's instantiation. The emulator builds one module per source (``module_per_math=False``):
+fewer host compiles for the test suite, the same entry points.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
 from typing import NamedTuple
 
@@ -101,12 +111,30 @@ def check_index_limits(geom: ConvTransposeGeometry):
 class KernelPath(NamedTuple):
     """The kernel a pass runs: ``kind`` ("gemm", "depthwise", "direct", "scatter", "slabs",
     "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (grad_weight's
-    K splits, grad_bias's slabs) and the workspace it takes from the memory pool, in bytes."""
+    K splits, grad_bias's slabs), the workspace it takes from the memory pool, in bytes, and the
+    module its entry points are in: ``source`` (a kernels/ file) and ``math`` (a MODULE_MATHS name)."""
     kind: str
     entry: str
     grid: tuple = ()
     parts: int = 1
     workspace_bytes: int = 0
+    source: str = ""
+    math: str = ""
+
+
+# The maths a source can be compiled for, one module each (CUDECONV_MATH_<NAME> in
+# kernels/module_select.cuh): the storage dtypes' suffixes and the float32 GEMM's precisions.
+MODULE_MATHS = ("f16", "bf16", "f32", "f64", "tf32", "tf32x3")
+SOURCES = ("deconv_forward.cu", "deconv_backward.cu", "deconv_grad_bias.cu", "deconv_depthwise.cu",
+           "deconv_gemm.cu", "sgd.cu")
+
+
+def module_options(math_name: str, per_math: bool = True):
+    """The compile options of a module for ``math_name``: the launch layer's sizes, and with
+    ``per_math`` the -D that keeps only that math's entry points."""
+    if math_name not in MODULE_MATHS:
+        raise ValueError(f"math must be one of {MODULE_MATHS}, got {math_name!r}")
+    return COMPILE_OPTIONS + ((f"-DCUDECONV_MATH=CUDECONV_MATH_{math_name.upper()}",) if per_math else ())
 
 
 def gemm_math(dtype, precision: str) -> str:
@@ -194,15 +222,51 @@ def rows_grid(rows: int, positions: int):
     return (loop_blocks(positions, BLOCK, MAX_GRID_X), loop_blocks(rows, 1, MAX_GRID_Y), 1)
 
 
-class KernelBackend:
-    """Runs the library's CUDA kernels; ``xp`` is the array module, ``module_class`` the RawModule."""
+def on_arrays_device(*names):
+    """Decorates a KernelBackend method so that it runs inside ``on_device`` of its arguments
+    ``names`` (allocations and launches on their device)."""
+    def decorate(method):
+        signature = inspect.signature(method)
 
-    def __init__(self, name, xp, module_class, device_key, gemm_unavailable_reason=lambda: None):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            with self.on_device(**{name: arguments.get(name) for name in names}):
+                return method(self, *args, **kwargs)
+        return run
+    return decorate
+
+
+class KernelBackend:
+    """Runs the library's CUDA kernels; ``xp`` is the array module, ``module_class`` the RawModule.
+
+    ``device_key()`` names the current device (modules are memoized per device); ``device_of(array)``
+    the device an array lives on and ``use_device(device)`` a context making it current — each call
+    allocates and launches inside ``use_device`` of its arrays' device. ``module_per_math``: compile
+    each source once per math (CuPy) rather than once with every entry point (the emulator)."""
+
+    def __init__(self, name, xp, module_class, device_key, gemm_unavailable_reason=lambda: None, *,
+                 device_of=lambda array: None, use_device=lambda device: contextlib.nullcontext(),
+                 module_per_math=True):
         self.name = name
         self.xp = xp
         self._module_class = module_class
         self._device_key = device_key
         self._gemm_unavailable_reason = gemm_unavailable_reason
+        self._device_of = device_of
+        self._use_device = use_device
+        self.module_per_math = module_per_math
+        self._float32_placeholders = {}
+
+    def on_device(self, **arrays):
+        """A context in which allocations and launches go to the device ``arrays`` (name=array;
+        None entries skipped) live on; ValueError naming them when they live on different devices."""
+        devices = {arg: self._device_of(array) for arg, array in arrays.items() if array is not None}
+        distinct = set(devices.values())
+        if len(distinct) > 1:
+            where = ", ".join(f"{arg} on device {device}" for arg, device in devices.items())
+            raise ValueError(f"arrays must live on one device for the {self.name!r} backend, got {where}")
+        return self._use_device(distinct.pop() if distinct else None)
 
     # -- arrays ---------------------------------------------------------------------------------
     def check_array(self, array, arg):
@@ -223,11 +287,33 @@ class KernelBackend:
         return self.xp.empty(shape, dtype=dtype)
 
     def momentum_buffer_for(self, param):
-        return self.xp.empty(param.shape, dtype=compute_dtype(param.dtype))
+        with self.on_device(param=param):
+            return self.xp.empty(param.shape, dtype=compute_dtype(param.dtype))
 
-    def _launch(self, filename, entry, grid, block, args):
-        module = load_module(filename, self._module_class, self._device_key(), COMPILE_OPTIONS)
-        module.get_function(entry)(grid, block, args)
+    def module(self, source: str, math_name: str):
+        """The compiled module of ``source`` holding ``math_name``'s entry points, on the current device."""
+        return load_module(source, self._module_class, self._device_key(),
+                           module_options(math_name, self.module_per_math))
+
+    def _launch(self, path: KernelPath, entry, grid, block, args):
+        self.module(path.source, path.math).get_function(entry)(grid, block, args)
+
+    def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name: None):
+        """Compile, for the current device, every module a forward, backward and SGD step of
+        ``dtypes`` at ``precisions`` can need (the GEMM's math follows the precision for float32;
+        the direct kernels serve every precision). Returns the (source, math) pairs compiled."""
+        wanted = []
+        for dtype in dtypes:
+            suffix = _SUFFIX[np.dtype(dtype)]
+            wanted += [(source, suffix) for source in SOURCES if source != "deconv_gemm.cu"]
+            wanted += [("deconv_gemm.cu", gemm_math(dtype, precision)) for precision in precisions]
+        compiled = list(dict.fromkeys(wanted))
+        for source, math_name in compiled:
+            on_progress(source, math_name)
+            module = self.module(source, math_name)
+            if hasattr(module, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
+                module.compile()
+        return compiled
 
     # -- convolution ----------------------------------------------------------------------------
     def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
@@ -259,7 +345,8 @@ class KernelBackend:
                 return None
         splits = splits or 1
         workspace = splits * math.prod(geom.weight_shape) * compute_dtype(dtype).itemsize if splits > 1 else 0
-        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace)
+        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace, "deconv_gemm.cu",
+                          math_name)
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                     parts=None) -> KernelPath:
@@ -276,22 +363,25 @@ class KernelBackend:
             slabs = max(1, min(ceil_div(GEMM_TARGET_BLOCKS, geom.out_channels),
                                ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
             if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
-                return KernelPath("per-channel", f"deconv_grad_bias_{suffix}")
+                return KernelPath("per-channel", f"deconv_grad_bias_{suffix}", source="deconv_grad_bias.cu",
+                                  math=suffix)
             slabs = ceil_div(total, ceil_div(total, slabs))  # every slab non-empty
             return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
-                              geom.out_channels * slabs * compute_dtype(dtype).itemsize)
+                              geom.out_channels * slabs * compute_dtype(dtype).itemsize, "deconv_grad_bias.cu", suffix)
         check_algorithm(algorithm, ALGORITHMS if pass_ == "forward" else BACKWARD_ALGORITHMS)
         gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts)
         if gemm is not None:
             return gemm
+        direct_source = "deconv_forward.cu" if pass_ == "forward" else "deconv_backward.cu"
         if pass_ == "grad_weight":
-            return KernelPath("direct", f"deconv_grad_weight_{suffix}")
+            return KernelPath("direct", f"deconv_grad_weight_{suffix}", source=direct_source, math=suffix)
         if algorithm == "auto" and geom.in_channels_per_group == 1:
-            return KernelPath("depthwise", f"deconv_{pass_}_depthwise_{suffix}")
+            return KernelPath("depthwise", f"deconv_{pass_}_depthwise_{suffix}", source="deconv_depthwise.cu",
+                              math=suffix)
         if algorithm == "scatter":
-            return KernelPath("scatter", f"deconv_forward_scatter_{suffix}")
+            return KernelPath("scatter", f"deconv_forward_scatter_{suffix}", source=direct_source, math=suffix)
         return KernelPath("direct", f"deconv_forward_gather_{suffix}" if pass_ == "forward"
-                          else f"deconv_grad_input_{suffix}")
+                          else f"deconv_grad_input_{suffix}", source=direct_source, math=suffix)
 
     def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True):
         """{pass: KernelPath} of a forward and backward step (grad_bias when ``need_bias``)."""
@@ -299,6 +389,7 @@ class KernelBackend:
         return {p: self.kernel_path(geom, p, algorithm if p == "forward" else backward_algorithm(algorithm), dtype,
                                     precision) for p in passes}
 
+    @on_arrays_device("x", "weight", "bias")
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
@@ -313,23 +404,24 @@ class KernelBackend:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
         if path.kind == "gemm":
-            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1), conv_args)
+            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1), conv_args)
         elif path.kind == "depthwise":
-            self._launch("deconv_depthwise.cu", path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
+            self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
         elif path.kind == "direct":
-            self._launch("deconv_forward.cu", path.entry,
+            self._launch(path, path.entry,
                          rows_grid(tiled_rows(geom, geom.out_channels_per_group), out_positions), (BLOCK, 1, 1),
                          conv_args)
         else:  # scatter: the bias (or zeros), then atomic adds
-            self._launch("deconv_forward.cu", f"deconv_fill_bias_{suffix}",
+            self._launch(path, f"deconv_fill_bias_{suffix}",
                          rows_grid(rows, out_positions), (BLOCK, 1, 1),
                          (y, bias_arg, has_bias, np.int32(rows), np.int32(geom.out_channels),
                           np.int32(out_positions)))
-            self._launch("deconv_forward.cu", path.entry,
+            self._launch(path, path.entry,
                          rows_grid(rows, math.prod(geom.in_size)), (BLOCK, 1, 1),
                          (x, weight, y) + geometry_args(geom))
         return y
 
+    @on_arrays_device("grad_output", "weight")
     def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
@@ -341,15 +433,16 @@ class KernelBackend:
             return grad_input
         args = (grad_output, weight, grad_input) + geometry_args(geom)
         if path.kind == "gemm":
-            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1), args)
+            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1), args)
         elif path.kind == "depthwise":
-            self._launch("deconv_depthwise.cu", path.entry, rows_grid(geom.batch * geom.in_channels, positions),
+            self._launch(path, path.entry, rows_grid(geom.batch * geom.in_channels, positions),
                          (BLOCK, 1, 1), args)
         else:
-            self._launch("deconv_backward.cu", path.entry,
+            self._launch(path, path.entry,
                          rows_grid(tiled_rows(geom, geom.in_channels_per_group), positions), (BLOCK, 1, 1), args)
         return grad_input
 
+    @on_arrays_device("grad_output", "x")
     def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
                     splits=None):
         """grad_weight by the split-K GEMM (``splits``: None chooses; tests pin it) or the direct
@@ -366,19 +459,20 @@ class KernelBackend:
             # accumulator's element size.
             workspace = (self.xp.empty((path.parts,) + geom.weight_shape, dtype=accumulator) if path.parts > 1
                          else grad_weight if x.dtype == accumulator else self._placeholder_float32())
-            self._launch("deconv_gemm.cu", path.entry, path.grid, (BLOCK, 1, 1),
+            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                          (x, grad_output, grad_weight, workspace, np.int32(path.parts)) + geometry_args(geom))
             if path.parts > 1:
                 count = grad_weight.size
-                self._launch("deconv_gemm.cu", f"deconv_grad_weight_reduce_{_SUFFIX[x.dtype]}",
+                self._launch(path, f"deconv_grad_weight_reduce_{_SUFFIX[x.dtype]}",
                              (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                              (workspace, grad_weight, np.int32(path.parts), np.int64(count)))
         else:
             work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
-            self._launch("deconv_backward.cu", path.entry, (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1),
+            self._launch(path, path.entry, (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1),
                          (BLOCK, 1, 1), (grad_output, x, grad_weight) + geometry_args(geom))
         return grad_weight
 
+    @on_arrays_device("grad_output")
     def grad_bias(self, grad_output, geom: ConvTransposeGeometry, algorithm="auto"):
         """grad_bias over slabs of N·out_spatial per channel (enough blocks to fill the GPU, partial
         sums in a C_out × slabs workspace added in order), or one block per channel ("gather",
@@ -389,21 +483,22 @@ class KernelBackend:
         suffix, out_spatial = _SUFFIX[grad_output.dtype], math.prod(geom.out_size)
         path = self.kernel_path(geom, "grad_bias", algorithm, grad_output.dtype, "fp32")
         if path.kind == "per-channel":
-            self._launch("deconv_backward.cu", path.entry,
+            self._launch(path, path.entry,
                          (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                          (grad_output, grad_bias, np.int32(geom.batch), np.int32(geom.out_channels),
                           np.int32(out_spatial)))
             return grad_bias
         slabs = path.parts
         partial = self.xp.empty((geom.out_channels, slabs), dtype=compute_dtype(grad_output.dtype))
-        self._launch("deconv_backward.cu", path.entry, path.grid, (BLOCK, 1, 1),
+        self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
                       np.int32(out_spatial), np.int32(slabs), np.int32(ceil_div(geom.batch * out_spatial, slabs))))
-        self._launch("deconv_backward.cu", f"deconv_grad_bias_combine_{suffix}",
+        self._launch(path, f"deconv_grad_bias_combine_{suffix}",
                      (ceil_div(geom.out_channels, BLOCK), 1, 1), (BLOCK, 1, 1),
                      (partial, grad_bias, np.int32(geom.out_channels), np.int32(slabs)))
         return grad_bias
 
+    @on_arrays_device("grad_output", "x", "weight")
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
                  precision="fp32"):
         grad_output = self.xp.ascontiguousarray(grad_output)
@@ -414,6 +509,7 @@ class KernelBackend:
         )
 
     # -- optimizer ------------------------------------------------------------------------------
+    @on_arrays_device("param", "grad", "momentum_buffer")
     def sgd_step(self, param, grad, momentum_buffer, hyper, first_step):
         """One fused torch.optim.SGD update of ``param`` (and ``momentum_buffer``) in place."""
         if not param.flags.c_contiguous:
@@ -426,7 +522,9 @@ class KernelBackend:
         count = param.size
         if count == 0:
             return
-        self._launch("sgd.cu", f"sgd_step_{_SUFFIX[param.dtype]}",
+        suffix = _SUFFIX[param.dtype]
+        path = KernelPath("elementwise", f"sgd_step_{suffix}", source="sgd.cu", math=suffix)
+        self._launch(path, path.entry,
                      (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),  # 64-bit index
                      (param, grad, momentum_buffer, np.int64(count), math_type(hyper.lr),
                       math_type(hyper.momentum), math_type(1.0 - hyper.dampening),
@@ -434,9 +532,11 @@ class KernelBackend:
                       np.int32(hyper.maximize), np.int32(first_step)))
 
     def _placeholder_float32(self):
-        placeholder = getattr(self, "_float32_placeholder", None)
+        """A float32 array on the current device standing in for a pointer a kernel never reads."""
+        device = self._device_key()
+        placeholder = self._float32_placeholders.get(device)
         if placeholder is None:
-            placeholder = self._float32_placeholder = self.xp.zeros(1, dtype=np.float32)
+            placeholder = self._float32_placeholders[device] = self.xp.zeros(1, dtype=np.float32)
         return placeholder
 
 
@@ -453,9 +553,11 @@ def make(name: str) -> KernelBackend:
             return None
 
         return KernelBackend("cuda", cupy, cupy.RawModule, lambda: cupy.cuda.runtime.getDevice(),
-                             gemm_unavailable_reason)
+                             gemm_unavailable_reason, device_of=lambda array: array.device.id,
+                             use_device=lambda device: contextlib.nullcontext() if device is None
+                             else cupy.cuda.Device(device))
     if name == "emulator":
         from .. import emulator
 
-        return KernelBackend("emulator", np, emulator.RawModule, lambda: "cpu")
+        return KernelBackend("emulator", np, emulator.RawModule, lambda: "cpu", module_per_math=False)
     raise ValueError(f"no kernel backend named {name!r}")
