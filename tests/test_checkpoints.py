@@ -457,7 +457,7 @@ def _sgd_bad_states(good):
         ([("state", state)], TypeError, "must be a dict"),
         ({"state": [buf0], "param_groups": other_lr}, TypeError, r"\['state'\] must be a dict"),
         ({"state": {0: {"momentum_buffer": to_numpy(buf0).tolist()}}, "param_groups": other_lr},
-         TypeError, "must be a NumPy or CuPy array"),
+         TypeError, r"\[.momentum_buffer.\] must be an array"),
         ({"state": {0.5: {"momentum_buffer": buf0}}, "param_groups": other_lr}, TypeError, "0.5"),
         ({"state": {"0": {"momentum_buffer": buf0}}, "param_groups": other_lr}, TypeError, "'0'"),
         ({"state": {True: {"momentum_buffer": buf0}}, "param_groups": other_lr}, TypeError, "True"),
