@@ -319,11 +319,29 @@ class BuildPlan:
         flags += ["-fvisibility=hidden", "-pthread", "-I", str(PACKAGE_DIR)]
         if self.cuda_include:
             flags += ["-isystem", self.cuda_include, "-DCUDECONV_EMU_HAVE_CUDA_HEADERS=1"]
+        # No contraction of a*b+c into fused multiply-adds (nvcc's default): results stay the same
+        # on every host, whatever FMA support it has (see docs/emulator.md, Floating point).
+        flags.append("-ffp-contract=off")
         if self.sanitize:
             flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
         else:
             flags += ["-O2", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,defs"]
         return flags
+
+    def build_commands(self, unit, output):
+        """Compiler invocations that turn ``unit`` into ``output``, run in the scratch directory.
+
+        A plain build checks the alignment of every access through a pointer as the GPU does
+        (UBSan's alignment instrumentation, reported by handlers in the shim header): compiled
+        to an object first and linked without the option, so that the module does not need
+        UBSan's runtime library. A sanitizer build has that runtime and reports through it.
+        """
+        compiler = [*self.compiler, *self.flags(), f"-ffile-prefix-map={Path(unit).parent}=."]
+        if self.sanitize:
+            return [[*compiler, Path(unit).name, "-o", Path(output).name]]
+        obj = Path(output).with_suffix(".o").name
+        check = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment", "-DCUDECONV_EMU_CHECK_ALIGNMENT=1"]
+        return [[*compiler, *check, "-c", Path(unit).name, "-o", obj], [*compiler, obj, "-o", Path(output).name]]
 
     def translation_unit(self, entry_points):
         """The unit to compile; ``entry_points=None`` gives the discovery variant."""
@@ -413,9 +431,8 @@ def build(plan):
         preprocessed = _run_compiler([*plan.compiler, *plan.flags(), "-E", "-DCUDECONV_EMU_DISCOVER", unit.name], plan, scratch)
         unit.write_text(plan.translation_unit(find_entry_points(preprocessed)))
         output = Path(scratch) / artifact.name
-        _run_compiler(
-            [*plan.compiler, *plan.flags(), f"-ffile-prefix-map={scratch}=.", unit.name, "-o", output.name], plan, scratch
-        )
+        for command in plan.build_commands(unit, output):
+            _run_compiler(command, plan, scratch)
         record = Path(scratch) / record_path(artifact).name
         record.write_text(_file_record(output))
         # Each rename is atomic; the record goes first, so whoever finds the new file finds its record.

@@ -3,6 +3,7 @@
 import ctypes
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -17,7 +18,18 @@ from ._errors import EmulatorKernelNotFoundError, EmulatorLaunchError
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK_DIM = (1024, 1024, 64)
 MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
-MAX_DYNAMIC_SHARED_BYTES = 232448  # must match kMaxDynamicShared in cudeconv_emu.h
+# Dynamic shared memory a kernel may launch with until it opts in to more (the default of
+# CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024
+# The most a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability;
+# an architecture between two entries has the lower one's. kMaxDynamicShared in cudeconv_emu.h, the
+# size of the emulator's buffer, is the largest.
+_OPT_IN_SHARED_BYTES = {
+    (5, 0): 48 * 1024, (7, 0): 96 * 1024, (7, 5): 64 * 1024, (8, 0): 163 * 1024, (8, 6): 99 * 1024,
+    (8, 7): 163 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024, (12, 0): 99 * 1024,
+}
+DEFAULT_ARCHITECTURE = (9, 0)  # without an -arch option
+_ARCH_OPTION = re.compile(r"(?:-arch|--gpu-architecture)=(?:sm|compute)_(\d+?)(\d)[af]?")
 _ERROR_BUFFER_BYTES = 8192
 # Sanitizer defaults; the caller's own ASAN_OPTIONS/UBSAN_OPTIONS come after and win.
 # (No fake stacks: off x86-64 the emulator finds the running thread from a local's address.)
@@ -44,6 +56,22 @@ def launch_timeout():
     return seconds
 
 
+def target_architecture(options):
+    """Compute capability named by an ``-arch=sm_XY`` option (the last one), else sm_90."""
+    architecture = DEFAULT_ARCHITECTURE
+    for option in options:
+        matched = _ARCH_OPTION.fullmatch(option) if isinstance(option, str) else None
+        if matched:
+            architecture = (int(matched.group(1)), int(matched.group(2)))
+    return architecture
+
+
+def opt_in_shared_limit(architecture):
+    """Bytes of dynamic shared memory a kernel may opt in to on ``architecture``."""
+    known = max((a for a in _OPT_IN_SHARED_BYTES if a <= architecture), default=min(_OPT_IN_SHARED_BYTES))
+    return _OPT_IN_SHARED_BYTES[known]
+
+
 class RawModule:
     """CUDA C++ source compiled for the CPU; mirrors ``cupy.RawModule(code=..., options=...)``.
 
@@ -56,6 +84,7 @@ class RawModule:
         self.code = code
         self.options = (options,) if isinstance(options, str) else tuple(options)
         self.sanitize = bool(sanitize)
+        self.architecture = target_architecture(self.options)  # for the GPU's launch limits
         self._compiled = _compiler.load(code, self.options, self.sanitize)
         self._kernels = {}
 
@@ -74,24 +103,46 @@ class RawModule:
                 raise EmulatorKernelNotFoundError(
                     f"no extern \"C\" __global__ function named {name!r} in the module (entry points: {available})"
                 )
-            kernel = self._kernels[name] = RawKernel(self._compiled, info)
+            kernel = self._kernels[name] = RawKernel(self._compiled, info, self.architecture)
         return kernel
 
 
 class RawKernel:
     """One entry point; call it like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)``."""
 
-    def __init__(self, compiled, info):
+    def __init__(self, compiled, info, architecture=DEFAULT_ARCHITECTURE):
         self._compiled = compiled
         self.name = info.name
         self.parameters = info.parameters
         self.max_threads_per_block = info.max_threads or MAX_THREADS_PER_BLOCK
+        self.architecture = architecture
+        self._max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED_BYTES
         if compiled.library is not None:
             self._launch = getattr(compiled.library, f"cudeconv_emu_launch_{info.name}")
             self._launch.restype = ctypes.c_int
             self._launch.argtypes = [
                 ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong
             ]
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        """The most dynamic shared memory a launch may ask for: 48 KiB until set higher, as
+        CuPy's ``Function.max_dynamic_shared_size_bytes`` (``cudaFuncSetAttribute`` with
+        ``cudaFuncAttributeMaxDynamicSharedMemorySize``), up to the architecture's opt-in limit."""
+        return self._max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"max_dynamic_shared_size_bytes must be an int, got {_describe(value)}")
+        limit = opt_in_shared_limit(self.architecture)
+        if not 0 <= value <= limit:
+            raise ValueError(
+                f"max_dynamic_shared_size_bytes={value} for kernel '{self.name}' is outside 0..{limit} bytes, "
+                f"the most a block may opt in to on {_architecture_name(self.architecture)} "
+                "(the GPU refuses it too: CUDA_ERROR_INVALID_VALUE)"
+            )
+        self._max_dynamic_shared_size_bytes = int(value)
 
     def __repr__(self):
         signature = ", ".join(p.c_type for p in self.parameters)
@@ -120,10 +171,22 @@ class RawKernel:
         threads = block[0] * block[1] * block[2]
         if threads > self.max_threads_per_block:
             problems.append(f"{threads} threads per block exceed the kernel's limit of {self.max_threads_per_block}")
-        if not 0 <= shared_mem <= MAX_DYNAMIC_SHARED_BYTES:
-            problems.append(f"shared_mem={shared_mem} outside 0..{MAX_DYNAMIC_SHARED_BYTES} bytes")
+        if shared_mem < 0:
+            problems.append(f"shared_mem={shared_mem} is negative")
         if problems:
             raise EmulatorLaunchError(f"invalid launch configuration for kernel '{self.name}': " + "; ".join(problems))
+        if shared_mem > self._max_dynamic_shared_size_bytes:
+            limit = opt_in_shared_limit(self.architecture)
+            fix = (
+                f"opt in first, as on the GPU: kernel.max_dynamic_shared_size_bytes = {shared_mem} (CuPy's Function "
+                "attribute; cudaFuncAttributeMaxDynamicSharedMemorySize in CUDA C++)"
+                if shared_mem <= limit
+                else f"that is more than the {limit} bytes a block can have on {_architecture_name(self.architecture)}"
+            )
+            raise EmulatorLaunchError(
+                f"invalid launch configuration for kernel '{self.name}': shared_mem={shared_mem} bytes of dynamic shared "
+                f"memory exceed the kernel's max_dynamic_shared_size_bytes of {self._max_dynamic_shared_size_bytes}; {fix}"
+            )
         return int(shared_mem)
 
     def _check_arguments(self, args):
@@ -223,6 +286,10 @@ class RawKernel:
                 region = _region_of(regions, array)
                 offset = int(offsets[region]) + array.ctypes.data - regions[region][0]
                 np.copyto(array.reshape(-1).view(np.uint8), response[offset : offset + array.nbytes])
+
+
+def _architecture_name(architecture):
+    return f"sm_{architecture[0]}{architecture[1]}"
 
 
 def _dimensions(value, what):

@@ -296,6 +296,12 @@ inline std::string format_uint3(uint3 v) {
     return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
 }
 
+inline std::string pointer_text(const void* p) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%p", p);
+    return buf;
+}
+
 inline std::string where_am_i() {
     return "block " + format_uint3(current_worker().block_idx) + ", thread " + format_uint3(current_fiber().thread_idx);
 }
@@ -989,6 +995,47 @@ extern "C" __attribute__((visibility("hidden"), noreturn)) void __assert_fail(co
     cudeconv_emu::abort_launch(message + " (" + cudeconv_emu::where_am_i() + ")");
 }
 
+#ifdef CUDECONV_EMU_CHECK_ALIGNMENT
+// Plain builds are compiled with -fsanitize=alignment (see _compiler.py): before every access
+// through a pointer or reference the compiler tests the address against the type's alignment
+// (one test and a branch) and calls these on a misaligned one, which on a GPU is a "misaligned
+// address" error. They stand in for UBSan's runtime, which is not linked; hidden, so each
+// module calls its own.
+namespace cudeconv_emu {
+struct UbsanTypeMismatch {  // UBSan's TypeMismatchData (its v1 ABI)
+    const char* file;
+    unsigned line, column;
+    const struct {
+        unsigned short kind, info;
+        char name[1];
+    }* type;
+    unsigned char log_alignment;
+    unsigned char check_kind;
+};
+
+[[noreturn]] inline void misaligned_access(void* data, void* address) {
+    const auto& d = *static_cast<const UbsanTypeMismatch*>(data);
+    const char* access = d.check_kind == 0 ? "load of" : d.check_kind == 1 ? "store to" : "access to";
+    const std::string message = std::string("misaligned ") + access + " " + d.type->name +
+                                " at address " + pointer_text(address) + ", which needs " +
+                                std::to_string(1u << d.log_alignment) + "-byte alignment (" + d.file + ":" +
+                                std::to_string(d.line) + ":" + std::to_string(d.column);
+    if (!tls_worker || !tls_worker->running.load()) {  // not kernel code: a bug in the emulator itself
+        std::fprintf(stderr, "cudeconv emulator: %s)\n", message.c_str());
+        std::abort();
+    }
+    abort_launch(message + ", " + where_am_i() + "); on a GPU this is a misaligned address error");
+}
+}  // namespace cudeconv_emu
+__asm__(".hidden __ubsan_handle_type_mismatch_v1\n.hidden __ubsan_handle_type_mismatch_v1_abort");
+extern "C" void __ubsan_handle_type_mismatch_v1(void* data, void* address) {
+    cudeconv_emu::misaligned_access(data, address);
+}
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(void* data, void* address) {
+    cudeconv_emu::misaligned_access(data, address);
+}
+#endif
+
 [[noreturn]] inline void __trap() { cudeconv_emu::abort_launch("__trap() called (" + cudeconv_emu::where_am_i() + ")"); }
 
 // ---- synchronisation -----------------------------------------------------------------------
@@ -1286,12 +1333,6 @@ inline bool in_shared_memory(const Worker& w, const void* address, size_t bytes)
     if (p < w.tls_begin || p + bytes > w.tls_end) return false;
     if (p < dynamic_end && p + bytes > dynamic_shared) return false;
     return p + bytes <= worker_pointer || p >= worker_pointer + sizeof(tls_worker);
-}
-
-inline std::string pointer_text(const void* p) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%p", p);
-    return buf;
 }
 
 // ---- cvt.rna.tf32.f32 and the operand formats
