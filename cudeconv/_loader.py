@@ -8,6 +8,7 @@ file and line. Modules are memoized per (file, options, device).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from pathlib import Path
@@ -76,3 +77,22 @@ def load_module(filename: str, module_class, device_key, options=()):
             module = module_class(code=kernel_source(filename), options=tuple(options))
             _modules[key] = module
         return module
+
+
+def cupy_cache_dir() -> Path:
+    """Where CuPy keeps the kernels NVRTC compiled (``$CUPY_CACHE_DIR``, else
+    ``~/.cupy/kernel_cache``): a later process loads them instead of compiling again."""
+    return Path(os.environ.get("CUPY_CACHE_DIR") or Path.home() / ".cupy" / "kernel_cache")
+
+
+def directory_bytes(path: Path):
+    """(bytes, files) under ``path``; (0, 0) where it does not exist."""
+    total = count = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+                count += 1
+            except OSError:  # removed while we walk (another process evicting)
+                pass
+    return total, count

@@ -9,11 +9,13 @@ import math
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 
 from . import __version__, backends
 from ._dtypes import NAMES as FLOAT_NAMES
+from ._dtypes import float_dtype
 from ._precision import PRECISIONS
 from .cases import QUICK, QUICK_EMULATOR
 
@@ -84,6 +86,47 @@ def _info(_args) -> int:
     from .emulator import compiler_description
 
     print(f"emulator compiler: {compiler_description()}")
+    _print_caches()
+    return 0
+
+
+def _print_caches():
+    from ._loader import cupy_cache_dir, directory_bytes
+    from .emulator import cache_usage
+
+    cupy_dir = cupy_cache_dir()
+    size, files = directory_bytes(cupy_dir)
+    print("kernel caches:")
+    print(f"  cuda      {cupy_dir}: {size / 2**20:.1f} MiB in {files} files "
+          f"(CuPy's; $CUPY_CACHE_DIR moves it; `cudeconv warmup` fills it)")
+    try:
+        usage = cache_usage()
+    except ValueError as exc:  # a malformed $CUDECONV_EMULATOR_CACHE_MAX
+        print(f"  emulator  {exc}")
+        return
+    print(f"  emulator  {usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.builds} builds, at most "
+          f"{usage.limit / 2**20:.0f} MiB ($CUDECONV_EMULATOR_CACHE, $CUDECONV_EMULATOR_CACHE_MAX)")
+
+
+def _warmup(args, parser) -> int:
+    """Compile ahead every module a step of the chosen dtypes and precisions can need."""
+    backend_name = args.backend
+    reason = (backends.cuda_unavailable_reason() if backend_name == "cuda"
+              else backends.emulator_unavailable_reason())
+    if reason is not None:
+        parser.exit(2, f"cudeconv warmup: backend {backend_name!r} cannot run here: {reason}\n")
+    impl = backends.get(backend_name)
+    dtypes = args.dtype or ["float32"]
+    precisions = args.precision or ["fp32"]
+
+    def progress(source, math_name):
+        print(f"  {source} [{math_name or 'every math'}]", flush=True)
+
+    start = time.perf_counter()
+    print(f"compiling for {backend_name} ({', '.join(dtypes)}; precision {', '.join(precisions)}):")
+    compiled = impl.warmup([float_dtype(name) for name in dtypes], precisions, on_progress=progress)
+    print(f"{len(compiled)} modules ready in {time.perf_counter() - start:.1f} s")
+    _print_caches()
     return 0
 
 
@@ -227,8 +270,21 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="cudeconv", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cudeconv {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,demo,info}")
-    commands.add_parser("info", help="versions, which backends work here (and why not), GPU peaks")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,demo,info,warmup}")
+    commands.add_parser("info", help="versions, which backends work here (and why not), GPU peaks, kernel caches")
+    warmup_parser = commands.add_parser(
+        "warmup", help="compile the kernels ahead for this GPU (for images and clusters)",
+        description="Compile, into CuPy's kernel cache, every module a forward, backward and SGD step of the "
+                    "given dtypes and precisions can need, so that a first call compiles nothing. A first call "
+                    "compiles only what it needs anyway (about two seconds of CPU for float32); warmup does it "
+                    "ahead, e.g. while building a container image on a machine with the same GPU.")
+    warmup_parser.add_argument("--dtype", nargs="+", choices=DTYPES, metavar="DTYPE",
+                               help=f"dtypes to compile for: {', '.join(DTYPES)} (default: float32)")
+    warmup_parser.add_argument("--precision", nargs="+", choices=PRECISIONS, metavar="PRECISION",
+                               help=f"float32 GEMM precisions: {', '.join(PRECISIONS)} (default: fp32)")
+    warmup_parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda",
+                               help="cuda (default), or emulator to build the CPU emulator's modules")
+
 
     bench_parser = commands.add_parser(
         "bench", help="check and time every pass of the benchmark suite against the baselines present",
@@ -289,7 +345,7 @@ def build_parser():
                              help="train data-parallel on the processes of `mpiexec -n N cudeconv demo "
                                   "--distributed`: MPI on numpy/emulator, NCCL on cuda (one GPU per "
                                   "process); --batch must be a multiple of N; needs cudeconv[mpi]")
-    return parser, {"bench": bench_parser, "demo": demo_parser}
+    return parser, {"bench": bench_parser, "demo": demo_parser, "warmup": warmup_parser}
 
 
 def main(argv=None) -> int:
@@ -303,6 +359,8 @@ def main(argv=None) -> int:
         return _info(args)
     if args.command == "bench":
         return _bench(args, subparsers["bench"])
+    if args.command == "warmup":
+        return _warmup(args, subparsers["warmup"])
     if args.command == "demo":
         if args.size % args.scale:
             subparsers["demo"].error(f"--size {args.size} must be a multiple of --scale {args.scale}")

@@ -1,19 +1,29 @@
-"""Every CUDA source compiles with NVRTC — the compiler CuPy runs on the user's machine — as the
-loader hands it over (headers inlined), for sm_80 and sm_90. No GPU is needed to compile, so
-this runs in CI: inline PTX, headers or C++ that nvcc accepts and NVRTC does not fail here
-rather than on a user's first launch."""
+"""Every CUDA source compiles with NVRTC — the compiler CuPy runs on the user's machine — exactly as
+the launch layer hands it over: headers inlined, the launch layer's own options, one module per
+math (``-DCUDECONV_MATH``), for sm_80 and sm_90. No GPU is needed to compile, so this runs in CI:
+inline PTX, headers, C++ or static shared memory that ptxas refuses fail here rather than on a
+user's first launch. And a first float32 training step compiles in at most two seconds of CPU time."""
 import ctypes
 import ctypes.util
 import importlib.util
+import re
+import resource
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import skip_unless_kernel_checks_can_run
-from cudeconv._loader import kernels_dir, source_with_headers
+from cudeconv._geometry import make_geometry
+from cudeconv._loader import kernel_source, kernels_dir, source_with_headers
+from cudeconv.backends.kernel_backend import (MODULE_MATHS, SOURCES, KernelBackend, gemm_math,
+                                              module_options)
 from cudeconv.emulator._compiler import find_cuda_include
 
-SOURCES = sorted(kernels_dir().glob("*.cu")) + [Path(__file__).parent / "emulator_kernels" / "mma_primitives.cu"]
+TEST_KERNELS = [Path(__file__).parent / "emulator_kernels" / "mma_primitives.cu"]
+# The float32 GEMM maths share float32 storage, so their modules also hold the float32 split-K reduce.
+STORAGE_OF_MATH = {"f16": "f16", "bf16": "bf16", "f32": "f32", "f64": "f64", "tf32": "f32", "tf32x3": "f32"}
+COLD_START_CPU_SECONDS = 2.0
 
 
 def _nvrtc_library():
@@ -29,7 +39,7 @@ NVRTC = _nvrtc_library()
 
 
 def nvrtc_compile(source, name, options):
-    """(status, log) of nvrtcCompileProgram; status 0 is NVRTC_SUCCESS."""
+    """(status, log, ptx) of nvrtcCompileProgram; status 0 is NVRTC_SUCCESS (ptx "" otherwise)."""
     program = ctypes.c_void_p()
     assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None) == 0
     try:
@@ -39,16 +49,98 @@ def nvrtc_compile(source, name, options):
         NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         NVRTC.nvrtcGetProgramLog(program, log)
-        return status, log.value.decode(errors="replace")
+        ptx = ""
+        if status == 0:
+            NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
+            buffer = ctypes.create_string_buffer(size.value)
+            NVRTC.nvrtcGetPTX(program, buffer)
+            ptx = buffer.value.decode()
+        return status, log.value.decode(errors="replace"), ptx
     finally:
         NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_nvrtc_compiles(source, arch):
-    skip_unless_kernel_checks_can_run("NVRTC", None if NVRTC else "libnvrtc not found (pip wheel nvidia-cuda-nvrtc)")
+def entry_points(ptx):
+    return set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.MULTILINE))
+
+
+def launch_options(arch, math_name=None):
+    """What CuPy is given by the launch layer, plus what CuPy adds itself (architecture, headers)."""
     include = find_cuda_include()  # cuda_fp16.h, as CuPy's [ctk] headers provide on a GPU machine
-    options = [f"--gpu-architecture={arch}", "-std=c++17"] + ([f"-I{include}"] if include else [])
-    status, log = nvrtc_compile(source_with_headers(source), source.name, options)
+    layer = module_options(math_name) if math_name else ()
+    return [f"--gpu-architecture={arch}", "-std=c++17", *layer] + ([f"-I{include}"] if include else [])
+
+
+def _require_nvrtc():
+    skip_unless_kernel_checks_can_run("NVRTC", None if NVRTC else "libnvrtc not found (pip wheel nvidia-cuda-nvrtc)")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("math_name", MODULE_MATHS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_each_module_compiles_with_the_launch_layers_options(source, math_name, arch):
+    _require_nvrtc()
+    status, log, ptx = nvrtc_compile(kernel_source(source), source, launch_options(arch, math_name))
+    assert status == 0, f"NVRTC failed on {source} for {math_name} on {arch}:\n{log}"
+    # A module holds its math's entry points only: the others are not compiled at all.
+    storage = STORAGE_OF_MATH[math_name]
+    for entry in entry_points(ptx):
+        assert entry.endswith((f"_{math_name}", f"_{storage}")), f"{entry} compiled into the {math_name} module"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_modules_of_a_source_together_hold_every_entry_point(source):
+    """No entry point is lost by the per-math split: the union of the modules' entry points is what
+    the whole source defines (compiled without -DCUDECONV_MATH, as nvcc and the emulator do)."""
+    _require_nvrtc()
+    everything = entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90"))[2])
+    assert everything
+    split = set()
+    for math_name in MODULE_MATHS:
+        split |= entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))[2])
+    assert split == everything
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", TEST_KERNELS, ids=lambda p: p.name)
+def test_test_kernels_compile(source, arch):
+    _require_nvrtc()
+    status, log, _ = nvrtc_compile(source_with_headers(source), source.name, launch_options(arch))
     assert status == 0, f"NVRTC failed on {source.name} for {arch}:\n{log}"
+
+
+def test_every_source_is_known_to_the_launch_layer():
+    assert sorted(SOURCES) == sorted(path.name for path in kernels_dir().glob("*.cu"))
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # NVRTC compiles in this process, on any thread
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
+    """The cold start: everything a float32 fp32 forward + backward + SGD step of a GEMM-sized layer
+    needs, as the launch layer asks for it, compiled for sm_90 — CPU time, not wall time, so other
+    load on the machine does not count."""
+    _require_nvrtc()
+    impl = KernelBackend("cold-start", np, None, lambda: "unused")
+    geom = make_geometry(ndim=2, input_shape=(8, 64, 16, 16), weight_shape=(64, 32, 4, 4), stride=2, padding=1,
+                         output_padding=0, groups=1, dilation=1)
+    paths = impl.kernel_paths(geom, np.float32, precision="fp32").values()
+    assert {path.kind for path in paths} == {"gemm", "slabs"}  # the step a real layer takes
+    modules = {(path.source, path.math) for path in paths} | {("sgd.cu", "f32")}
+    assert all(math_name == "f32" for _, math_name in modules)
+    start = _cpu_seconds()
+    for source, math_name in sorted(modules):
+        status, log, _ = nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))
+        assert status == 0, log
+    spent = _cpu_seconds() - start
+    assert spent <= COLD_START_CPU_SECONDS, (
+        f"a first float32 step compiles {sorted(modules)} in {spent:.2f} s of CPU time, above "
+        f"{COLD_START_CPU_SECONDS} s")
+
+
+def test_the_gemm_math_of_each_precision_has_a_module():
+    for dtype in (np.float16, np.float32, np.float64):
+        for precision in ("fp32", "tf32", "tf32x3"):
+            assert gemm_math(dtype, precision) in MODULE_MATHS

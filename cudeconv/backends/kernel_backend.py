@@ -301,16 +301,19 @@ class KernelBackend:
     def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name: None):
         """Compile, for the current device, every module a forward, backward and SGD step of
         ``dtypes`` at ``precisions`` can need (the GEMM's math follows the precision for float32;
-        the direct kernels serve every precision). Returns the (source, math) pairs compiled."""
+        the direct kernels serve every precision). Returns the (source, math) pairs compiled, math
+        None for a module of every math (``module_per_math=False``)."""
         wanted = []
         for dtype in dtypes:
             suffix = _SUFFIX[np.dtype(dtype)]
             wanted += [(source, suffix) for source in SOURCES if source != "deconv_gemm.cu"]
             wanted += [("deconv_gemm.cu", gemm_math(dtype, precision)) for precision in precisions]
+        if not self.module_per_math:
+            wanted = [(source, None) for source, _ in wanted]
         compiled = list(dict.fromkeys(wanted))
         for source, math_name in compiled:
             on_progress(source, math_name)
-            module = self.module(source, math_name)
+            module = self.module(source, math_name or "f32")  # without per-math modules, any math names it
             if hasattr(module, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
                 module.compile()
         return compiled
