@@ -1,56 +1,277 @@
 #!/usr/bin/env bash
-# The GPU validation: the one prepared command to run when a task is lent a GPU (see the
-# developers' guide).
-# Run from the repository root on the GPU machine (python3 there has cupy-cuda13x, numpy, torch,
-# pytest; no network):   bash scripts/gpu_check.sh        (about 8.5 minutes at most)
-# Each step has its own time limit. Everything lands in $OUT (default ./gpu-check-out):
-#   gpu_check.log  the output of every step, in order
-#   summary.txt    one line per step: name, exit status, seconds
-#   bench.json     `cudeconv bench --backend cuda` results (cuDNN with TF32 off/on in the same run)
-#   bench.png      the benchmark chart
-#   bench_tf32.*   the same with --precision tf32 (the kernels on TF32 tensor cores)
-#   sass.json      scripts/sass_report.py for every kernels/*.cu (needs nvcc and cuobjdump there)
+# The GPU validation: the one prepared command for a machine with a GPU (python3 there with
+# cupy-cuda13x, numpy, torch, pytest; no network). Run from anywhere in the checkout:
+#
+#   bash scripts/gpu_check.sh              on the GPU machine: about 8.5 minutes at most
+#   bash scripts/gpu_check.sh --rehearse   here, without a GPU: every step it can, on the emulator
+#
+# Steps, each under its own limit (LIMIT_* below; the script refuses limits that, with the kill
+# grace of each, add up to more than BUDGET seconds):
+#   gpu              nvidia-smi: the card, driver, clocks
+#   preflight        `cudeconv info`, then stop the whole run unless the cuda backend works
+#   tests            the suite's cuda cases (`-k cuda`) with CUDECONV_REQUIRE_CUDA=1 (a cuda test
+#                    that would skip for want of the backend fails), -rs, and pytest-timeout's
+#                    per-test limit where that plugin is installed
+#   sanitizer_probe  whether compute-sanitizer runs on this machine at all (it does not on gVisor)
+#   memcheck         scripts/gpu_smoke_step.py under compute-sanitizer memcheck, the library's
+#                    kernels only: every entry point of kernels/*.cu, checked against NumPy, and
+#                    the set launched must equal the set defined (or, without the sanitizer, the
+#                    same step plain, as "smoke")
+#   racecheck        the same under racecheck
+#   bench            `cudeconv bench --backend cuda`, exact FP32
+#   bench_tf32       the same with --precision tf32
+#   archive          the cubins CuPy built during the run (CUPY_CACHE_DIR is a folder of this run),
+#                    for `python scripts/sass_report.py --cubins cubins.tar.gz` afterwards
+# A step over its limit is reported as "timeout" (exit status 124), not as a failure of what it ran.
+#
+# What lands in $OUT (default ./gpu-check-out; at most 8 files of at most 16 MiB, checked last):
+#   summary.txt, summary.json   every step's outcome, exit status, seconds and limit; the budget
+#   gpu_check.log               every step's output in order (gzipped, and cut in the middle if
+#                               need be, to stay under the file limit: then gpu_check.log.gz)
+#   bench.json, bench.png, bench_tf32.json, bench_tf32.png, cubins.tar.gz
+# Exit status: 0 when every step that ran passed; 1 when one failed or timed out; 2 when the run
+# could not start (limits over budget) or the preflight stopped it.
+#
+# --rehearse runs the same steps on the CPU: the emulator backend for the preflight, a small
+# emulator selection of the tests, the smoke step (with its entry-point check), `bench --quick`,
+# and the archive of an empty cache; nvidia-smi and compute-sanitizer are skipped, as the summary says.
 set -u
 cd "$(dirname "$0")/.."
+
+MODE=gpu
+case "${1:-}" in
+    "") ;;
+    --rehearse) MODE=rehearsal ;;
+    *) echo "usage: bash scripts/gpu_check.sh [--rehearse]" >&2; exit 2 ;;
+esac
+
+# -- the time budget --------------------------------------------------------------------------
+BUDGET=510        # seconds the whole run may take: the device call's ~9 minutes, less transfers
+KILL_GRACE=5      # after a step's limit, TERM; this much later, KILL
+LIMIT_GPU=${LIMIT_GPU:-10}
+LIMIT_PREFLIGHT=${LIMIT_PREFLIGHT:-30}
+LIMIT_TESTS=${LIMIT_TESTS:-140}
+LIMIT_SANITIZER_PROBE=${LIMIT_SANITIZER_PROBE:-20}
+LIMIT_MEMCHECK=${LIMIT_MEMCHECK:-60}
+LIMIT_RACECHECK=${LIMIT_RACECHECK:-60}
+LIMIT_BENCH=${LIMIT_BENCH:-75}
+LIMIT_BENCH_TF32=${LIMIT_BENCH_TF32:-45}
+LIMIT_ARCHIVE=${LIMIT_ARCHIVE:-15}
+STEPS="gpu preflight tests sanitizer_probe memcheck racecheck bench bench_tf32 archive"
+PER_TEST_TIMEOUT=90  # pytest-timeout's limit for one test (the first NVRTC compile of a module is the slowest)
+# compute-sanitizer checks only the library's kernels (every entry point is deconv_* or sgd_step_*),
+# not CuPy's own: the regex filter of its --kernel-name option.
+SANITIZER_KERNELS='regex=^(deconv|sgd_step)_'
+
+limit_of() { local var="LIMIT_${1^^}"; echo "${!var}"; }
+LIMITS_TOTAL=0
+LIMITS=""
+for name in $STEPS; do
+    limit=$(limit_of "$name")
+    if ! [[ $limit =~ ^[1-9][0-9]*$ ]]; then
+        echo "gpu_check: LIMIT_${name^^}=$limit is not a positive number of seconds" >&2
+        exit 2
+    fi
+    LIMITS_TOTAL=$(( LIMITS_TOTAL + limit + KILL_GRACE ))
+    LIMITS="$LIMITS${LIMITS:+,}$name=$limit"
+done
+if (( LIMITS_TOTAL > BUDGET )); then
+    echo "gpu_check: the step limits and their kill grace add up to ${LIMITS_TOTAL}s, over the ${BUDGET}s budget ($LIMITS; ${KILL_GRACE}s grace each)" >&2
+    exit 2
+fi
+
+# -- where things go --------------------------------------------------------------------------
+PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu-check-out}
+OUT_MAX_FILES=8
+OUT_MAX_BYTES=$(( 16 * 1024 * 1024 ))
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_check.log"
+rm -f "$LOG" "$LOG.gz" "$OUT"/summary.txt "$OUT"/summary.json "$OUT"/bench.json "$OUT"/bench.png \
+    "$OUT"/bench_tf32.json "$OUT"/bench_tf32.png "$OUT"/cubins.tar.gz
 : > "$LOG"
-: > "$OUT/summary.txt"
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+trap 'rm -rf "$RUN_DIR"' EXIT
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export CUPY_CACHE_DIR="$RUN_DIR/cupy-cache"  # only this run's cubins, for the archive
+export GPU_CHECK_NOTE="$RUN_DIR/note"        # a step may leave a one-line note for the summary here
+: > "$RUN_DIR/steps.tsv"
 failed=0
 
-step() {  # step NAME SECONDS COMMAND...
-    local name=$1 limit=$2 start rc
-    shift 2
-    start=$(date +%s)
-    echo "===== $name (limit ${limit}s): $*" | tee -a "$LOG"
-    timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
-    rc=$?
-    echo "$name rc=$rc $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt" "$LOG"
-    [ "$rc" -eq 0 ] || failed=1
+write_summary() {  # summary.json and summary.txt from the steps recorded so far
+    "$PYTHON" - "$RUN_DIR/steps.tsv" "$OUT" "$MODE" "$BUDGET" "$KILL_GRACE" "$LIMITS_TOTAL" "$LIMITS" \
+        "$SECONDS" "$failed" <<'PY'
+import json, sys
+from pathlib import Path
+tsv, out, mode, budget, grace, total, limits, elapsed, failed = sys.argv[1:]
+steps = []
+for line in Path(tsv).read_text().splitlines():
+    name, status, rc, seconds, limit, note = line.split("\t")
+    steps.append({"name": name, "status": status, "rc": int(rc) if rc else None,
+                  "seconds": int(seconds) if seconds else None, "limit_s": int(limit), "note": note})
+summary = {"mode": mode, "budget_s": int(budget), "kill_grace_s": int(grace), "limits_total_s": int(total),
+           "limits_s": {k: int(v) for k, v in (item.split("=") for item in limits.split(","))},
+           "elapsed_s": int(elapsed), "failed": failed == "1", "steps": steps}
+Path(out, "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+lines = [f"gpu_check ({mode}): {int(elapsed)}s elapsed; step limits {total}s of a {budget}s budget"]
+for s in steps:
+    took = "" if s["seconds"] is None else f"{s['seconds']:>4}s of {s['limit_s']:>3}s"
+    rc = "" if s["rc"] is None else f"rc {s['rc']}"
+    lines.append(f"{s['name']:16s} {s['status']:11s} {rc:7s} {took:13s} {s['note']}".rstrip())
+Path(out, "summary.txt").write_text("\n".join(lines) + "\n")
+PY
 }
 
-step gpu 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
-step info 30 python3 -m cudeconv info
-# The suite's "cuda" cases, the CUDA-graph capture/replay of a training step among them.
-step tests 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/
-# compute-sanitizer refuses the device on some machines (gVisor): probe it on a trivial program first,
-# so that its absence reads as skipped, not as a fault of the kernels.
-if timeout 60 compute-sanitizer --tool memcheck --error-exitcode 1 python3 -c "import cupy; cupy.zeros(1)" \
-        >> "$LOG" 2>&1; then
-    step memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
-    step racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
+record() {  # record NAME STATUS RC SECONDS LIMIT NOTE
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6//[$'\t\n']/ }" >> "$RUN_DIR/steps.tsv"
+    echo "gpu_check: $1 $2${3:+ (rc $3)}${4:+, ${4}s of ${5}s}${6:+: $6}" | tee -a "$LOG"
+    write_summary
+}
+
+skip() {  # skip NAME WHY
+    record "$1" skipped "" "" "$(limit_of "$1")" "$2"
+}
+
+# step [--soft] NAME [--as LABEL] COMMAND...: run COMMAND under NAME's limit. rc 124 (or a KILL
+# after the grace) is a timeout; --soft records a failure as "unavailable" (a tool that cannot
+# run here) instead of failing the run. The summary's note: $STEP_NOTE, then what the command
+# wrote to $GPU_CHECK_NOTE.
+STEP_NOTE=""
+step() {
+    local soft=0 name label limit start rc status seconds note=$STEP_NOTE
+    [ "$1" = --soft ] && { soft=1; shift; }
+    name=$1 label=$1
+    shift
+    [ "$1" = --as ] && { label=$2; shift 2; }
+    limit=$(limit_of "$name")
+    rm -f "$GPU_CHECK_NOTE"
+    echo "===== $label (limit ${limit}s): $*" >> "$LOG"
+    start=$SECONDS
+    timeout --kill-after="$KILL_GRACE" "$limit" "$@" >> "$LOG" 2>&1
+    rc=$?
+    seconds=$(( SECONDS - start ))
+    [ -s "$GPU_CHECK_NOTE" ] && note="${note:+$note; }$(head -c 300 "$GPU_CHECK_NOTE")"
+    if [ "$rc" -eq 0 ]; then
+        status=ok
+    elif [ "$rc" -eq 124 ] || { [ "$rc" -eq 137 ] && [ "$seconds" -ge "$limit" ]; }; then
+        status=timeout
+        note="${note:+$note; }stopped at its ${limit}s limit$([ "$rc" -eq 137 ] && echo ", killed after the ${KILL_GRACE}s grace")"
+        failed=1
+    elif [ "$soft" -eq 1 ]; then
+        status=unavailable
+    else
+        status=failed
+        failed=1
+    fi
+    record "$label" "$status" "$rc" "$seconds" "$limit" "$note"
+    return "$rc"
+}
+
+# -- the steps --------------------------------------------------------------------------------
+if [ "$MODE" = gpu ]; then
+    BACKEND=cuda
+    step gpu nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 else
-    echo "memcheck skipped: compute-sanitizer does not run on this machine (see $LOG)" | tee -a "$OUT/summary.txt"
-    echo "racecheck skipped: compute-sanitizer does not run on this machine" | tee -a "$OUT/summary.txt"
+    BACKEND=emulator
+    skip gpu "rehearsal: no GPU, nvidia-smi not run"
 fi
-# The same suite with exact FP32 kernels (against cuDNN with TF32 off) and with TF32 tensor cores
-# (against cuDNN with TF32 on, PyTorch's default for convolutions).
-step bench 100 python3 -m cudeconv bench --backend cuda --json "$OUT/bench.json" --plot "$OUT/bench.png"
-step bench_tf32 100 python3 -m cudeconv bench --backend cuda --precision tf32 --json "$OUT/bench_tf32.json" \
-    --plot "$OUT/bench_tf32.png"
-# What the GPU ran, from the SASS (registers, spills, HMMA/LDGSTS/FFMA counts), beside the timings.
-step sass 60 python3 scripts/sass_report.py --json "$OUT/sass.json"
+
+# `cudeconv info` for the log (whatever state the CLI is in), then the verdict on the backend.
+PREFLIGHT='
+import os, sys
+from cudeconv import backends
+try:
+    from cudeconv import cli
+    cli.main(["info"])
+except Exception as exc:
+    print(f"cudeconv info failed: {type(exc).__name__}: {exc}")
+name = sys.argv[1]
+reason = backends.cuda_unavailable_reason() if name == "cuda" else backends.emulator_unavailable_reason()
+verdict = f"backend {name!r} " + (f"unavailable: {reason}" if reason else "works")
+print(verdict)
+with open(os.environ["GPU_CHECK_NOTE"], "w") as note:
+    note.write(verdict)
+sys.exit(1 if reason else 0)
+'
+if ! step preflight "$PYTHON" -c "$PREFLIGHT" "$BACKEND"; then
+    for name in $STEPS; do
+        case $name in gpu|preflight) ;; *) skip "$name" "not run: the preflight stopped the run" ;; esac
+    done
+    echo "gpu_check: STOPPED: the $BACKEND backend does not work here; see preflight in $OUT/summary.txt" | tee -a "$LOG"
+    cat "$OUT/summary.txt"
+    exit 2
+fi
+
+PYTEST=("$PYTHON" -m pytest -q -rs -p no:cacheprovider)
+if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then
+    PYTEST+=("--timeout=$PER_TEST_TIMEOUT")
+    STEP_NOTE="per-test timeout ${PER_TEST_TIMEOUT}s"
+else
+    STEP_NOTE="pytest-timeout not installed: no per-test timeout"
+fi
+if [ "$MODE" = gpu ]; then
+    # This file runs the rehearsal, which has no place inside the GPU run.
+    step tests env CUDECONV_REQUIRE_CUDA=1 "${PYTEST[@]}" -k cuda --ignore=tests/test_gpu_check.py tests/
+else
+    # The same pytest line on a small emulator selection, failing where the emulator cannot run.
+    step tests env CUDECONV_REQUIRE_KERNEL_CHECKS=1 "${PYTEST[@]}" -k "emulator and (matches_reference or follows_numpy)" \
+        tests/test_sgd.py
+fi
+STEP_NOTE=""
+
+SMOKE=("$PYTHON" scripts/gpu_smoke_step.py --backend "$BACKEND")
+if [ "$MODE" = rehearsal ]; then
+    skip sanitizer_probe "rehearsal: no GPU, compute-sanitizer not run"
+    step memcheck --as smoke "${SMOKE[@]}"
+    skip racecheck "rehearsal: no GPU, compute-sanitizer not run"
+elif step --soft sanitizer_probe compute-sanitizer --tool memcheck --error-exitcode 1 \
+        "$PYTHON" -c "import cupy; cupy.zeros(1)"; then
+    SANITIZE=(compute-sanitizer --error-exitcode 1 --kernel-name "$SANITIZER_KERNELS")
+    step memcheck "${SANITIZE[@]}" --tool memcheck "${SMOKE[@]}"
+    step racecheck "${SANITIZE[@]}" --tool racecheck "${SMOKE[@]}"
+else
+    # No sanitizer here (gVisor refuses it): the smoke step still checks every entry point's result.
+    step memcheck --as smoke "${SMOKE[@]}"
+    skip racecheck "compute-sanitizer does not run on this machine (sanitizer_probe)"
+fi
+
+BENCH=("$PYTHON" -m cudeconv bench --backend "$BACKEND")
+if [ "$MODE" = rehearsal ]; then
+    BENCH+=(--quick)
+    # No CPU baselines in a rehearsal: the kernels' path through the bench is what is rehearsed.
+    "$PYTHON" -m cudeconv bench --help 2>/dev/null | grep -q -- --baselines && BENCH+=(--baselines none)
+fi
+step bench "${BENCH[@]}" --json "$OUT/bench.json" --plot "$OUT/bench.png"
+step bench_tf32 "${BENCH[@]}" --precision tf32 --json "$OUT/bench_tf32.json" --plot "$OUT/bench_tf32.png"
+
+mkdir -p "$CUPY_CACHE_DIR"
+step archive "$PYTHON" scripts/sass_report.py --pack-cubins "$CUPY_CACHE_DIR" "$OUT/cubins.tar.gz"
+
+# -- $OUT within what comes back ----------------------------------------------------------------
+if [ "$(stat -c %s "$LOG")" -gt "$OUT_MAX_BYTES" ]; then
+    gzip -9 "$LOG"
+    if [ "$(stat -c %s "$LOG.gz")" -gt "$OUT_MAX_BYTES" ]; then  # keep the start and the end
+        { zcat "$LOG.gz" | head -c $(( 32 * 1024 * 1024 ))
+          printf '\n===== [gpu_check: the middle of this log was cut to fit the file limit] =====\n'
+          zcat "$LOG.gz" | tail -c $(( 64 * 1024 * 1024 )); } | gzip -9 > "$RUN_DIR/log.gz"
+        mv "$RUN_DIR/log.gz" "$LOG.gz"
+    fi
+    LOG="$LOG.gz"
+fi
+problems=$(cd "$OUT" && {
+    count=$(find . -type f | wc -l)
+    [ "$count" -le "$OUT_MAX_FILES" ] || echo "$count files, at most $OUT_MAX_FILES come back"
+    find . -type f -size +$(( OUT_MAX_BYTES / 1024 ))k -printf '%P is over 16 MiB; '
+    find . -mindepth 4 -printf '%P is more than two folders deep; '
+    find . -mindepth 1 -name '*[!A-Za-z0-9._-]*' -printf '%P has a name that does not come back; '
+} | tr '\n' ' ')
+if [ -n "$problems" ]; then
+    failed=1
+    record out_limits failed "" "" 0 "$problems"
+else
+    record out_limits ok "" "" 0 "$(cd "$OUT" && find . -type f | wc -l) files, each at most 16 MiB"
+fi
+
+echo "gpu_check: done in ${SECONDS}s" >> "$LOG"
 cat "$OUT/summary.txt"
-exit $failed
+exit "$failed"

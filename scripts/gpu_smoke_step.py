@@ -11,7 +11,8 @@ NumPy backend in float64, so a wrong answer fails the run, not only a memory err
 
 The launches are recorded (``KernelBackend._launch``) and must be exactly the entry points the
 preprocessed sources define (``sass_report.library_entry_points``): a kernel added without a
-launch here fails the run (exit status 3) instead of going unchecked.
+launch here fails the run (exit status 3) instead of going unchecked. The count goes to the file
+$GPU_CHECK_NOTE too, where set (gpu_check.sh's summary).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/gpu_smoke_step.py
     python3 scripts/gpu_smoke_step.py --backend emulator     # the same on the CPU, no GPU needed
@@ -19,6 +20,7 @@ launch here fails the run (exit status 3) instead of going unchecked.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -166,9 +168,11 @@ def main(argv=None):
     if args.backend == "cuda":
         cupy.cuda.get_current_stream().synchronize()
     problems = coverage_problems(launched, defined)
-    print(f"entry points: launched {len(launched)}, defined in kernels/*.cu {sum(map(len, defined.values()))}")
-    for line in problems:
-        print(line)
+    verdict = (f"entry points: {len(launched)} launched, {sum(map(len, defined.values()))} defined in kernels/*.cu"
+               + (f", {len(problems)} differences" if problems else ", the same set"))
+    print(verdict, *problems, sep="\n")
+    if os.environ.get("GPU_CHECK_NOTE"):
+        Path(os.environ["GPU_CHECK_NOTE"]).write_text(verdict)
     return COVERAGE_FAILED if problems else 0
 
 

@@ -77,7 +77,8 @@ def find_preprocessor():
 
 _ANGLE_INCLUDE = re.compile(r"^\s*#\s*include\s*<([^>]+)>", re.M)
 _GLOBAL_MARKER = "__cudeconv_global__"
-_PREPROCESSED_ENTRY = re.compile(rf'extern\s*"C"\s*{_GLOBAL_MARKER}\s+void\s+(\w+)\s*\(')
+_PREPROCESSED_ENTRY = re.compile(  # a definition: the parameter list, then the body
+    rf'extern\s*"C"\s*{_GLOBAL_MARKER}\s+void\s+(\w+)\s*\((?:[^()]|\([^()]*\))*\)\s*\{{')
 
 
 def library_entry_points(kernels_dir=REPO / "kernels"):
@@ -199,13 +200,13 @@ def cubin_bytes(data):
 
 
 def defines_any(cubin, names):
-    """Whether ``cubin``'s symbol names include one of ``names``."""
-    return any(b"\0" + name.encode() + b"\0" in cubin for name in names)
+    """Whether ``cubin``'s symbol names include one of ``names`` (any cubin for None)."""
+    return names is None or any(b"\0" + name.encode() + b"\0" in cubin for name in names)
 
 
 def pack_cubins(cache_dir, archive, names):
-    """Write the cubins under ``cache_dir`` that define one of ``names`` into the tar.gz
-    ``archive`` (bare cubins, under their cache file names); returns the names packed."""
+    """Write the cubins under ``cache_dir`` that define one of ``names`` (every cubin for None)
+    into the tar.gz ``archive`` (bare cubins, under their cache file names); returns the names packed."""
     packed = []
     with tarfile.open(archive, "w:gz", compresslevel=9) as tar:
         for path in sorted(Path(cache_dir).rglob("*")) if Path(cache_dir).is_dir() else []:
@@ -277,8 +278,11 @@ def main(argv=None):
                         help="write the cubins of a CuPy cache that hold kernels/*.cu entry points to ARCHIVE, and stop")
     args = parser.parse_args(argv)
     if args.pack_cubins:
-        packed = pack_cubins(*args.pack_cubins, names=set().union(*library_entry_points().values()))
-        print(f"sass_report: packed {len(packed)} cubins of {args.pack_cubins[0]} into {args.pack_cubins[1]}")
+        # Without a preprocessor to list the library's entry points, every cubin rather than none.
+        names = set().union(*library_entry_points().values()) if find_preprocessor() else None
+        packed = pack_cubins(*args.pack_cubins, names=names)
+        print(f"sass_report: packed {len(packed)} cubins of {args.pack_cubins[0]} into {args.pack_cubins[1]}"
+              + ("" if names else " (no preprocessor to pick the library's: all of them)"))
         return 0
     if args.cubins:
         return _report_archive(args.cubins, args.json)
