@@ -183,3 +183,28 @@ def test_a_layer_keeps_working_through_the_guard():
     y = layer(x)
     layer.backward(np.ones_like(y))
     assert np.isfinite(layer.weight.grad).all()
+
+
+def test_cuda_runs_on_the_arrays_device_when_another_is_current():
+    """On a machine with two GPUs (gpu_check runs the suite's cuda cases there): arrays on GPU 1 while
+    GPU 0 is current give GPU 1's results on GPU 1; arrays on both are refused."""
+    reason = backends.cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"backend 'cuda' unavailable: {reason}")
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs (the emulator tests above check the same logic with fake devices)")
+    from cudeconv import functional
+
+    x, weight, bias, geom = _problem(np.random.default_rng(4))
+    expected = backends.get("numpy").forward(x, weight, bias, geom)
+    with cupy.cuda.Device(1):
+        x1, weight1, bias1 = cupy.asarray(x), cupy.asarray(weight), cupy.asarray(bias)
+    with cupy.cuda.Device(0):  # GPU 0 current: the call must move to the arrays' device itself
+        y = functional.conv_transpose2d(x1, weight1, bias1, stride=2, padding=1, output_padding=1)
+        assert y.device.id == 1
+        np.testing.assert_allclose(cupy.asnumpy(y), expected, rtol=1e-4, atol=1e-4)
+        weight0 = cupy.asarray(weight)
+        with pytest.raises(ValueError, match=r"on device 1.*on device 0"):
+            functional.conv_transpose2d(x1, weight0, None, stride=2, padding=1, output_padding=1)
