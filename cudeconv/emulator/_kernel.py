@@ -42,6 +42,32 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 _CHILD_TIMEOUT_MARGIN_SECONDS = 10.0
 
 
+SCHEDULE_VARIABLE = "CUDECONV_EMULATOR_SCHEDULE"
+_SCHEDULE_CODES = {"ascending": 0, "descending": 1, "random": 2}  # Schedule in cudeconv_emu.h
+
+
+def parse_schedule(text, source):
+    """``(code, seed)`` for the shim from ``"ascending"``, ``"descending"`` or ``"random:<seed>"``
+    (seed a non-negative integer below 2**64); ``source`` names where the text came from."""
+    name, colon, seed = text.strip().partition(":")
+    if name in ("ascending", "descending") and not colon:
+        return _SCHEDULE_CODES[name], 0
+    if name == "random" and re.fullmatch(r"[0-9]+", seed) and int(seed) < 2**64:
+        return _SCHEDULE_CODES[name], int(seed)
+    raise ValueError(
+        f"{source} must be 'ascending', 'descending' or 'random:<seed>' (seed an integer 0 <= seed < 2**64), got {text!r}"
+    )
+
+
+def launch_schedule(schedule):
+    """The schedule of a launch: the module's ``schedule``, else ``$CUDECONV_EMULATOR_SCHEDULE``
+    (read at every launch), else ascending."""
+    if schedule is not None:
+        return parse_schedule(schedule, "schedule")
+    text = os.environ.get(SCHEDULE_VARIABLE, "").strip()
+    return parse_schedule(text, SCHEDULE_VARIABLE) if text else (_SCHEDULE_CODES["ascending"], 0)
+
+
 def launch_timeout():
     """Seconds one launch may run: ``$CUDECONV_EMULATOR_TIMEOUT``, default 300; 0 means no limit."""
     text = os.environ.get("CUDECONV_EMULATOR_TIMEOUT", "").strip()
@@ -77,13 +103,20 @@ class RawModule:
 
     The source is compiled when the module is created (``EmulatorCompileError`` on failure),
     or taken from the build cache. With ``sanitize=True`` the build uses AddressSanitizer and
-    UndefinedBehaviorSanitizer and every launch runs in a child process.
+    UndefinedBehaviorSanitizer and every launch runs in a child process. ``schedule``
+    (``"ascending"``, ``"descending"``, ``"random:<seed>"``) orders the threads of each block
+    between barriers; None takes ``$CUDECONV_EMULATOR_SCHEDULE`` at each launch (default ascending).
     """
 
-    def __init__(self, code, options=(), *, sanitize=False):
+    def __init__(self, code, options=(), *, sanitize=False, schedule=None):
         self.code = code
         self.options = (options,) if isinstance(options, str) else tuple(options)
         self.sanitize = bool(sanitize)
+        if schedule is not None:
+            if not isinstance(schedule, str):
+                raise TypeError(f"schedule must be a str or None, got {_describe(schedule)}")
+            parse_schedule(schedule, "schedule")
+        self.schedule = schedule
         self.architecture = target_architecture(self.options)  # for the GPU's launch limits
         self._compiled = _compiler.load(code, self.options, self.sanitize)
         self._kernels = {}
@@ -103,25 +136,27 @@ class RawModule:
                 raise EmulatorKernelNotFoundError(
                     f"no extern \"C\" __global__ function named {name!r} in the module (entry points: {available})"
                 )
-            kernel = self._kernels[name] = RawKernel(self._compiled, info, self.architecture)
+            kernel = self._kernels[name] = RawKernel(self._compiled, info, self.architecture, self.schedule)
         return kernel
 
 
 class RawKernel:
     """One entry point; call it like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)``."""
 
-    def __init__(self, compiled, info, architecture=DEFAULT_ARCHITECTURE):
+    def __init__(self, compiled, info, architecture=DEFAULT_ARCHITECTURE, schedule=None):
         self._compiled = compiled
         self.name = info.name
         self.parameters = info.parameters
         self.max_threads_per_block = info.max_threads or MAX_THREADS_PER_BLOCK
         self.architecture = architecture
+        self.schedule = schedule
         self._max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED_BYTES
         if compiled.library is not None:
             self._launch = getattr(compiled.library, f"cudeconv_emu_launch_{info.name}")
             self._launch.restype = ctypes.c_int
             self._launch.argtypes = [
-                ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong
+                ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_double, ctypes.c_uint, ctypes.c_ulonglong,
+                ctypes.c_char_p, ctypes.c_ulonglong,
             ]
 
     @property
@@ -154,10 +189,11 @@ class RawKernel:
         shared_mem = self._check_configuration(grid, block, shared_mem)
         values = self._check_arguments(args)
         timeout = launch_timeout()
+        schedule = launch_schedule(self.schedule)
         if self._compiled.sanitize:
-            self._launch_in_child(grid, block, shared_mem, values, timeout)
+            self._launch_in_child(grid, block, shared_mem, values, timeout, schedule)
         else:
-            self._launch_here(grid, block, shared_mem, values, timeout)
+            self._launch_here(grid, block, shared_mem, values, timeout, schedule)
 
     def _check_configuration(self, grid, block, shared_mem):
         if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
@@ -208,7 +244,7 @@ class RawKernel:
             values.append(value if parameter.is_pointer else value.tobytes())
         return values
 
-    def _launch_here(self, grid, block, shared_mem, values, timeout):
+    def _launch_here(self, grid, block, shared_mem, values, timeout, schedule):
         # Like cuLaunchKernel's kernelParams: params[i] points at argument i's value, a device
         # pointer (the array's address) or the scalar's bytes; slots are 16-byte aligned.
         sizes = [8 if isinstance(v, np.ndarray) else len(v) for v in values]
@@ -223,14 +259,15 @@ class RawKernel:
             params[i] = base + int(offsets[i])
         dims = (ctypes.c_uint * 6)(*grid, *block)
         error = ctypes.create_string_buffer(_ERROR_BUFFER_BYTES)
-        if self._launch(dims, shared_mem, params.ctypes.data, timeout, error, _ERROR_BUFFER_BYTES) != 0:
+        if self._launch(dims, shared_mem, params.ctypes.data, timeout, *schedule, error, _ERROR_BUFFER_BYTES) != 0:
             raise EmulatorLaunchError(f"kernel '{self.name}' failed: {error.value.decode(errors='replace')}")
 
-    def _launch_in_child(self, grid, block, shared_mem, values, timeout):
+    def _launch_in_child(self, grid, block, shared_mem, values, timeout, schedule):
         arrays = [v for v in values if isinstance(v, np.ndarray)]
         regions = _memory_regions(arrays)
-        request = [b"CDEMREQ2", struct.pack("=I", len(self.name)), self.name.encode()]
+        request = [b"CDEMREQ3", struct.pack("=I", len(self.name)), self.name.encode()]
         request += [struct.pack("=6I", *grid, *block), struct.pack("=Q", shared_mem), struct.pack("=d", timeout)]
+        request.append(struct.pack("=IQ", *schedule))
         request.append(struct.pack("=I", len(regions)))
         for start, end in regions:
             # Every byte of a region belongs to one of the arrays that make it up.

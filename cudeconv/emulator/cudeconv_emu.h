@@ -9,7 +9,8 @@
 // Execution model: the blocks of a grid are spread over OpenMP worker threads (one block at a
 // time per worker). The threads of a block are fibers (user-space coroutines with their own
 // stacks) on that worker's OS thread; a fiber runs until it finishes or reaches a barrier
-// (__syncthreads, or a warp-synchronous intrinsic), then the scheduler resumes the next one.
+// (__syncthreads, or a warp-synchronous intrinsic), then the scheduler resumes the next one in
+// the launch's schedule (warp by warp, lanes ascending by default; see draw_schedule).
 // Because all fibers of a block share one OS thread, `static thread_local` storage is exactly
 // block-shared storage, which is how __shared__ is implemented: the module's thread-local
 // storage holds the static __shared__ variables, the dynamic shared buffer and the worker
@@ -210,9 +211,14 @@ struct StackHeader {
     Worker* worker;
 };
 
+// The order in which the threads of a block run between two barriers (see run_block).
+enum class Schedule : unsigned { Ascending = 0, Descending = 1, Random = 2 };
+
 struct Launch {
     dim3 grid_dim, block_dim;
     size_t dynamic_shared_bytes;
+    Schedule schedule;
+    uint64_t schedule_seed;  // for Schedule::Random
     void (*invoke)(void**);
     void** params;
     std::atomic<bool> failed{false};
@@ -250,6 +256,9 @@ struct Worker {
     // The fiber resumed last, null between resumes; atomic because the watchdog reads it.
     std::atomic<Fiber*> running{nullptr};
     unsigned barrier_count;    // result of the last __syncthreads_count
+    // Per warp: its lanes that had not exited when it last started running (after a barrier or a
+    // warp collective), which __activemask reports whatever order the lanes then run in.
+    unsigned active_lanes[kMaxThreadsPerBlock / kWarpSize];
     unsigned barrier_arrived;  // how many threads took part in it
     std::unique_ptr<Fiber[]> fibers;
     pthread_t os_thread;
@@ -651,6 +660,49 @@ inline bool stop_timed_out_block(Worker& w, const Fiber* stuck, unsigned long lo
     return false;
 }
 
+// ---- schedules -----------------------------------------------------------------------------
+// SplitMix64: a well-mixed 64-bit value from any input, and the step of a small generator.
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+struct ScheduleRandom {
+    uint64_t state;
+    // A stream that depends only on (seed, block, barrier): the same orders under any number of
+    // OpenMP threads and whichever worker runs the block.
+    ScheduleRandom(uint64_t seed, unsigned long long block, unsigned long long barrier)
+        : state(mix64(mix64(mix64(seed) ^ block) ^ barrier)) {}
+    unsigned below(unsigned n) {  // uniform enough in [0, n): n <= 1024 against 2^64
+        state += 0x9e3779b97f4a7c15ull;
+        return static_cast<unsigned>(mix64(state) % n);
+    }
+    template <class T>
+    void shuffle(T* items, unsigned n) {  // Fisher-Yates
+        for (unsigned i = n; i > 1; --i) std::swap(items[i - 1], items[below(i)]);
+    }
+};
+
+// Fills warp_order with the block's warps and lane_orders[warp] with the lanes of each warp in
+// the order they run until the next barrier.
+inline void draw_schedule(const Launch& launch, unsigned long long linear_block, unsigned long long barrier,
+                          unsigned num_threads, unsigned* warp_order, unsigned char (*lane_orders)[kWarpSize]) {
+    const unsigned num_warps = (num_threads + kWarpSize - 1) / kWarpSize;
+    for (unsigned warp = 0; warp < num_warps; ++warp) {
+        const unsigned lanes = std::min(kWarpSize, num_threads - warp * kWarpSize);
+        const bool descending = launch.schedule == Schedule::Descending;
+        warp_order[warp] = descending ? num_warps - 1 - warp : warp;
+        for (unsigned lane = 0; lane < lanes; ++lane)
+            lane_orders[warp][lane] = static_cast<unsigned char>(descending ? lanes - 1 - lane : lane);
+    }
+    if (launch.schedule != Schedule::Random) return;
+    ScheduleRandom random(launch.schedule_seed, linear_block, barrier);
+    random.shuffle(warp_order, num_warps);
+    for (unsigned warp = 0; warp < num_warps; ++warp)
+        random.shuffle(lane_orders[warp], std::min(kWarpSize, num_threads - warp * kWarpSize));
+}
+
 inline bool run_block(Worker& w, unsigned long long linear_block) {
     const dim3 g = w.grid_dim, b = w.block_dim;
     w.block_idx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
@@ -666,16 +718,27 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
         f.lane = t % kWarpSize;
         start_fiber(w, f);
     }
+    unsigned warp_order[kMaxThreadsPerBlock / kWarpSize];
+    unsigned char lane_orders[kMaxThreadsPerBlock / kWarpSize][kWarpSize];
     unsigned live = n;
     for (unsigned long long barriers = 0;; ++barriers) {
-        // Run warp by warp until every live thread waits at __syncthreads.
-        for (unsigned begin = 0; begin < n; begin += kWarpSize) {
-            const unsigned end = std::min(n, begin + kWarpSize);
+        // Run warp by warp, in the schedule's order, until every live thread waits at
+        // __syncthreads; within a warp, lanes run in the schedule's order until each reaches a
+        // barrier or a warp-synchronous call, which completes once all its lanes are in it.
+        draw_schedule(*w.launch, linear_block, barriers, n, warp_order, lane_orders);
+        for (unsigned i = 0; i < (n + kWarpSize - 1) / kWarpSize; ++i) {
+            const unsigned warp = warp_order[i];
+            const unsigned begin = warp * kWarpSize, end = std::min(n, begin + kWarpSize);
+            const unsigned char* lane_order = lane_orders[warp];
             for (;;) {
                 if (w.launch->timed_out.load(std::memory_order_relaxed)) return stop_timed_out_block(w, nullptr, barriers);
+                unsigned active = 0;
+                for (unsigned t = begin; t < end; ++t)
+                    if (fibers[t].state != FiberState::Exited) active |= 1u << (t - begin);
+                w.active_lanes[warp] = active;
                 bool warp_waiting = false;
-                for (unsigned t = begin; t < end; ++t) {
-                    Fiber& f = fibers[t];
+                for (unsigned j = 0; j < end - begin; ++j) {
+                    Fiber& f = fibers[begin + lane_order[j]];
                     if (f.state == FiberState::Ready) {
                         resume_fiber(w, f);
                         if (f.state == FiberState::Exited) --live;
@@ -837,11 +900,14 @@ class Watchdog {
 };
 
 inline int launch(const char* kernel, const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
-                  double timeout_seconds, void (*invoke)(void**), char* error, unsigned long long error_size) {
+                  double timeout_seconds, unsigned schedule, unsigned long long schedule_seed, void (*invoke)(void**),
+                  char* error, unsigned long long error_size) {
     Launch launch;
     launch.grid_dim = dim3(dims[0], dims[1], dims[2]);
     launch.block_dim = dim3(dims[3], dims[4], dims[5]);
     launch.dynamic_shared_bytes = dynamic_shared_bytes;
+    launch.schedule = static_cast<Schedule>(schedule);
+    launch.schedule_seed = schedule_seed;
     launch.invoke = invoke;
     launch.params = params;
     const long long num_blocks = static_cast<long long>(dims[0]) * dims[1] * dims[2];
@@ -932,7 +998,8 @@ struct Entry<Kernel> {
     }
 };
 
-using LaunchFunction = int (*)(const unsigned*, unsigned long long, void**, double, char*, unsigned long long);
+using LaunchFunction = int (*)(const unsigned*, unsigned long long, void**, double, unsigned, unsigned long long, char*,
+                               unsigned long long);
 
 struct KernelRecord {
     std::string name;
@@ -966,9 +1033,9 @@ extern "C" __attribute__((visibility("default"))) const char* cudeconv_emu_descr
 
 #define CUDECONV_EMU_EXPORT_KERNEL(NAME, MAX_THREADS)                                                              \
     extern "C" __attribute__((visibility("default"))) int cudeconv_emu_launch_##NAME(                             \
-        const unsigned* dims, unsigned long long shared_bytes, void** params, double timeout_seconds, char* error,  \
-        unsigned long long error_size) {                                                                           \
-        return ::cudeconv_emu::launch(#NAME, dims, shared_bytes, params, timeout_seconds,                          \
+        const unsigned* dims, unsigned long long shared_bytes, void** params, double timeout_seconds,              \
+        unsigned schedule, unsigned long long schedule_seed, char* error, unsigned long long error_size) {         \
+        return ::cudeconv_emu::launch(#NAME, dims, shared_bytes, params, timeout_seconds, schedule, schedule_seed,  \
                                       &::cudeconv_emu::Entry<&NAME>::invoke, error, error_size);                   \
     }                                                                                                              \
     static const int cudeconv_emu_registered_##NAME = ::cudeconv_emu::register_kernel(                            \
@@ -1068,15 +1135,10 @@ inline int __all_sync(unsigned mask, int predicate) {
     const cudeconv_emu::Fiber& f = cudeconv_emu::warp_exchange(mask, predicate != 0, -1);
     return f.warp_ballot == f.warp_group;
 }
-// Lanes of this warp that have not exited (the emulator does not model divergence).
+// Lanes of this warp that had not exited at its last barrier or warp collective (the emulator
+// does not model divergence), the same whatever order the lanes run in.
 inline unsigned __activemask() {
-    const cudeconv_emu::Worker& w = cudeconv_emu::current_worker();
-    const unsigned begin = cudeconv_emu::current_fiber().linear_idx / 32 * 32;
-    const unsigned end = std::min(w.num_threads, begin + 32);
-    unsigned mask = 0;
-    for (unsigned t = begin; t < end; ++t)
-        if (w.fibers[t].state != cudeconv_emu::FiberState::Exited) mask |= 1u << (t - begin);
-    return mask;
+    return cudeconv_emu::current_worker().active_lanes[cudeconv_emu::current_fiber().linear_idx / 32];
 }
 // Source lanes follow PTX shfl.sync: out-of-segment sources read the caller's own value.
 template <class T>

@@ -49,7 +49,7 @@ int run(const char* request_path, const char* response_path) {
     Reader in{read_file(request_path)};
     char magic[8];
     in.take(magic, sizeof magic);
-    if (std::memcmp(magic, "CDEMREQ2", 8) != 0) {
+    if (std::memcmp(magic, "CDEMREQ3", 8) != 0) {
         std::fprintf(stderr, "cudeconv emulator runner: bad request file\n");
         return 2;
     }
@@ -59,6 +59,8 @@ int run(const char* request_path, const char* response_path) {
     in.take(dims, sizeof dims);
     const auto shared_bytes = in.get<uint64_t>();
     const auto timeout_seconds = in.get<double>();
+    const auto schedule = in.get<uint32_t>();
+    const auto schedule_seed = in.get<uint64_t>();
 
     std::vector<std::pair<void*, uint64_t>> buffers(in.get<uint32_t>());
     for (auto& buffer : buffers) {
@@ -86,7 +88,8 @@ int run(const char* request_path, const char* response_path) {
     for (const auto& kernel : cudeconv_emu::kernel_registry()) {
         if (kernel.name != name) continue;
         char error[4096];
-        if (kernel.launch(dims, shared_bytes, params.data(), timeout_seconds, error, sizeof error) != 0) {
+        if (kernel.launch(dims, shared_bytes, params.data(), timeout_seconds, schedule, schedule_seed, error,
+                          sizeof error) != 0) {
             std::fprintf(stderr, "%s\n", error);
             return cudeconv_emu::kRunnerLaunchFailed;
         }
