@@ -177,6 +177,11 @@ def _mma_case(check, *args):
     return lambda monkeypatch: check(("emulator", RawModule(source_with_headers(mma_tests.SOURCE))), *args)
 
 
+def _neighbours_copy_after_the_barrier(module):
+    source, _, after = mma_tests.cp_async(module, read_neighbour=1, barrier=1)
+    np.testing.assert_array_equal(after, np.roll(source, -4))
+
+
 # One small representative case per family; the full test files run under a schedule with
 # CUDECONV_EMULATOR_SCHEDULE=<schedule> pytest tests/test_gemm.py ... (see docs/emulator.md).
 CORRECT_KERNELS = {
@@ -187,8 +192,7 @@ CORRECT_KERNELS = {
     "tree_reduction": _features_case(emulator_tests.test_shared_memory_tree_reduction),
     "mma_layout_f16": _mma_case(mma_tests.test_mma_m16n8k16_layout, "f16"),
     "ldmatrix_x4_trans": _mma_case(mma_tests.test_ldmatrix_against_numpy_gathers, 4, True),
-    "cp_async_then_barrier": _mma_case(lambda m: np.testing.assert_array_equal(
-        *(lambda s, _, after: (after, np.roll(s, -4)))(*mma_tests.cp_async(m, read_neighbour=1, barrier=1)))),
+    "cp_async_then_barrier": _mma_case(_neighbours_copy_after_the_barrier),
     "tiled_product_tf32": _mma_case(mma_tests.test_tiled_product, "tf32", (64, 64, 64)),
     "gemm_fp32": lambda mp: gemm_tests.test_gemm_matches_reference("emulator", None, gemm_tests.GEOMETRIES[0],
                                                                    (np.float32, "fp32")),
