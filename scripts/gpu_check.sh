@@ -248,20 +248,21 @@ mkdir -p "$CUPY_CACHE_DIR"
 step archive "$PYTHON" scripts/sass_report.py --pack-cubins "$CUPY_CACHE_DIR" "$OUT/cubins.tar.gz"
 
 # -- $OUT within what comes back ----------------------------------------------------------------
+echo "gpu_check: steps done in ${SECONDS}s" >> "$LOG"
 if [ "$(stat -c %s "$LOG")" -gt "$OUT_MAX_BYTES" ]; then
     gzip -9 "$LOG"
-    if [ "$(stat -c %s "$LOG.gz")" -gt "$OUT_MAX_BYTES" ]; then  # keep the start and the end
-        { zcat "$LOG.gz" | head -c $(( 32 * 1024 * 1024 ))
+    if [ "$(stat -c %s "$LOG.gz")" -gt "$OUT_MAX_BYTES" ]; then  # keep a quarter from the start, half from the end
+        { zcat "$LOG.gz" | head -c $(( OUT_MAX_BYTES / 4 ))
           printf '\n===== [gpu_check: the middle of this log was cut to fit the file limit] =====\n'
-          zcat "$LOG.gz" | tail -c $(( 64 * 1024 * 1024 )); } | gzip -9 > "$RUN_DIR/log.gz"
+          zcat "$LOG.gz" | tail -c $(( OUT_MAX_BYTES / 2 )); } | gzip -9 > "$RUN_DIR/log.gz"
         mv "$RUN_DIR/log.gz" "$LOG.gz"
     fi
-    LOG="$LOG.gz"
 fi
+LOG=/dev/null  # the log is final: the verdict on $OUT goes to the summary only
 problems=$(cd "$OUT" && {
     count=$(find . -type f | wc -l)
     [ "$count" -le "$OUT_MAX_FILES" ] || echo "$count files, at most $OUT_MAX_FILES come back"
-    find . -type f -size +$(( OUT_MAX_BYTES / 1024 ))k -printf '%P is over 16 MiB; '
+    find . -type f -size +"$OUT_MAX_BYTES"c -printf '%P is over 16 MiB; '
     find . -mindepth 4 -printf '%P is more than two folders deep; '
     find . -mindepth 1 -name '*[!A-Za-z0-9._-]*' -printf '%P has a name that does not come back; '
 } | tr '\n' ' ')
@@ -272,6 +273,5 @@ else
     record out_limits ok "" "" 0 "$(cd "$OUT" && find . -type f | wc -l) files, each at most 16 MiB"
 fi
 
-echo "gpu_check: done in ${SECONDS}s" >> "$LOG"
 cat "$OUT/summary.txt"
 exit "$failed"

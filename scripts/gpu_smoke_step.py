@@ -45,10 +45,12 @@ TF32_TOLERANCE = 1e-2  # operands rounded to 10 mantissa bits
 # N·in_positions = 512, so grad_weight's GEMM splits K in two and runs its reduce.
 GROUPED = dict(stride=2, padding=1, output_padding=1, groups=2)
 GROUPED_SHAPES = {1: ((2, 4, 7), (4, 3, 4)), 2: ((2, 4, 16, 16), (4, 3, 3, 3)), 3: ((1, 4, 3, 4, 3), (4, 3, 2, 3, 2))}
-# Depthwise (one input channel per group, multiplier 2): out 48² × batch 2 = 4608 values per
-# channel, more than one slab's worth, so grad_bias runs its slabs and combine kernels.
+# Depthwise (one input channel per group, multiplier 2): batch 2 × 64² input positions = 8192
+# (sample, position) pairs per channel and 4 × as many output values, two slabs' worth or more
+# (256 threads × 16 values each), so grad_bias and the depthwise grad_weight run their slabs and
+# combine kernels.
 DEPTHWISE = dict(stride=2, groups=2)
-DEPTHWISE_SHAPES = ((2, 2, 24, 24), (2, 2, 2, 2))
+DEPTHWISE_SHAPES = ((2, 2, 64, 64), (2, 2, 2, 2))
 
 
 def tolerance(dtype, precision="fp32"):

@@ -99,6 +99,22 @@ def test_rehearsal_runs_every_step_it_can_within_the_budget(tmp_path):
     assert all(name in text for name in REHEARSAL_STEPS)
 
 
+def test_a_step_over_its_limit_is_a_timeout_and_the_run_goes_on(tmp_path):
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
+    out = tmp_path / "out"
+    result = run_script(["--rehearse"], out, timeout=BUDGET_S, LIMIT_BENCH="1", LIMIT_BENCH_TF32="1")
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {step["name"]: step for step in summary["steps"]}
+    assert result.returncode == 1 and summary["failed"], result.stdout
+    for name in ("bench", "bench_tf32"):  # the emulator's bench takes far longer than a second
+        assert steps[name]["status"] == "timeout" and steps[name]["rc"] == 124, steps[name]
+        assert steps[name]["note"] == "stopped at its 1s limit"
+        assert steps[name]["seconds"] <= 1 + summary["kill_grace_s"]
+    assert summary["limits_s"]["bench"] == 1 and summary["limits_total_s"] < BUDGET_S
+    assert steps["archive"]["status"] == steps["out_limits"]["status"] == "ok"  # the steps after it still ran
+    assert "bench            timeout     rc 124" in (out / "summary.txt").read_text()
+
+
 def test_limits_over_the_budget_stop_the_script_before_any_step(tmp_path):
     result = run_script(["--rehearse"], tmp_path / "out", timeout=60, LIMIT_TESTS="200")
     assert result.returncode == 2
