@@ -24,13 +24,17 @@ DEMO_PICTURE = "cudeconv-demo.png"
 
 BENCH_DESCRIPTION = """\
 Check, then time, every pass (forward, grad_input, grad_weight, grad_bias, backward, SGD step) of
-real transposed-convolution layers (cudeconv bench --list) on one backend, beside the baselines
-present here: PyTorch (cuDNN with TF32 off and on on a GPU), the NumPy backend, and on a GPU a CuPy
-GEMM + col2im. A result that differs from a float64 reference is reported as wrong and not timed.
+real transposed-convolution layers (cudeconv bench --list) on one backend, beside baselines
+(--baselines): PyTorch (on a GPU cuDNN with TF32 off and on, heuristic or tuned; on the CPU at the
+same thread count), the NumPy backend, and on a GPU a CuPy GEMM + col2im and cudeconv's direct
+kernels. A result outside its error bound from a float64 reference is reported as wrong and not
+timed (low-precision arithmetic entry by entry, within 4 units of its format times Σ|a·b|).
 
 Each pass is timed in rounds that alternate cudeconv and the baselines, so load from other
-processes hits them alike; the table gives medians with their spread (IQR), and speed-ups as the
-median of same-round ratios, flagged where the spread is too large to rank them."""
+processes hits them alike, then each alone: a time over twice its solo time is flagged (!) and its
+speed-ups withheld. The table gives medians with their spread (IQR), and speed-ups as the median of
+same-round ratios, flagged where the spread is too large to rank them (?). The table's rows and
+the JSON are written after every case, so a run stopped part-way keeps what it measured."""
 
 BENCH_EXAMPLES = """\
 examples:
@@ -38,7 +42,9 @@ examples:
   cudeconv bench --quick                      every case shrunk: a smoke test in well under a minute
   cudeconv bench --cases 'dcgan_*' unet_up    some cases (names or globs)
   cudeconv bench --backend emulator --quick   the CUDA kernels on the CPU emulator (correctness, not speed)
-  cudeconv bench --precision tf32             float32 on TF32 tensor cores (compare with torch_cudnn_tf32)
+  cudeconv bench --precision tf32             float32 on TF32 tensor cores, against the TF32 baselines
+  cudeconv bench --baselines torch_cudnn,numpy
+                                              choose the baselines (all, none, or names)
   cudeconv bench --repeat 30 --min-time 1     more samples, for steadier numbers on a busy machine
   cudeconv bench --json out.json --plot out.png
                                               results as JSON, and a chart of the speed-ups (matplotlib)"""
@@ -142,8 +148,7 @@ def _strict_json(value):
 
 
 def _write_json(path, data):
-    with open(path, "w") as out:
-        json.dump(_strict_json(data), out, indent=1, allow_nan=False)
+    _write_json_atomically(path, data)
     print(f"wrote {path}")
 
 
@@ -187,6 +192,8 @@ def _bench(args, parser) -> int:
         for case in bench.SUITE:
             print(f"{case.name:14s} {case.ndim}-d  {case.source}")
         return 0
+    # before PyTorch and the emulator load their OpenMP runtimes, which read it once
+    bench.quiet_idle_pools()
     try:
         cases = bench.select_cases(args.cases)
     except ValueError as exc:
@@ -194,19 +201,44 @@ def _bench(args, parser) -> int:
     _check_output_paths(parser, args.json, args.plot)
     _check_plot_option(parser, "--plot", args.plot)
     backend = _usable_backend(parser, args.backend)
+    try:
+        bench.select_baselines(args.baselines, backend, args.dtype, args.precision)
+    except ValueError as exc:
+        parser.error(str(exc).replace("baselines:", "--baselines:", 1))
     print(bench.first_line(backend, args.quick), flush=True)
+    table = bench.TableWriter(sys.stdout)
+
+    def case_done(results):  # what was measured survives a run stopped part-way
+        table.cases_done(results)
+        if args.json:
+            _write_json_atomically(args.json, results)
+
     results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick,
-                        min_seconds=args.min_time, precision=args.precision)
-    print(bench.format_table(results))
+                        min_seconds=args.min_time, precision=args.precision, baselines=args.baselines,
+                        threads=args.threads, on_case=case_done)
+    table.finish(results)
     if args.json:
-        _write_json(args.json, results)
+        print(f"wrote {args.json}")
     if args.plot:
-        bench.plot(results, args.plot)
-        print(f"wrote {args.plot}")
+        why_not = bench.plot(results, args.plot)
+        print(f"wrote {args.plot}" if why_not is None else f"no picture written to {args.plot}: {why_not}")
     wrong = [c["name"] for c in results["cases"] if c["status"] != "ok"]
     if wrong:
         print(f"NOT OK: {', '.join(wrong)}", file=sys.stderr)
     return 1 if wrong else 0
+
+
+def _write_json_atomically(path, data):
+    """Strict JSON to a temporary file beside ``path`` (this process's own), then renamed over it:
+    a reader, or a run killed while writing, never sees half a file."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as out:
+            json.dump(_strict_json(data), out, indent=1, allow_nan=False)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _demo(args, parser) -> int:
@@ -300,20 +332,31 @@ def build_parser():
     bench_parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                               help="float32 arithmetic of the kernels: fp32 (exact FFMA), tf32 (TF32 tensor cores, "
                                    "what cuDNN does under PyTorch's default) or tf32x3 (near-FP32 on tensor cores); "
-                                   "compare tf32 with the torch_cudnn_tf32 baseline (default: fp32)")
+                                   "a tf32 run compares with the TF32 baselines only (default: fp32)")
     bench_parser.add_argument("--quick", action="store_true",
                               help=f"shrink every case ({QUICK.describe()}; on the emulator "
                                    f"{QUICK_EMULATOR.describe()}): a smoke test, not the real layers")
     bench_parser.add_argument("--repeat", type=_positive_int, metavar="N",
-                              help=f"at least N timed samples per pass, interleaved with the baselines "
-                                   f"(default: " + ", ".join(f"{n} on {name}" for name, n in
+                              help="at least N timed samples per pass, interleaved with the baselines "
+                                   "(default: " + ", ".join(f"{n} on {name}" for name, n in
                                                              bench.DEFAULT_MIN_SAMPLES.items()) + ")")
     bench_parser.add_argument("--min-time", type=_non_negative_float, metavar="SECONDS",
                               help=f"and at least SECONDS of samples per pass, all implementations "
                                    f"together (default: {bench.DEFAULT_MIN_SECONDS:g})")
-    bench_parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench_parser.add_argument("--threads", type=_positive_int, metavar="N",
+                              help="threads of every library on the CPU, cudeconv's and the baselines' alike "
+                                   "(default: the CPUs this process may use); on a busy machine 1 gives "
+                                   "steadier times")
+    bench_parser.add_argument("--json", metavar="FILE", help="write the results as JSON after every case")
     bench_parser.add_argument("--plot", metavar="FILE.png",
-                              help="write a chart of the speed-ups over each baseline (needs matplotlib)")
+                              help="write a chart of the speed-ups over each baseline (needs matplotlib; "
+                                   "none when no baseline was timed)")
+    bench_parser.add_argument("--baselines", metavar="NAMES",
+                              help="baselines to compare with: all, none, or names, comma separated: "
+                                   + "; ".join(f"{name} ({'GPU' if b.on_gpu else 'CPU'}: {b.description})"
+                                               for name, b in bench.BASELINES.items())
+                              + " (default: those on the benchmarked backend's device; with --precision "
+                                "tf32 the TF32 ones only)")
     bench_parser.add_argument("--list", action="store_true", help="list the cases and their sources")
 
     demo_parser = commands.add_parser(

@@ -142,7 +142,9 @@ def train(backend="numpy", steps=DEFAULTS["steps"], batch=DEFAULTS["batch"], siz
     losses = []
     start = time.perf_counter()
     show_progress = progress and (comm is None or comm.rank == 0)
-    with tqdm(range(steps), desc=f"demo ({backend})", disable=not show_progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log file, a pipe)
+    with tqdm(range(steps), desc=f"demo ({backend})", disable=None if show_progress else True,
+              leave=False) as bar:
         for _ in bar:
             # every rank makes the whole batch (the same images: the same seed) and keeps its
             # share, so the run sees the images a single process would

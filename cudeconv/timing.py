@@ -20,6 +20,11 @@ drift: speed-ups are the median of those per-round ratios (:func:`paired_ratios`
 medians from different moments. :class:`Spread` summarises samples by median, interquartile range
 (IQR) and extremes.
 
+Interleaving has a cost of its own where libraries get in each other's way (one's idle threads
+spinning while another works): :func:`solo_samples` times an implementation alone, right after the
+rounds, and :func:`interfered` says when its time in the rounds is more than
+``INTERFERENCE_FACTOR`` times that: a time that says more about the neighbours than about itself.
+
 The clocks are objects with one method, ``seconds(fn, calls)``: :class:`CpuClock` (wall time, any
 ``now`` function — the tests pass a fake one) and :class:`CudaEventClock` (CUDA events on CuPy's
 current stream).
@@ -37,6 +42,8 @@ import numpy as np
 # A comparison is "ranked" only when the middle half of its per-round ratios lies on one side of 1;
 # a time is "noisy" when its IQR is more than this fraction of its median.
 NOISY_RELATIVE_IQR = 0.25
+# An interleaved median more than this many times the same implementation's median alone is flagged.
+INTERFERENCE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -209,3 +216,19 @@ def paired_ratios(theirs: Samples, ours: Samples) -> Optional[Spread]:
     Above 1: ours is faster."""
     pairs = [t / o for t, o in zip(theirs.seconds_per_call, ours.seconds_per_call) if o > 0]
     return Spread.of(pairs) if pairs else None
+
+
+def solo_samples(timed: Timed, calls_per_sample: int, count: int) -> Samples:
+    """``count`` samples of ``calls_per_sample`` calls of one implementation with nothing else
+    in between, after one untimed call (which wakes its library after another's)."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    with timed.context():
+        timed.fn()
+        seconds = [timed.clock.seconds(timed.fn, calls_per_sample) / calls_per_sample for _ in range(count)]
+    return Samples(seconds, calls_per_sample)
+
+
+def interfered(interleaved: Samples, solo: Samples) -> bool:
+    """The interleaved median is more than ``INTERFERENCE_FACTOR`` × the solo median."""
+    return interleaved.spread().median > INTERFERENCE_FACTOR * solo.spread().median

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cudeconv.timing import (NOISY_RELATIVE_IQR, CpuClock, Spread, Timed, TimingPolicy,
-                             interleaved_samples, paired_ratios)
+from cudeconv.timing import (INTERFERENCE_FACTOR, NOISY_RELATIVE_IQR, CpuClock, Samples, Spread, Timed,
+                             TimingPolicy, interfered, interleaved_samples, paired_ratios, solo_samples)
 
 
 class FakeMachine:
@@ -199,3 +199,20 @@ def test_spread_statistics():
 def test_policy_rejects_bad_values(bad, message):
     with pytest.raises(ValueError, match=message):
         policy(**bad)
+
+
+def test_solo_samples_follow_one_untimed_call_and_nothing_else():
+    machine = FakeMachine()
+    # the first call after another library's costs 10×; the solo samples must not see it
+    solo = solo_samples(timed(machine, "a", lambda k: 1e-2 if k == 0 else 1e-3), calls_per_sample=2, count=3)
+    assert machine.log == ["a"] * (1 + 3 * 2)
+    assert solo.seconds_per_call == pytest.approx([1e-3] * 3) and solo.calls_per_sample == 2
+    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
+        solo_samples(timed(machine, "a", lambda k: 1e-3), calls_per_sample=1, count=0)
+
+
+def test_interfered_when_the_rounds_are_over_twice_the_time_alone():
+    alone = Samples([1e-3, 1.1e-3, 0.9e-3], 1)
+    assert interfered(Samples([2.5e-3, 2.2e-3, 3e-3], 1), alone)
+    assert not interfered(Samples([1.9e-3, 2.0e-3, 1.2e-3], 1), alone)  # at most the factor: not flagged
+    assert INTERFERENCE_FACTOR == 2.0

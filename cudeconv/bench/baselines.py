@@ -1,10 +1,15 @@
-"""The contenders: the benchmarked backend and its baselines (PyTorch, Chainer's GEMM + col2im
-in CuPy, the NumPy backend, cudeconv's direct kernels)."""
+"""The contenders: the benchmarked backend and its baselines.
+
+:data:`BASELINES` names every baseline, the device it runs on and the float32 arithmetic it may
+use; :func:`select_baselines` picks them (``--baselines``): by default those on the benchmarked
+backend's device — a GPU run leaves the CPU baselines out, they are slow and say nothing about the
+GPU — and in a TF32 run only the TF32 ones (the FP32 ones were timed in the FP32 run).
+"""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -12,13 +17,13 @@ from .. import backends
 from .._dtypes import BFLOAT16, compute_dtype
 from ..backends.numpy_backend import crop, tap_windows
 from ..timing import CpuClock, CudaEventClock, Timed
+from .accuracy import arithmetic
 from .problem import SGD_HYPER, Problem
 
 # Extra warm-up calls before calibration: none on the CPU (the correctness check and the discarded
 # calibration calls warm it up); five on the GPU, where clocks ramp up and memory pools fill.
 WARMUP = {False: 0, True: 5}
-TF32_UNIT = 2.0 ** -11  # TF32 keeps 10 mantissa bits
-TF32X3_UNIT = 2.0 ** -21
+
 
 @dataclass
 class Contender:
@@ -29,8 +34,9 @@ class Contender:
     # Problem -> {pass: callable returning that pass's result(s)}; passes it lacks are left out.
     build: Optional[Callable[[Problem], Dict[str, Callable]]] = None
     skipped: Optional[str] = None  # why it cannot run here; None when it can
-    unit: Optional[float] = None  # unit roundoff of its compute precision, when not the dtype's
+    precision: str = "fp32"  # the float32 arithmetic it may use ("fp32", "tf32", "tf32x3")
     context: Callable = contextlib.nullcontext  # entered around its checks and timings
+    settings: Callable[[], dict] = field(default=dict)  # its library's settings in force (in context)
 
     def timed(self, fn) -> Timed:
         """``fn`` (one of its passes) with the clock and warm-up of its device."""
@@ -39,10 +45,10 @@ class Contender:
 
 
 def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
-                      unit: Optional[float] = None, algorithm: str = "auto") -> Contender:
+                      algorithm: str = "auto") -> Contender:
     """A cudeconv backend's passes (its per-gradient entry points only where it has them), with
     ``algorithm`` (its default, or "gather": the direct kernels) and the given float32
-    ``precision``; ``unit``: the unit roundoff that precision computes with, when not the dtype's."""
+    ``precision``."""
 
     def build(problem: Problem):
         geom, to = problem.geom, impl.asarray
@@ -75,7 +81,8 @@ def backend_contender(name: str, impl, on_gpu: bool, precision: str = "fp32",
             passes["grad_bias"] = lambda: impl.grad_bias(grad_output, geom, algorithm=algorithm)
         return passes
 
-    return Contender(name, on_gpu, build, unit=unit)
+    return Contender(name, on_gpu, build, precision=precision,
+                     settings=lambda: {"precision": precision, "algorithm": algorithm})
 
 
 def _torch_build(device: str):
@@ -126,33 +133,58 @@ def _torch_build(device: str):
     return build
 
 
-def torch_contenders(on_gpu: bool, dtype) -> List[Contender]:
-    """PyTorch on the benchmarked backend's device: cuDNN without and with TF32 on a GPU."""
-    names = ("torch_cudnn", "torch_cudnn_tf32") if on_gpu else ("torch",)
+def torch_settings() -> dict:
+    """PyTorch's settings in force now that decide its speed and arithmetic (a setting PyTorch
+    refuses to read, e.g. after the old and new TF32 switches were mixed, is recorded as such)."""
+    import torch
+
+    def read(getter):
+        try:
+            return getter()
+        except Exception as exc:  # torch raises RuntimeError for an ambiguous TF32 state
+            return f"unreadable ({type(exc).__name__}: {exc})"
+
+    cudnn = torch.backends.cudnn
+    found = {
+        "num_threads": torch.get_num_threads(),
+        "cudnn.allow_tf32": read(lambda: cudnn.allow_tf32),
+        "cudnn.benchmark": read(lambda: cudnn.benchmark),
+        "cudnn.deterministic": read(lambda: cudnn.deterministic),
+        "cuda.matmul.allow_tf32": read(lambda: torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": read(torch.get_float32_matmul_precision),
+    }
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # the newer switch, where present
+        found["cudnn.conv.fp32_precision"] = read(lambda: cudnn.conv.fp32_precision)
+    return found
+
+
+def _torch_contender(name: str, on_gpu: bool, tf32: bool = False, tuned: bool = False, dtype=np.float32):
+    """PyTorch's conv_transpose on the CPU, or on the GPU through cuDNN with TF32 on or off and its
+    algorithm tuned (``torch.backends.cudnn.benchmark``: each shape's algorithms are timed on its
+    first call, the correctness check, before any timing) or chosen by its heuristics."""
     try:
         import torch
     except Exception as exc:  # not installed, or a broken install
-        return [Contender(n, on_gpu, skipped=f"PyTorch is not importable ({exc})") for n in names]
+        return Contender(name, on_gpu, skipped=f"PyTorch is not importable ({exc})")
     if not on_gpu:
-        return [Contender("torch", False, _torch_build("cpu"))]
+        return Contender(name, False, _torch_build("cpu"), settings=torch_settings)
     if not torch.cuda.is_available():
-        reason = f"PyTorch {torch.__version__} cannot use the GPU"
-        return [Contender(n, True, skipped=reason) for n in names]
+        return Contender(name, True, skipped=f"PyTorch {torch.__version__} cannot use the GPU")
+    if tf32 and np.dtype(dtype) != np.float32:
+        return Contender(name, True, skipped="TF32 applies to float32 only")
 
     @contextlib.contextmanager
-    def tf32(allowed):
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = allowed
+    def cudnn_settings():
+        cudnn = torch.backends.cudnn
+        saved = cudnn.allow_tf32, cudnn.benchmark
+        cudnn.allow_tf32, cudnn.benchmark = tf32, tuned
         try:
             yield
         finally:
-            torch.backends.cudnn.allow_tf32 = saved
+            cudnn.allow_tf32, cudnn.benchmark = saved
 
-    build = _torch_build("cuda")
-    exact = Contender("torch_cudnn", True, build, context=lambda: tf32(False))
-    if np.dtype(dtype) != np.float32:
-        return [exact, Contender("torch_cudnn_tf32", True, skipped="TF32 applies to float32 only")]
-    return [exact, Contender("torch_cudnn_tf32", True, build, unit=TF32_UNIT, context=lambda: tf32(True))]
+    return Contender(name, True, _torch_build("cuda"), precision="tf32" if tf32 else "fp32",
+                     context=cudnn_settings, settings=torch_settings)
 
 
 # Chainer's method (chainer.functions.deconvolution_2d on the GPU): one GEMM from the input to the
@@ -205,10 +237,7 @@ def col2im_grad_bias(grad_output, geom):
                            dtype=compute_dtype(grad_output.dtype)).astype(grad_output.dtype)
 
 
-def cupy_col2im_contender(on_gpu: bool) -> Contender:
-    name = "cupy_col2im"
-    if not on_gpu:
-        return Contender(name, False, skipped="runs on the GPU only (the benchmarked backend is on the CPU)")
+def cupy_col2im_contender() -> Contender:
     import cupy
 
     def build(problem: Problem):
@@ -237,21 +266,81 @@ def cupy_col2im_contender(on_gpu: bool) -> Contender:
             passes["grad_bias"] = lambda: col2im_grad_bias(grad_output, geom)
         return passes
 
-    return Contender(name, True, build)
+    return Contender("cupy_col2im", True, build)
 
 
-def contenders(backend_name: str, dtype, precision: str = "fp32"):
-    """The benchmarked backend (at ``precision``) and its baselines; BackendUnavailableError when it
-    cannot run here."""
+class Baseline(NamedTuple):
+    on_gpu: bool
+    precision: str  # the float32 arithmetic it may use
+    description: str  # for --help
+    make: Callable  # dtype -> Contender
+
+
+BASELINES = {
+    "torch": Baseline(False, "fp32", "PyTorch on the CPU, at the bench's thread count",
+                      lambda dtype: _torch_contender("torch", False)),
+    "torch_cudnn": Baseline(True, "fp32", "PyTorch on cuDNN, TF32 off, cuDNN's heuristic algorithm",
+                            lambda dtype: _torch_contender("torch_cudnn", True, dtype=dtype)),
+    "torch_cudnn_tuned": Baseline(True, "fp32", "the same with cudnn.benchmark: algorithms tuned before timing",
+                                  lambda dtype: _torch_contender("torch_cudnn_tuned", True, tuned=True, dtype=dtype)),
+    "torch_cudnn_tf32": Baseline(True, "tf32", "PyTorch on cuDNN with TF32 on, heuristic algorithm",
+                                 lambda dtype: _torch_contender("torch_cudnn_tf32", True, tf32=True, dtype=dtype)),
+    "torch_cudnn_tf32_tuned": Baseline(True, "tf32", "PyTorch on cuDNN with TF32 on, algorithms tuned",
+                                       lambda dtype: _torch_contender("torch_cudnn_tf32_tuned", True, tf32=True,
+                                                                      tuned=True, dtype=dtype)),
+    "cuda_direct": Baseline(True, "fp32", "cudeconv's own direct kernels, algorithm='gather'",
+                            lambda dtype: backend_contender("cuda_direct", backends.get("cuda"), True,
+                                                            algorithm="gather")),
+    "cupy_col2im": Baseline(True, "fp32", "Chainer's GEMM + col2im in CuPy",
+                            lambda dtype: cupy_col2im_contender()),
+    "numpy": Baseline(False, "fp32", "cudeconv's NumPy backend",
+                      lambda dtype: backend_contender("numpy", backends.get("numpy"), on_gpu=False)),
+}
+
+
+def select_baselines(spec: Optional[str], backend_name: str, dtype, precision: str) -> List[str]:
+    """The baselines to run: ``spec`` is None (the defaults, see the module docstring), "all",
+    "none" or a comma-separated list of :data:`BASELINES` names. ValueError names an unknown one."""
+    others = [name for name in BASELINES if name != backend_name]
+    if spec is None:
+        on_gpu = backend_name == "cuda"
+        chosen = [name for name in others if BASELINES[name].on_gpu == on_gpu]
+        if arithmetic(dtype, precision) == "tf32":
+            chosen = [name for name in chosen if BASELINES[name].precision == "tf32"]
+        return chosen
+    if not isinstance(spec, str):
+        raise TypeError(f"baselines must be a string, got {type(spec).__name__} {spec!r}")
+    words = [word.strip() for word in spec.split(",") if word.strip()]
+    if words == ["all"]:
+        return others
+    if words == ["none"]:
+        return []
+    known = ", ".join(BASELINES)
+    for word in words:
+        if word not in BASELINES:
+            raise ValueError(f"baselines: unknown baseline {word!r} in {spec!r}; choose from {known}, "
+                             f"or all or none")
+        if word == backend_name:
+            raise ValueError(f"baselines: {word!r} is the benchmarked backend itself")
+    if not words:
+        raise ValueError(f"baselines: no baseline named in {spec!r}; choose from {known}, or all or none")
+    return list(dict.fromkeys(words))
+
+
+def contenders(backend_name: str, dtype, precision: str = "fp32", baseline_names: Optional[List[str]] = None):
+    """The benchmarked backend (at ``precision``) and the baselines named (None: the defaults of
+    :func:`select_baselines`), each ready or skipped with the reason; BackendUnavailableError when
+    the benchmarked backend cannot run here."""
     impl = backends.get(backend_name)
     on_gpu = backend_name == "cuda"
-    baselines = torch_contenders(on_gpu, dtype)
-    if on_gpu:  # the library's own direct kernels (the plain reference versions) on the same GPU
-        baselines.append(backend_contender("cuda_direct", impl, on_gpu, algorithm="gather"))
-    if backend_name != "numpy":
-        baselines.append(backend_contender("numpy", backends.get("numpy"), on_gpu=False))
-    baselines.append(cupy_col2im_contender(on_gpu))
-    # TF32 rounds float32 operands to 10 mantissa bits; tf32x3 keeps close to FP32: each product may
-    # carry ~12 float32 units from its dropped and rounded parts, so 8 float32 units bound it.
-    unit = {"tf32": TF32_UNIT, "tf32x3": TF32X3_UNIT}.get(precision) if np.dtype(dtype) == np.float32 else None
-    return backend_contender(backend_name, impl, on_gpu, precision, unit), baselines
+    if baseline_names is None:
+        baseline_names = select_baselines(None, backend_name, dtype, precision)
+    baselines = []
+    for name in baseline_names:
+        baseline = BASELINES[name]
+        if baseline.on_gpu and not on_gpu:
+            baselines.append(Contender(name, True, skipped="runs on the GPU only (the benchmarked backend is on "
+                                                           "the CPU)"))
+        else:
+            baselines.append(baseline.make(dtype))
+    return backend_contender(backend_name, impl, on_gpu, precision), baselines

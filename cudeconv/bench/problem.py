@@ -1,5 +1,5 @@
-"""One case's arrays and float64 reference results, and the error measure and bound they are
-checked with."""
+"""The benchmark's cases: one case's arrays, float64 reference results and magnitudes (for the
+error bounds of :mod:`.accuracy`), and the bytes each pass moves."""
 from __future__ import annotations
 
 import fnmatch
@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .._dtypes import LOW_PRECISION, compute_dtype, unit_roundoff
+from .._dtypes import compute_dtype
 from .._geometry import ConvTransposeGeometry
 from ..backends.numpy_backend import NumpyBackend
 from ..cases import BY_NAME, SUITE, Case
@@ -51,6 +51,7 @@ class Problem:
     grad: np.ndarray
     momentum: np.ndarray
     reference: Dict[str, object] = field(default_factory=dict)
+    _magnitudes: Optional[Dict[str, object]] = field(default=None, repr=False)
 
     @classmethod
     def make(cls, case: Case, dtype, seed=0) -> "Problem":
@@ -61,16 +62,28 @@ class Problem:
         problem = cls(case, case.geometry(), dtype, x, weight, bias, grad_output,
                       param=weight.copy(), grad=rng.standard_normal(shape).astype(dtype),
                       momentum=rng.standard_normal(shape).astype(compute_dtype(dtype)))
-        problem.reference = problem._reference()
+        problem.reference = problem._float64_results(lambda a: a)
         return problem
 
-    def _reference(self):
+    def magnitudes(self) -> Dict[str, object]:
+        """Each pass run in float64 on absolute values: Σ|a·b| (plus |bias|) behind every entry of
+        its result, the scale of the elementwise error bound (:mod:`.accuracy`). Computed once, on
+        first use. The SGD step gets -|grad| and -|momentum|, so that its update adds up
+        |param| + lr·(momentum·|momentum| + |grad|)."""
+        if self._magnitudes is None:
+            self._magnitudes = self._float64_results(np.abs, negate_sgd_terms=True)
+        return self._magnitudes
+
+    def _float64_results(self, transform, negate_sgd_terms=False):
+        """Every pass's result in float64 on ``transform``-ed inputs, by the NumPy backend."""
         ref = NumpyBackend()
-        as64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+        as64 = lambda a: None if a is None else transform(a.astype(np.float64))  # noqa: E731
         x, weight, bias, grad_output = map(as64, (self.x, self.weight, self.bias, self.grad_output))
         grad_input, grad_weight, grad_bias = ref.backward(grad_output, x, weight, self.geom, bias is not None)
-        param = as64(self.param)
-        ref.sgd_step(param, as64(self.grad), as64(self.momentum), SGD_HYPER, first_step=False)
+        param, grad, momentum = as64(self.param), as64(self.grad), as64(self.momentum)
+        if negate_sgd_terms:
+            grad, momentum = -grad, -momentum
+        ref.sgd_step(param, grad, momentum, SGD_HYPER, first_step=False)
         results = {"forward": ref.forward(x, weight, bias, self.geom), "grad_input": grad_input,
                    "grad_weight": grad_weight, "sgd_step": param,
                    "backward": tuple(g for g in (grad_input, grad_weight, grad_bias) if g is not None)}
@@ -89,10 +102,15 @@ class Problem:
         terms["backward"] = max(terms["grad_input"], terms["grad_weight"], terms["grad_bias"])
         return terms[name]
 
-    def min_bytes(self, name: str) -> int:
-        g, item = self.geom, self.dtype.itemsize
-        x, w, y = math.prod(g.input_shape), math.prod(g.weight_shape), math.prod(g.output_shape)
+    def _elements(self):
+        g = self.geom
         b = g.out_channels if self.bias is not None else 0
+        return math.prod(g.input_shape), math.prod(g.weight_shape), math.prod(g.output_shape), b
+
+    def min_bytes(self, name: str) -> int:
+        """The fewest bytes pass ``name`` moves: each operand read once, each result written once."""
+        x, w, y, b = self._elements()
+        item = self.dtype.itemsize
         elements = {
             "forward": x + w + b + y, "grad_input": y + w + x, "grad_weight": y + x + w,
             "grad_bias": y + b, "backward": y + x + w + x + w + b,
@@ -101,36 +119,17 @@ class Problem:
             return 3 * w * item + 2 * w * compute_dtype(self.dtype).itemsize
         return elements[name] * item
 
+    def input_bytes(self, name: str) -> int:
+        """The bytes pass ``name`` reads (its inputs, not its results)."""
+        x, w, y, b = self._elements()
+        item = self.dtype.itemsize
+        elements = {"forward": x + w + b, "grad_input": y + w, "grad_weight": y + x, "grad_bias": y,
+                    "backward": y + x + w}
+        if name == "sgd_step":  # param and grad; the momentum buffer
+            return 2 * w * item + w * compute_dtype(self.dtype).itemsize
+        return elements[name] * item
 
-def tolerance(dtype, terms: int, unit: Optional[float] = None) -> float:
-    """Bound on max|err|/max|ref| for sums of ``terms`` products in the compute precision ``unit``."""
-    dtype = np.dtype(dtype)
-    if unit is None:
-        unit = unit_roundoff(compute_dtype(dtype))
-    bound = 8 * math.sqrt(max(terms, 1)) * unit
-    # float16 and bfloat16 results also carry their final rounding (twice the unit, for slack)
-    return bound + (2 * unit_roundoff(dtype) if dtype in LOW_PRECISION else 0.0)
-
-
-def _to_numpy(array) -> np.ndarray:
-    if hasattr(array, "detach"):  # torch (whose bfloat16 NumPy cannot take: widened, exactly)
-        array = array.detach().cpu()
-        return (array.float() if str(array.dtype) == "torch.bfloat16" else array).numpy()
-    if not isinstance(array, np.ndarray) and hasattr(array, "get"):  # cupy
-        return array.get()
-    return np.asarray(array)
-
-
-def relative_error(result, reference) -> float:
-    """max |result - reference| / max |reference| (the largest over tuples of results); inf for a
-    wrong shape or a NaN."""
-    if isinstance(reference, tuple):
-        if not isinstance(result, tuple) or len(result) != len(reference):
-            return math.inf
-        return max(relative_error(r, e) for r, e in zip(result, reference))
-    actual = _to_numpy(result).astype(np.float64)
-    if actual.shape != reference.shape:
-        return math.inf
-    scale = max(float(np.max(np.abs(reference), initial=0.0)), np.finfo(np.float64).tiny)
-    error = float(np.max(np.abs(actual - reference), initial=0.0)) / scale
-    return math.inf if math.isnan(error) else error
+    def copy_bytes(self) -> int:
+        """The bytes of one copy of all the arrays the passes read."""
+        return sum(a.nbytes for a in (self.x, self.weight, self.bias, self.grad_output, self.param, self.grad,
+                                      self.momentum) if a is not None)
