@@ -147,7 +147,9 @@ step() {
     rm -f "$GPU_CHECK_NOTE"
     echo "===== $label (limit ${limit}s): $*" >> "$LOG"
     start=$SECONDS
-    timeout --kill-after="$KILL_GRACE" "$limit" "$@" >> "$LOG" 2>&1
+    # timeout signals the command's whole process group (compute-sanitizer's target too); no step
+    # reads a terminal, which a background process group could not.
+    timeout --kill-after="$KILL_GRACE" "$limit" "$@" < /dev/null >> "$LOG" 2>&1
     rc=$?
     seconds=$(( SECONDS - start ))
     [ -s "$GPU_CHECK_NOTE" ] && note="${note:+$note; }$(head -c 300 "$GPU_CHECK_NOTE")"
