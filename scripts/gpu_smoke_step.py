@@ -32,7 +32,7 @@ from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, unit_roundoff
 from cudeconv.backends.kernel_backend import KernelBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sass_report  # noqa: E402  (a script beside this one, not part of the package)
+import sass_report  # a script beside this one (hence the path above), not part of the package
 
 DTYPES = (np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64))
 COVERAGE_FAILED = 3  # exit status when the launched entry points differ from those defined

@@ -75,7 +75,7 @@ def find_preprocessor():
     return shutil.which("g++") or shutil.which("c++")
 
 
-_ANGLE_INCLUDE = re.compile(r"^\s*#\s*include\s*<([^>]+)>", re.M)
+_ANGLE_INCLUDE = re.compile(r"^\s*#\s*include\s*<([^>]+)>", re.MULTILINE)
 _GLOBAL_MARKER = "__cudeconv_global__"
 _PREPROCESSED_ENTRY = re.compile(  # a definition: the parameter list, then the body
     rf'extern\s*"C"\s*{_GLOBAL_MARKER}\s+void\s+(\w+)\s*\((?:[^()]|\([^()]*\))*\)\s*\{{')

@@ -163,7 +163,7 @@ def test_require_cuda_turns_the_cuda_skips_into_failures():
 
 def test_the_sanitizer_filter_takes_every_entry_point_and_no_cupy_kernel():
     """compute-sanitizer's --kernel-name regex (a regex searched in the kernel's name)."""
-    found = re.search(r"^SANITIZER_KERNELS='regex=([^']+)'$", SCRIPT.read_text(), re.M)
+    found = re.search(r"^SANITIZER_KERNELS='regex=([^']+)'$", SCRIPT.read_text(), re.MULTILINE)
     pattern = re.compile(found.group(1))
     names = set().union(*sass_report.library_entry_points().values())
     assert names and all(pattern.search(name) for name in names)
@@ -263,4 +263,4 @@ def test_an_archive_of_cupy_cubins_reports_what_nvcc_compiled(tmp_path):
         assert {k: v for k, v in got.items() if not k.startswith("spill")} == \
             {k: v for k, v in want.items() if not k.startswith("spill")}
         assert got["FFMA"] + got["DFMA"] > 0  # an SGD step multiplies and adds
-    assert re.search(r"^sgd_step_f32 .* - ", shown, re.M), shown  # the spill column reads "-"
+    assert re.search(r"^sgd_step_f32 .* - ", shown, re.MULTILINE), shown  # the spill column reads "-"
