@@ -49,6 +49,12 @@ def skip_unless_kernel_checks_can_run(what, reason):
     pytest.skip(f"{what} unavailable: {reason}")
 
 
+def require_cuda():
+    """Skip a test that needs the cuda backend where it cannot run — or fail it under
+    CUDECONV_REQUIRE_CUDA=1 (a GPU run)."""
+    _usable("cuda")
+
+
 def _usable(name):
     if name == "cuda":  # no CI machine has a GPU: a skip, except where a GPU run demands it
         reason = _skip_reason(name)

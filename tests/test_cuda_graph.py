@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 import cudeconv
-from cudeconv import backends
+from conftest import require_cuda
 
 STEPS = 5
 
 
 @pytest.fixture
 def cupy():
-    reason = backends.cuda_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"backend 'cuda' unavailable: {reason}")
+    require_cuda()
     import cupy
 
     return cupy

@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from conftest import skip_unless_kernel_checks_can_run
+from conftest import require_cuda, skip_unless_kernel_checks_can_run
 from cudeconv import ConvTranspose2d, backends, cli, emulator
 from cudeconv._geometry import make_geometry
 from cudeconv.backends.kernel_backend import SOURCES, KernelBackend
@@ -188,9 +188,7 @@ def test_a_layer_keeps_working_through_the_guard():
 def test_cuda_runs_on_the_arrays_device_when_another_is_current():
     """On a machine with two GPUs (gpu_check runs the suite's cuda cases there): arrays on GPU 1 while
     GPU 0 is current give GPU 1's results on GPU 1; arrays on both are refused."""
-    reason = backends.cuda_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"backend 'cuda' unavailable: {reason}")
+    require_cuda()
     import cupy
 
     if cupy.cuda.runtime.getDeviceCount() < 2:
