@@ -20,7 +20,7 @@ from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.bench import accuracy, baselines, device, measure, runner, table, threads
 from cudeconv.bench.plot import figure, nothing_to_draw
 from cudeconv.cases import BY_NAME, QUICK, QUICK_EMULATOR
-from cudeconv.timing import INTERFERENCE_FACTOR
+from cudeconv.timing import INTERFERENCE_FACTOR, CpuClock
 from oracle import conv_transpose_backward_ref, conv_transpose_ref
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,6 +218,48 @@ def test_peak_follows_the_arithmetic_each_pass_ran():
     assert used["forward"] == 480
     fractions, used = runner.peak_fractions({"forward": 48.0}, {"forward": "bf16"}, peaks)
     assert fractions == {} and used == {"forward": None}  # no peak known: no fraction claimed
+
+
+def test_a_gpu_run_end_to_end_with_numpy_standing_in_for_the_gpu(monkeypatch):
+    """The GPU-only branches of a run on the CPU: NumPy contenders marked as on a GPU, a fake GPU
+    (peaks, L2 small enough that the inputs rotate through 4 copies) and fake kernel paths."""
+    problem = bench.Problem.make(BY_NAME["dilated_op"].quick(QUICK), "float32")
+    l2 = 3 * min(problem.input_bytes(p) for p in problem.reference) // 2
+    gpu = device.GpuInfo("Fake GPU", "9.0", 1, 1000.0, 80.0, 10.0, 1000.0, l2_bytes=l2,
+                         peaks_tflops={"fp32": 10.0, "tf32": 80.0})
+    builds = []
+
+    def numpy_on_gpu(name):
+        contender = bench.backend_contender(name, NumpyBackend(), on_gpu=True, precision="tf32")
+        build = contender.build
+        contender.build = lambda problem: builds.append(name) or build(problem)
+        return contender
+
+    monkeypatch.setattr(runner, "gpu_info", lambda: gpu)
+    monkeypatch.setattr(runner, "describe_device", lambda backend: "Fake GPU")
+    monkeypatch.setattr(runner, "contenders", lambda *args: (numpy_on_gpu("numpy"), [numpy_on_gpu("twin")]))
+    monkeypatch.setattr(bench.Contender, "timed", lambda contender, fn: bench.Timed(fn, CpuClock()))
+    paths = {"forward": {"kind": "gemm", "kernel": "f", "workspace_bytes": 0},
+             "grad_input": {"kind": "direct", "kernel": "g", "workspace_bytes": 0},
+             "grad_weight": {"kind": "gemm", "kernel": "w", "workspace_bytes": 2**20}}
+    monkeypatch.setattr(runner, "kernel_paths", lambda impl, problem, precision: paths)
+    results = bench.run([BY_NAME["dilated_op"]], "numpy", repeat=1, quick=True, min_seconds=0, progress=False,
+                        precision="tf32", baselines="none")
+    (case,) = results["cases"]
+    assert case["status"] == "ok" and case["bounds"]["forward"]["form"] == "elementwise"
+    assert (case["inputs"]["state"], case["inputs"]["copies"]) == ("rotated", 4)
+    assert builds == ["numpy", "twin"] + ["numpy"] * 3 + ["twin"] * 3  # checked once, then 3 more copies each
+    assert case["arithmetic"] == {"forward": "tf32", "grad_input": "fp32", "grad_weight": "tf32",
+                                  "backward": "fp32+tf32"}
+    assert case["peak_tflops"]["forward"] == 80 and case["peak_fraction"]["compute"]["forward"] == \
+        pytest.approx(case["tflops"]["forward"] / 80)
+    assert case["peak_fraction"]["bandwidth"]["forward"] == pytest.approx(case["gbps"]["forward"] / 1000)
+    assert results["peaks"]["l2_bytes"] == l2 and results["timer"] == "CUDA events on the current stream"
+    text = bench.format_table(results)
+    assert "%peak" in text and "inputs: rotated: inputs rotated through 4 copies" in text
+    assert "kernels: forward gemm tf32, grad_input direct fp32, grad_weight gemm tf32 (1 MiB workspace)" in text
+    forward_row = next(line for line in text.splitlines() if " forward " in line)
+    assert forward_row.split("│")[0].split()[-2] == "tf32"  # the math column, before %BW
 
 
 # -- inputs rotated past the L2 ---------------------------------------------------------------------
@@ -443,11 +485,19 @@ def _one_pass_results():
         "backend": "numpy", "device": "CPU: " + "A very long processor name " * 4, "dtype": "float32",
         "precision": "fp32", "quick": True, "quick_limits": QUICK.describe(), "timer": "time.perf_counter",
         "timing": {"min_samples": 7, "min_seconds": 0.2}, "baselines": ["torch"], "threads": 2,
-        "load": {"load_average": 9.0, "cpus": 2},
+        "load": {"load_average": 9.0, "cpus": 2}, "peaks": None,
         "cases": [{"name": "dcgan_g2", "status": "ok", "speedup": {"torch": {"forward": 2.0}},
                    "speedup_spread": {"torch": {"forward": spread}}, "baselines": {}},
                   {"name": "unet_up", "status": "wrong", "speedup": {}, "speedup_spread": {}, "baselines": {}}],
     }
+
+
+def test_a_busy_machine_is_said_for_multi_threaded_cpu_runs():
+    busy = _one_pass_results()
+    assert any(line.startswith("BUSY MACHINE: load average 9.0 on 2 CPUs") for line in table.headline(busy))
+    for quiet in (dict(busy, threads=1), dict(busy, load={"load_average": 1.0, "cpus": 2}),
+                  dict(busy, peaks={"l2_bytes": 1})):
+        assert not any(line.startswith("BUSY") for line in table.headline(quiet))
 
 
 def test_every_text_of_the_plot_lies_inside_the_figure(tmp_path):

@@ -54,7 +54,7 @@ def headline(results: dict) -> List[str]:
         f"{results['threads']} thread(s) for every library on the CPU",
     ]
     load, threads = results["load"], results["threads"]
-    if load and threads > 1 and load["load_average"] >= load["cpus"]:
+    if load and threads > 1 and load["load_average"] >= load["cpus"] and results["peaks"] is None:
         lines.append(f"BUSY MACHINE: load average {load['load_average']:.1f} on {load['cpus']} CPUs: libraries "
                      f"running {threads} threads wait for each other's turns; --threads 1 gives steadier times")
     return lines
