@@ -256,7 +256,7 @@ def test_a_gpu_run_end_to_end_with_numpy_standing_in_for_the_gpu(monkeypatch):
     assert case["peak_fraction"]["bandwidth"]["forward"] == pytest.approx(case["gbps"]["forward"] / 1000)
     assert results["peaks"]["l2_bytes"] == l2 and results["timer"] == "CUDA events on the current stream"
     text = bench.format_table(results)
-    assert "%peak" in text and "inputs: rotated: inputs rotated through 4 copies" in text
+    assert "%peak" in text and "inputs: rotated: each GPU contender's inputs rotated through 4 copies" in text
     assert "kernels: forward gemm tf32, grad_input direct fp32, grad_weight gemm tf32 (1 MiB workspace)" in text
     forward_row = next(line for line in text.splitlines() if " forward " in line)
     assert forward_row.split("│")[0].split()[-2] == "tf32"  # the math column, before %BW
@@ -463,6 +463,7 @@ def test_results_record_solo_times_pools_and_settings(small_run):
         if "torch" in small_run["compared"]:
             assert all(t["solo_ms"] > 0 for t in case["timing"].values())
             assert case["baselines"]["torch"]["settings"]["num_threads"] == small_run["threads"]
+            assert case["baselines"]["torch"]["bounds"]["forward"]["form"] == "normwise"
         for p, bound in case["bounds"].items():
             assert bound["form"] == "normwise" and bound["measured"] == case["rel_errors"][p] <= bound["limit"]
 

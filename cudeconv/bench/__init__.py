@@ -57,7 +57,7 @@ threads and idle wait, while timing), "peaks" (on a GPU: "tflops" per arithmetic
 "bounds": {pass: {"form", "constant", "unit", "arithmetic", "floor", "terms", "limit", "rule",
 "measured"}}, "settings" (the backend's precision and algorithm), "inputs" ({"state": "rotated",
 "cold", "L2-warm" or "warm", "copies", "why", ...}), "paths" (the kernel of each pass),
-"arithmetic" ({pass: what it ran on}), "baselines": {name: {"ms", "timing", "interfered",
+"arithmetic" ({pass: what it ran on}), "baselines": {name: {"ms", "timing", "interfered", "bounds",
 "settings" (PyTorch's TF32, benchmark and thread settings in force)} or {"skipped": reason}},
 "speedup": {name: {pass: median ratio}}, "speedup_spread": {name: {pass: {"q1", "q3", "ranked",
 "interfered"}}}, and on a GPU "peak_tflops" and "peak_fraction": {"compute", "bandwidth"}}]}``;

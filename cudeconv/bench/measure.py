@@ -82,7 +82,8 @@ def input_rotation(smallest_input_bytes: int, copy_bytes: int, l2_bytes: int, bu
         return {**record, "state": "cold", "why": "each pass's inputs exceed twice the L2"}
     if needed <= MAX_COPIES and needed * copy_bytes <= budget_bytes:
         return {**record, "state": "rotated", "copies": needed,
-                "why": f"inputs rotated through {needed} copies, over twice the L2 between two uses of one"}
+                "why": f"each GPU contender's inputs rotated through {needed} copies, over twice the L2 "
+                       f"between two uses of one"}
     return {**record, "state": "L2-warm",
             "why": f"not rotated: {needed} copies of {copy_bytes / 2**20:.3g} MiB would be needed "
                    f"(at most {MAX_COPIES}, within {budget_bytes / 2**30:.3g} GiB)"}

@@ -183,7 +183,8 @@ def _check_all(mine, others, problem: Problem, step):
         if theirs.ok:
             passed.append(theirs)
         else:
-            skipped[baseline.name] = {"skipped": theirs.why_not_timed(), "settings": theirs.settings}
+            skipped[baseline.name] = {"skipped": theirs.why_not_timed(), "settings": theirs.settings,
+                                      "bounds": theirs.bound_records()}
     return ours, passed, skipped
 
 
@@ -205,7 +206,8 @@ def _baseline_record(theirs: Checked, times: PassTimes, ours_name: str) -> dict:
         return {"skipped": times.failures.get(name, f"not timed: {ours_name} failed"), "settings": theirs.settings}
     timing = _timing_record(times.interleaved[name], times.solo[name])
     return {"ms": {p: t["median_ms"] for p, t in timing.items()}, "timing": timing,
-            "interfered": [p for p, t in timing.items() if t["interfered"]], "settings": theirs.settings}
+            "interfered": [p for p, t in timing.items() if t["interfered"]], "settings": theirs.settings,
+            "bounds": theirs.bound_records()}
 
 
 def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=None, quick=False,
