@@ -43,3 +43,10 @@ def test_the_test_commands_are_what_ci_runs():
     block = re.search(r"```bash\n(.*?)```", tests_section, flags=re.S).group(1)
     for command in commands:
         assert command in block.splitlines(), command
+
+
+def test_the_readme_stays_short():
+    """The README is the way in; manuals live in docs/."""
+    assert len(README) <= 15_000, f"README.md has {len(README)} characters; move detail to docs/"
+    for link in re.findall(r"\]\((docs/[^)#]+)", README):
+        assert (REPO / link).is_file(), link
