@@ -317,7 +317,6 @@ def build_parser():
     warmup_parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda",
                                help="cuda (default), or emulator to build the CPU emulator's modules")
 
-
     bench_parser = commands.add_parser(
         "bench", help="check and time every pass of the benchmark suite against the baselines present",
         description=BENCH_DESCRIPTION, epilog=BENCH_EXAMPLES,
