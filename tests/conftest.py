@@ -168,3 +168,20 @@ def tf32_round(x):
     finite = (bits & 0x7F800000) != 0x7F800000
     rounded = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
     return rounded.astype(np.uint32).view(np.float32)
+
+
+class ScriptedClock:
+    """A fake clock for the bench's timing: each ``seconds`` call (calibration, then the rounds, then
+    the solo samples) runs the calls and reports ``cost × load[k]`` seconds per call for its k-th
+    timing."""
+
+    def __init__(self, cost, load):
+        self.cost, self.load, self.count = cost, load, 0
+
+    def seconds(self, fn, calls):
+        for _ in range(calls):
+            fn()
+        load = self.load[min(self.count, len(self.load) - 1)]
+        self.count += 1
+        return calls * self.cost * load
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import skip_unless_kernel_checks_can_run
+from conftest import ScriptedClock, skip_unless_kernel_checks_can_run
 from cudeconv import backends, bench, cli
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.bench import accuracy, baselines, device, measure, runner, table, threads
@@ -352,21 +352,6 @@ def test_same_threads_for_every_pool_and_torch():
 
 
 # -- interference, streaming and stopped runs -------------------------------------------------------
-class ScriptedClock:
-    """Reports ``cost × load[k]`` seconds per call for its k-th timing (calibration, the rounds,
-    then the solo samples), running the calls."""
-
-    def __init__(self, cost, load):
-        self.cost, self.load, self.count = cost, load, 0
-
-    def seconds(self, fn, calls):
-        for _ in range(calls):
-            fn()
-        load = self.load[min(self.count, len(self.load) - 1)]
-        self.count += 1
-        return calls * self.cost * load
-
-
 def stand_in(monkeypatch, loads):
     """A second NumPy backend as the baseline "stand_in", and fake clocks: ``loads[name]`` per
     contender (4 rounds: one calibration and 4 round timings, then the solo ones)."""

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ScriptedClock
+
 from cudeconv import backends, bench, cli
 from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv.cases import BY_NAME, QUICK, QUICK_EMULATOR, SUITE
@@ -347,21 +349,6 @@ def test_quick_shrinks_every_case_within_its_limits(limits):
 
 
 # -- timing, end to end on a fake clock ---------------------------------------------------------------
-class ScriptedClock:
-    """Fake clock of one contender: each ``seconds`` call (calibration, then one per round) runs the
-    calls and reports ``cost × load[k]`` per call for its k-th timing."""
-
-    def __init__(self, cost, load):
-        self.cost, self.load, self.count = cost, load, 0
-
-    def seconds(self, fn, calls):
-        for _ in range(calls):
-            fn()
-        load = self.load[min(self.count, len(self.load) - 1)]
-        self.count += 1
-        return calls * self.cost * load
-
-
 @pytest.mark.parametrize("baseline_factor, ranked", [(3.0, True), (None, False)])
 def test_bench_reports_paired_ratios_spread_and_flags(baseline_factor, ranked, monkeypatch, tmp_path, capsys):
     """The bench's numbers come from the interleaved rounds: with load that hits both contenders in
