@@ -33,6 +33,21 @@ from ._errors import EmulatorCompileError, EmulatorError
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIM_HEADER = PACKAGE_DIR / "cudeconv_emu.h"
 SANITIZER_RUNNER = PACKAGE_DIR / "cudeconv_emu_runner.cpp"
+TRACE_HEADER = PACKAGE_DIR / "cudeconv_emu_trace.h"
+TRACE_RUNTIME = PACKAGE_DIR / "cudeconv_emu_trace.cpp"
+
+# A traced build (racecheck/profile) keeps every load and store of the source where the source
+# has it: these optimisations would merge, move or drop accesses (a load reused across a
+# barrier-free stretch, stores sunk out of loops, per-thread loads combined into vectors).
+_TRACE_OPTIMISATIONS_OFF = (
+    "-fno-tree-fre", "-fno-tree-pre", "-fno-code-hoisting", "-fno-tree-dse", "-fno-tree-loop-im",
+    "-fno-tree-dominator-opts", "-fno-tree-vectorize", "-fno-tree-slp-vectorize",
+)
+# ThreadSanitizer's instrumentation without its runtime: the hooks are cudeconv_emu_trace.cpp's.
+_TRACE_INSTRUMENTATION = (
+    "-fsanitize=thread", "-Wno-tsan", "--param=tsan-instrument-func-entry-exit=0", "-fno-exceptions",
+    "-DCUDECONV_EMU_TRACE=1",
+)
 
 # File name g++ reports for the kernel source unless the source carries its own #line.
 SOURCE_NAME = "cudeconv_kernel.cu"
@@ -300,6 +315,11 @@ class BuildPlan:
     sanitize: bool
     compiler: tuple
     cuda_include: str
+    trace: bool = False  # instrumented for racecheck and the profile
+
+    def __post_init__(self):
+        if self.sanitize and self.trace:
+            raise ValueError("sanitize=True cannot be combined with racecheck or profile")
 
     def key(self):
         digest = hashlib.sha256()
@@ -308,6 +328,7 @@ class BuildPlan:
             _compiler_identity(self.compiler),
             SHIM_HEADER.read_text(),
             SANITIZER_RUNNER.read_text() if self.sanitize else "",
+            TRACE_HEADER.read_text() + TRACE_RUNTIME.read_text() if self.trace else "",
             Path(__file__).read_text(),  # generated code and flags live here
         ):
             digest.update(part.encode())
@@ -326,6 +347,8 @@ class BuildPlan:
             flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
         else:
             flags += ["-O2", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,defs"]
+        if self.trace:  # line tables for the reports' file:line
+            flags += ["-g", *_TRACE_OPTIMISATIONS_OFF]
         return flags
 
     def build_commands(self, unit, output):
@@ -341,7 +364,16 @@ class BuildPlan:
             return [[*compiler, Path(unit).name, "-o", Path(output).name]]
         obj = Path(output).with_suffix(".o").name
         check = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment", "-DCUDECONV_EMU_CHECK_ALIGNMENT=1"]
-        return [[*compiler, *check, "-c", Path(unit).name, "-o", obj], [*compiler, obj, "-o", Path(output).name]]
+        if not self.trace:
+            return [[*compiler, *check, "-c", Path(unit).name, "-o", obj], [*compiler, obj, "-o", Path(output).name]]
+        # The tracer is linked first: where both objects carry a copy of the same template code,
+        # the linker keeps the first, uninstrumented one, so the hooks never call back into themselves.
+        runtime = "trace_runtime.o"
+        return [
+            [*compiler, "-c", str(TRACE_RUNTIME), "-o", runtime],
+            [*compiler, *check, *_TRACE_INSTRUMENTATION, "-c", Path(unit).name, "-o", obj],
+            [*compiler, runtime, obj, "-o", Path(output).name],
+        ]
 
     def translation_unit(self, entry_points):
         """The unit to compile; ``entry_points=None`` gives the discovery variant."""
@@ -383,7 +415,7 @@ def _run_compiler(arguments, plan, cwd):
 
 
 def artifact_path(plan):
-    return cache_dir() / (plan.key() + ("-sanitize.bin" if plan.sanitize else ".so"))
+    return cache_dir() / (plan.key() + ("-sanitize.bin" if plan.sanitize else "-trace.so" if plan.trace else ".so"))
 
 
 def _file_record(path):
@@ -479,17 +511,22 @@ class CompiledModule:
     kernels: dict
     library: object  # ctypes.CDLL; None for a sanitizer build, which runs as a child process
     hold: object  # _cache.BuildHold, kept while the module may be used: for the process's life
+    traced: bool = False  # racecheck/profile build: one traced launch at a time (trace_lock)
+    trace_lock: object = dataclasses.field(default_factory=threading.Lock)
 
 
 _loaded = {}
 _loaded_lock = threading.Lock()
 
 
-def load(source, options, sanitize):
-    """The compiled module for ``source``: one object per build file per process."""
+def load(source, options, sanitize, trace=False):
+    """The compiled module for ``source``: one object per build file per process. ``trace``
+    instruments it for racecheck and the profile."""
     if not isinstance(source, str):
         raise TypeError(f"kernel source must be a str, got {type(source).__name__}")
-    plan = BuildPlan(source, tuple(translate_options(options)), bool(sanitize), compiler_command(), find_cuda_include() or "")
+    plan = BuildPlan(
+        source, tuple(translate_options(options)), bool(sanitize), compiler_command(), find_cuda_include() or "", bool(trace)
+    )
     with _loaded_lock:
         path = artifact_path(plan)
         module = _loaded.get(path)
@@ -499,12 +536,12 @@ def load(source, options, sanitize):
                 build(plan)
                 _cache.touch(path)
                 try:
-                    module = _open(path, plan.sanitize, hold)
+                    module = _open(path, plan, hold)
                 except (OSError, EmulatorError):
                     # It matched its record yet does not load (a record written for a damaged
                     # file, say): build it afresh, once.
                     discard(path)
-                    module = _open(build(plan), plan.sanitize, hold)
+                    module = _open(build(plan), plan, hold)
             except BaseException:
                 hold.release()
                 raise
@@ -512,8 +549,8 @@ def load(source, options, sanitize):
         return module
 
 
-def _open(path, sanitize, hold):
-    if sanitize:
+def _open(path, plan, hold):
+    if plan.sanitize:
         result = subprocess.run([str(path), "--describe"], capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulatorError(f"sanitizer build {path} did not start:\n{result.stderr}")
@@ -521,4 +558,4 @@ def _open(path, sanitize, hold):
     library = ctypes.CDLL(str(path))
     library.cudeconv_emu_describe.restype = ctypes.c_char_p
     kernels = parse_description(library.cudeconv_emu_describe().decode())
-    return CompiledModule(path, False, kernels, library, hold)
+    return CompiledModule(path, False, kernels, library, hold, plan.trace)

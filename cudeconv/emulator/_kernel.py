@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _compiler
+from . import _compiler, _trace
 from ._errors import EmulatorKernelNotFoundError, EmulatorLaunchError
 
 MAX_THREADS_PER_BLOCK = 1024
@@ -106,19 +106,32 @@ class RawModule:
     UndefinedBehaviorSanitizer and every launch runs in a child process. ``schedule``
     (``"ascending"``, ``"descending"``, ``"random:<seed>"``) orders the threads of each block
     between barriers; None takes ``$CUDECONV_EMULATOR_SCHEDULE`` at each launch (default ascending).
+    ``racecheck=True`` (None: ``$CUDECONV_EMULATOR_RACECHECK``, read here) fails a launch whose
+    threads race on shared memory; ``profile=True`` counts each launch's memory traffic into
+    ``kernel.last_profile``. Both use one instrumented build, which ``sanitize`` cannot join.
     """
 
-    def __init__(self, code, options=(), *, sanitize=False, schedule=None):
+    def __init__(self, code, options=(), *, sanitize=False, schedule=None, racecheck=None, profile=False):
         self.code = code
         self.options = (options,) if isinstance(options, str) else tuple(options)
         self.sanitize = bool(sanitize)
+        self.racecheck = _trace.racecheck_setting(racecheck)
+        if not isinstance(profile, bool):
+            raise TypeError(f"profile must be a bool, got {_describe(profile)}")
+        self.profile = profile
+        traced = self.racecheck or self.profile
+        if traced and self.sanitize:
+            raise ValueError(
+                f"sanitize=True cannot be combined with racecheck={self.racecheck} or profile={self.profile} "
+                "(set CUDECONV_EMULATOR_RACECHECK=0 for a sanitized module)"
+            )
         if schedule is not None:
             if not isinstance(schedule, str):
                 raise TypeError(f"schedule must be a str or None, got {_describe(schedule)}")
             parse_schedule(schedule, "schedule")
         self.schedule = schedule
         self.architecture = target_architecture(self.options)  # for the GPU's launch limits
-        self._compiled = _compiler.load(code, self.options, self.sanitize)
+        self._compiled = _compiler.load(code, self.options, self.sanitize, traced)
         self._kernels = {}
 
     @property
@@ -137,6 +150,7 @@ class RawModule:
                     f"no extern \"C\" __global__ function named {name!r} in the module (entry points: {available})"
                 )
             kernel = self._kernels[name] = RawKernel(self._compiled, info, self.architecture, self.schedule)
+            kernel.trace_mode = (_trace.RACECHECK if self.racecheck else 0) | (_trace.PROFILE if self.profile else 0)
         return kernel
 
 
@@ -150,6 +164,8 @@ class RawKernel:
         self.max_threads_per_block = info.max_threads or MAX_THREADS_PER_BLOCK
         self.architecture = architecture
         self.schedule = schedule
+        self.trace_mode = 0  # _trace.RACECHECK | _trace.PROFILE, of a traced build
+        self.last_profile = None  # the last launch's memory-traffic profile (profile=True)
         self._max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED_BYTES
         if compiled.library is not None:
             self._launch = getattr(compiled.library, f"cudeconv_emu_launch_{info.name}")
@@ -192,8 +208,21 @@ class RawKernel:
         schedule = launch_schedule(self.schedule)
         if self._compiled.sanitize:
             self._launch_in_child(grid, block, shared_mem, values, timeout, schedule)
+        elif self._compiled.traced:
+            self._launch_traced(grid, block, shared_mem, values, timeout, schedule)
         else:
             self._launch_here(grid, block, shared_mem, values, timeout, schedule)
+
+    def _launch_traced(self, grid, block, shared_mem, values, timeout, schedule):
+        library, path = self._compiled.library, self._compiled.path
+        with self._compiled.trace_lock:  # the tracer's settings and results are the module's
+            array_indices = _trace.configure(library, self.trace_mode, values)
+            try:
+                self._launch_here(grid, block, shared_mem, values, timeout, schedule)
+            except EmulatorLaunchError as error:
+                raise EmulatorLaunchError(_trace.symbolize_message(path, str(error))) from None
+            if self.trace_mode & _trace.PROFILE:
+                self.last_profile = _trace.read_profile(library, path, self.parameters, array_indices)
 
     def _check_configuration(self, grid, block, shared_mem):
         if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):

@@ -61,6 +61,25 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
+// A traced build (racecheck=True / profile=True, see cudeconv_emu_trace.h) instruments the kernel's
+// loads and stores; the scheduler's functions are CUDECONV_EMU_UNTRACED, and CUDECONV_EMU_TRACE_POINT
+// passes what only the scheduler knows to the tracer.
+#ifdef CUDECONV_EMU_TRACE
+#include "cudeconv_emu_trace.h"
+#define CUDECONV_EMU_UNTRACED __attribute__((no_sanitize_thread))
+// Not inlined, so that the return address is the call site in kernel code.
+#define CUDECONV_EMU_UNTRACED_CALL __attribute__((no_sanitize_thread, noinline))
+#define CUDECONV_EMU_TRACE_POINT(worker, call) \
+    do {                                         \
+        if ((worker).trace->mode) call;         \
+    } while (0)
+#else
+#define CUDECONV_EMU_UNTRACED
+#define CUDECONV_EMU_UNTRACED_CALL
+#define CUDECONV_EMU_TRACE_POINT(worker, call) \
+    do {                                         \
+    } while (0)
+#endif
 #if !defined(__x86_64__) || defined(CUDECONV_EMU_UCONTEXT)
 #define CUDECONV_EMU_USE_UCONTEXT 1
 #endif
@@ -173,6 +192,7 @@ struct PendingCopy {
     unsigned char* destination;
     unsigned size;   // cp-size: 4, 8 or 16
     unsigned group;  // index of the commit group it belongs to
+    const void* pc;  // where it was issued (traced builds)
     unsigned char bytes[16];  // the source bytes read at issue, zero-filled past src-size
 };
 
@@ -194,6 +214,7 @@ struct Fiber {
     uint64_t warp_result;
     unsigned warp_ballot;
     unsigned warp_group;
+    bool warp_fence;  // __syncwarp (orders memory), not a shuffle or vote
     WarpOperation warp_operation;  // null for shuffles, votes and __syncwarp
     const char* warp_operation_name;
     void* warp_operands;           // points into the fiber's own stack while it waits
@@ -264,6 +285,9 @@ struct Worker {
     pthread_t os_thread;
     unsigned char* tls_begin;  // this thread's instance of the module's thread-local storage
     unsigned char* tls_end;
+#ifdef CUDECONV_EMU_TRACE
+    trace::WorkerTrace* trace;
+#endif
     const void* asan_scheduler_stack_bottom;
     size_t asan_scheduler_stack_size;
     void* asan_scheduler_fake_stack;
@@ -351,8 +375,11 @@ __asm__(
     ".size cudeconv_emu_switch_stack, .-cudeconv_emu_switch_stack\n");
 #endif
 
-inline void resume_fiber(Worker& w, Fiber& f) {
+CUDECONV_EMU_UNTRACED inline void resume_fiber(Worker& w, Fiber& f) {
     w.running.store(&f, std::memory_order_release);
+#ifdef CUDECONV_EMU_TRACE
+    w.trace->thread = static_cast<int>(f.linear_idx);
+#endif
 #ifdef __SANITIZE_ADDRESS__
     __sanitizer_start_switch_fiber(&w.asan_scheduler_fake_stack, f.stack, f.stack_size);
 #endif
@@ -365,6 +392,9 @@ inline void resume_fiber(Worker& w, Fiber& f) {
     __sanitizer_finish_switch_fiber(w.asan_scheduler_fake_stack, nullptr, nullptr);
 #endif
     w.running.store(nullptr, std::memory_order_relaxed);
+#ifdef CUDECONV_EMU_TRACE
+    w.trace->thread = -1;
+#endif
 }
 
 // Called by a fiber after setting its state; returns when the scheduler resumes it.
@@ -396,14 +426,16 @@ inline void yield_to_scheduler() {
 
 // Makes the cp.async copies of commit groups below `group_limit` (and, for ~0u, every copy,
 // committed or not) land in shared memory, in issue order.
-inline void complete_copies(Fiber& f, unsigned group_limit) {
+CUDECONV_EMU_UNTRACED inline void complete_copies(Fiber& f, unsigned group_limit) {
     auto& pending = f.pending_copies;
     size_t kept = 0;
     for (size_t i = 0; i < pending.size(); ++i) {
         PendingCopy& copy = pending[i];
-        if (group_limit == ~0u || copy.group < group_limit)
+        if (group_limit == ~0u || copy.group < group_limit) {
             std::memcpy(copy.destination, copy.bytes, copy.size);
-        else
+            CUDECONV_EMU_TRACE_POINT(current_worker(), trace::land_copy(current_worker().trace, copy.destination,
+                                                                        copy.size, copy.pc));
+        } else
             pending[kept++] = copy;
     }
     pending.resize(kept);
@@ -421,7 +453,7 @@ inline void complete_copies(Fiber& f, unsigned group_limit) {
     __builtin_unreachable();
 }
 
-inline void start_fiber(Worker& w, Fiber& f) {
+CUDECONV_EMU_UNTRACED inline void start_fiber(Worker& w, Fiber& f) {
     if (!f.stack) {
         // Layout of the aligned region: header page, guard page, stack.
         const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -489,7 +521,7 @@ inline int find_module_tls(dl_phdr_info* info, size_t, void* out) {
     return 1;
 }
 
-inline Worker& this_thread_worker(Launch& launch) {
+CUDECONV_EMU_UNTRACED inline Worker& this_thread_worker(Launch& launch) {
     if (!tls_worker) {  // this first access also allocates the thread's TLS block
         Worker* w = new Worker();
         w->fibers.reset(new Fiber[kMaxThreadsPerBlock]());
@@ -499,6 +531,10 @@ inline Worker& this_thread_worker(Launch& launch) {
             std::fprintf(stderr, "cudeconv emulator: cannot locate the module's thread-local storage\n");
             std::abort();
         }
+#ifdef CUDECONV_EMU_TRACE
+        w->trace = trace::attach(w->tls_begin, w->tls_end, dynamic_shared, dynamic_shared + kMaxDynamicShared,
+                                 &tls_worker, sizeof tls_worker);
+#endif
         tls_worker = w;
     }
     Worker& w = *tls_worker;
@@ -521,7 +557,7 @@ inline Worker& this_thread_worker(Launch& launch) {
 // Uninitialised shared memory reads as NaN / -1 (0xff bytes) rather than as zeros or as what
 // the previous block left: every byte of the module's thread-local storage except the worker
 // pointer is shared memory (dynamic shared memory only up to the launch's size).
-inline void poison_shared_memory(Worker& w) {
+CUDECONV_EMU_UNTRACED inline void poison_shared_memory(Worker& w) {
     unsigned char* const dynamic_end = dynamic_shared + kMaxDynamicShared;
     std::memset(w.tls_begin, 0xff, static_cast<size_t>(dynamic_shared - w.tls_begin));
     std::memset(dynamic_shared, 0xff, w.launch->dynamic_shared_bytes);
@@ -540,7 +576,7 @@ inline std::string hex(unsigned v) {
 // Lanes named in a call's mask must all be waiting in a call with the same mask (on a GPU
 // anything else deadlocks or is undefined); lanes beyond the end of a partial last warp do not
 // exist and are ignored.
-inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
+CUDECONV_EMU_UNTRACED inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
     Fiber* fibers = w.fibers.get();
     const unsigned num_lanes = end - begin;
     const unsigned existing = num_lanes == 32 ? ~0u : (1u << num_lanes) - 1u;
@@ -603,13 +639,15 @@ inline bool complete_warp_collectives(Worker& w, unsigned begin, unsigned end) {
             g.state = FiberState::Ready;
         }
         done |= group;
+        if (f.warp_fence) CUDECONV_EMU_TRACE_POINT(w, trace::warp_fence(w.trace, begin / kWarpSize));
     }
     return true;
 }
 
 // Joins the warp-synchronous call of the lanes in `mask`; the scheduler fills in the results.
-inline Fiber& warp_exchange(unsigned mask, uint64_t value, int source_lane) {
+inline Fiber& warp_exchange(unsigned mask, uint64_t value, int source_lane, bool fence = false) {
     Fiber& f = current_fiber();
+    f.warp_fence = fence;
     f.warp_operation = nullptr;
     f.warp_mask = mask;
     f.warp_value = value;
@@ -686,7 +724,7 @@ struct ScheduleRandom {
 
 // Fills warp_order with the block's warps and lane_orders[warp] with the lanes of each warp in
 // the order they run until the next barrier.
-inline void draw_schedule(const Launch& launch, unsigned long long linear_block, unsigned long long barrier,
+CUDECONV_EMU_UNTRACED inline void draw_schedule(const Launch& launch, unsigned long long linear_block, unsigned long long barrier,
                           unsigned num_threads, unsigned* warp_order, unsigned char (*lane_orders)[kWarpSize]) {
     const unsigned num_warps = (num_threads + kWarpSize - 1) / kWarpSize;
     for (unsigned warp = 0; warp < num_warps; ++warp) {
@@ -703,11 +741,13 @@ inline void draw_schedule(const Launch& launch, unsigned long long linear_block,
         random.shuffle(lane_orders[warp], std::min(kWarpSize, num_threads - warp * kWarpSize));
 }
 
-inline bool run_block(Worker& w, unsigned long long linear_block) {
+CUDECONV_EMU_UNTRACED inline bool run_block(Worker& w, unsigned long long linear_block) {
     const dim3 g = w.grid_dim, b = w.block_dim;
     w.block_idx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
                         static_cast<unsigned>(linear_block / (static_cast<unsigned long long>(g.x) * g.y))};
     poison_shared_memory(w);
+    const unsigned block_index[3] = {w.block_idx.x, w.block_idx.y, w.block_idx.z};
+    CUDECONV_EMU_TRACE_POINT(w, trace::block_begin(w.trace, block_index));
     const unsigned n = b.x * b.y * b.z;
     w.num_threads = n;
     Fiber* fibers = w.fibers.get();
@@ -751,7 +791,17 @@ inline bool run_block(Worker& w, unsigned long long linear_block) {
                 if (!complete_warp_collectives(w, begin, end)) return false;
             }
         }
-        if (live == 0) return true;
+        if (live == 0) {
+#ifdef CUDECONV_EMU_TRACE
+            std::string race;
+            if (w.trace->mode && !trace::block_end(w.trace, race)) {
+                w.launch->fail(race);
+                return false;
+            }
+#endif
+            return true;
+        }
+        CUDECONV_EMU_TRACE_POINT(w, trace::barrier(w.trace));
         // Threads that exited do not take part in later barriers (as on sm_70+).
         unsigned count = 0;
         for (unsigned t = 0; t < n; ++t)
@@ -899,7 +949,7 @@ class Watchdog {
     std::thread thread_;
 };
 
-inline int launch(const char* kernel, const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
+CUDECONV_EMU_UNTRACED inline int launch(const char* kernel, const unsigned* dims, unsigned long long dynamic_shared_bytes, void** params,
                   double timeout_seconds, unsigned schedule, unsigned long long schedule_seed, void (*invoke)(void**),
                   char* error, unsigned long long error_size) {
     Launch launch;
@@ -911,16 +961,28 @@ inline int launch(const char* kernel, const unsigned* dims, unsigned long long d
     launch.invoke = invoke;
     launch.params = params;
     const long long num_blocks = static_cast<long long>(dims[0]) * dims[1] * dims[2];
+#ifdef CUDECONV_EMU_TRACE
+    trace::Session* const session = trace::launch_begin();
+#endif
     {
         Watchdog watchdog(launch, kernel, timeout_seconds);
 #pragma omp parallel if (num_blocks > 1)
         {
             Worker& w = this_thread_worker(launch);
+#ifdef CUDECONV_EMU_TRACE
+            trace::worker_begin(w.trace, session, dims + 3, dynamic_shared_bytes);
+#endif
 #pragma omp for schedule(dynamic, 1)
             for (long long block = 0; block < num_blocks; ++block)
                 if (!launch.stopping()) run_block(w, static_cast<unsigned long long>(block));
+#ifdef CUDECONV_EMU_TRACE
+            trace::worker_end(w.trace);
+#endif
         }
     }
+#ifdef CUDECONV_EMU_TRACE
+    trace::launch_end(session);
+#endif
     if (launch.timed_out.load()) {
         std::snprintf(error, error_size,
                       "timed out: it did not finish within %g s (CUDECONV_EMULATOR_TIMEOUT): %s. A thread waiting "
@@ -1124,7 +1186,7 @@ inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_s
 inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // ---- warp intrinsics -----------------------------------------------------------------------
-inline void __syncwarp(unsigned mask = 0xffffffffu) { cudeconv_emu::warp_exchange(mask, 0, -1); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cudeconv_emu::warp_exchange(mask, 0, -1, true); }
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
     return cudeconv_emu::warp_exchange(mask, predicate != 0, -1).warp_ballot;
 }
@@ -1375,6 +1437,7 @@ namespace cudeconv_emu {
 // Joins a warp collective whose per-lane operands live at `operands` (on this fiber's stack).
 inline void warp_operation(WarpOperation operation, const char* name, void* operands) {
     Fiber& f = current_fiber();
+    f.warp_fence = false;
     f.warp_operation = operation;
     f.warp_operation_name = name;
     f.warp_operands = operands;
@@ -1432,7 +1495,8 @@ struct MmaOperands {
 // and C are summed in double and rounded once to float (the hardware's own summation may
 // differ in the last bits; NaN and infinity propagate as in IEEE arithmetic).
 template <int K, double (*Element)(unsigned)>
-inline std::string mma_m16n8(Worker&, Fiber* const* lanes) {
+CUDECONV_EMU_UNTRACED inline std::string mma_m16n8(Worker& w, Fiber* const* lanes) {
+    CUDECONV_EMU_TRACE_POINT(w, trace::count_mma(w.trace, lanes[0]->warp_operation_name));
     double a[16][K], b[K][8], acc[16][8];
     for (unsigned lane = 0; lane < 32; ++lane) {
         const MmaOperands& op = *static_cast<const MmaOperands*>(lanes[lane]->warp_operands);
@@ -1487,6 +1551,7 @@ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[
 struct LdmatrixOperands {
     const void* row_address;
     unsigned* out;
+    const void* pc;  // where the warp's lane 0 called it (traced builds)
 };
 
 // Matrix i (i < Count) has its 8 rows of 8 b16 elements at the addresses of lanes 8i..8i+7
@@ -1494,8 +1559,9 @@ struct LdmatrixOperands {
 // (row t/4, columns 2(t%4) and 2(t%4)+1), or with .trans (rows 2(t%4) and 2(t%4)+1, column t/4);
 // the first of the pair in the low half. Addresses of lanes past 8·Count are not used.
 template <int Count, bool Transposed>
-inline std::string ldmatrix(Worker& w, Fiber* const* lanes) {
+CUDECONV_EMU_UNTRACED inline std::string ldmatrix(Worker& w, Fiber* const* lanes) {
     uint16_t matrices[Count][8][8];
+    const void* rows[8 * Count];
     for (unsigned lane = 0; lane < 8u * Count; ++lane) {
         const void* address = static_cast<const LdmatrixOperands*>(lanes[lane]->warp_operands)->row_address;
         if (!in_shared_memory(w, address, 16))
@@ -1504,7 +1570,10 @@ inline std::string ldmatrix(Worker& w, Fiber* const* lanes) {
         if (reinterpret_cast<uintptr_t>(address) % 16 != 0)
             return "lane " + std::to_string(lane) + "'s row address " + pointer_text(address) + " is not 16-byte aligned";
         std::memcpy(matrices[lane / 8][lane % 8], address, 16);
+        rows[lane] = address;
     }
+    CUDECONV_EMU_TRACE_POINT(w, trace::ldmatrix_rows(w.trace, lanes[0]->linear_idx / kWarpSize, rows, 8 * Count,
+                                                     static_cast<const LdmatrixOperands*>(lanes[0]->warp_operands)->pc));
     for (unsigned lane = 0; lane < 32; ++lane) {
         unsigned* out = static_cast<const LdmatrixOperands*>(lanes[lane]->warp_operands)->out;
         const unsigned row = lane / 4, col = 2 * (lane % 4);
@@ -1518,10 +1587,10 @@ inline std::string ldmatrix(Worker& w, Fiber* const* lanes) {
 }
 
 template <int Count, bool Transposed>
-inline void ldmatrix_sync(unsigned* out, const void* row_address) {
+CUDECONV_EMU_UNTRACED_CALL inline void ldmatrix_sync(unsigned* out, const void* row_address) {
     static const std::string name = std::string("ldmatrix.sync.aligned.m8n8.x") + std::to_string(Count) +
                                     (Transposed ? ".trans" : "") + ".shared.b16";
-    LdmatrixOperands op{row_address, out};
+    LdmatrixOperands op{row_address, out, __builtin_return_address(0)};
     warp_operation(&ldmatrix<Count, Transposed>, name.c_str(), &op);
 }
 
@@ -1530,7 +1599,7 @@ inline void ldmatrix_sync(unsigned* out, const void* row_address) {
 // cp.async.wait_group that covers the copy, where the bytes land. Copies of a thread that exits
 // land as it exits.
 template <unsigned Size>
-inline void cp_async(void* shared_destination, const void* global_source, int source_bytes) {
+CUDECONV_EMU_UNTRACED_CALL inline void cp_async(void* shared_destination, const void* global_source, int source_bytes) {
     const Worker& w = current_worker();
     // the message is built only on failure: this is the hot path of every GEMM slice
     const auto fail = [&](const std::string& problem) {
@@ -1544,9 +1613,12 @@ inline void cp_async(void* shared_destination, const void* global_source, int so
         fail("source " + pointer_text(global_source) + " and destination " + pointer_text(shared_destination) +
              " must be aligned to the copy size");
     Fiber& f = current_fiber();
-    PendingCopy copy{static_cast<unsigned char*>(shared_destination), Size, f.committed_copy_groups, {}};
+    PendingCopy copy{static_cast<unsigned char*>(shared_destination), Size, f.committed_copy_groups,
+                     __builtin_return_address(0), {}};
     if (source_bytes > 0) std::memcpy(copy.bytes, global_source, static_cast<size_t>(source_bytes));
     std::memset(shared_destination, 0xff, Size);
+    CUDECONV_EMU_TRACE_POINT(w, trace::issue_copy(w.trace, global_source, static_cast<unsigned>(source_bytes),
+                                                  shared_destination, Size, copy.pc));
     f.pending_copies.push_back(copy);
 }
 inline void cp_async_commit() { ++current_fiber().committed_copy_groups; }
