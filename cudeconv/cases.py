@@ -152,6 +152,12 @@ SUITE = (
           16, 256, 256, (32, 32), 4, 2, 1, groups=256),
     _case("dilated_op", "dilated, with output_padding: 64→64 channels, 32²→66², k3 s2 p1 op1 d2",
           16, 64, 64, (32, 32), 3, 2, 1, output_padding=1, dilation=2),
+    _case("deep_4x4", "DCGAN generator's first stride-2 layer, 1024→512 channels, 4²→8², k4 s2 p1: a deep layer "
+          "at small spatial size (few M×N tiles, long K)", 64, 1024, 512, (4, 4), 4, 2, 1),
+    _case("hifigan_up4", "HiFi-GAN V1 last upsampler, 1-d, 64→32 channels, 4096→8192 samples, k4 s2 p1: a vocoder "
+          "layer on long sequences", 16, 64, 32, (4096,), 4, 2, 1),
+    _case("grouped_up3d", "grouped 3-d upsampler (groups 4), 32→32 channels, 16³→32³, k4 s2 p1",
+          2, 32, 32, (16, 16, 16), 4, 2, 1, groups=4),
     _case("textbook", "textbook example: 2×2 → 4×4, 3×3 kernel, stride 1, padding 0 (the full "
           "convolution over the input zero-padded by 2)", 1, 1, 1, (2, 2), 3, 1, 0),
 )

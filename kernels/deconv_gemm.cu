@@ -11,9 +11,13 @@
 //     kk = (tap, output channel); A = grad_output[n, co, i·stride + tap·dilation - padding].
 //   grad_weight: m = input channel, j = (output channel, tap) — the weight's own layout — and
 //     kk = (n, i) over every sample and input position: A = x, B = grad_output at i·stride +
-//     tap·dilation - padding. K is long and M × N often small, so K is split into `splits` parts
-//     (blockIdx.z) whose partial tiles go to a workspace and are added in split order by
-//     deconv_grad_weight_reduce_* — bitwise reproducible for a given split count.
+//     tap·dilation - padding.
+// Split K: where M × N gives too few tiles to fill the GPU (always for grad_weight, whose K is
+// long; for the forward and grad_input of deep layers at small spatial size), K is split into
+// `splits` parts (the outer part of blockIdx.z) whose partial tiles go to a workspace, one copy
+// of the output per split in the accumulation type; deconv_gemm_split_reduce_* adds them in split
+// order (and the forward's bias, once) — bitwise reproducible for a given split count. With one
+// split the tiles are stored as they are, bias included, and no workspace is touched.
 // Outside the tensors A and B read as zero. The conv iterators first build the phase's tap table
 // in shared memory (offsets and weight tap index per tap), so their main loop walks kk = (tap,
 // slice of BK channels) with counters; grad_weight walks (n, i) with a carry cursor: no division
@@ -35,11 +39,11 @@
 //           ldmatrix.trans; the output rounded once to half
 //   bf16    the same on BF16 tensor cores (__nv_bfloat16 storage)
 // Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
-// only workspace is grad_weight's split partials (splits × |grad_weight| accumulators). The direct
+// only workspace is the split partials (splits × |output| accumulators). The direct
 // kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
 //
 // Limits the host checks (kernel_backend.py): taps per phase <= GEMM_MAX_TAPS; N·(spatial size)
-// < 2^31; phases (or splits) · groups <= 65535 (grid z) and column tiles <= 65535 (grid y).
+// < 2^31; splits · phases · groups <= 65535 (grid z) and column tiles <= 65535 (grid y).
 // 64-bit offsets into the tensors, 32-bit within a tile.
 #include "deconv_common.cuh"
 #include "mma.cuh"
@@ -464,6 +468,21 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
 // Iterator 1 and 2: forward by stride phase and grad_input. K walks (tap, slice of BK channels);
 // a slice never spans two taps.
 
+template <class X, class Y> struct SameType { static constexpr bool value = false; };
+template <class X> struct SameType<X, X> { static constexpr bool value = true; };
+
+// The first of `slices` K slices split s of `splits` sums: ⌊s·slices/splits⌋, so the splits differ by
+// at most one slice and none is empty while splits <= slices.
+__device__ __forceinline__ int split_begin(int s, int slices, int splits) {
+    return (int)((long long)s * slices / splits);
+}
+
+// blockIdx.z = split · (phases · groups) + phase · groups + group (grad_input: one phase).
+template <Pass P>
+__device__ __forceinline__ int phase_groups(const Geometry& g) {
+    return P == Pass::Forward ? g.stride[0] * g.stride[1] * g.stride[2] * g.groups : g.groups;
+}
+
 template <Pass P, class M>
 struct ConvOperands {
     typedef typename M::Element T;
@@ -475,7 +494,10 @@ struct ConvOperands {
     const T* any_b;
     const T* bias;
     T* dst;
+    A* workspace;             // splits copies of dst; used only when splits > 1
+    A* partial;               // this split's copy of dst in the workspace
     int has_bias, steps, dst_spatial, src_spatial;
+    int splits, split, first_step, slices_per_tap;  // this block's K: steps [first_step, first_step + steps)
     // this thread's row of A (an output / input position) and column of B (a channel)
     const T* src_row;  // src[n, group·KC, 0]; null past the last row
     const T* w_column; // weight element (c = 0, j, tap 0) of the group; null past the last column
@@ -484,11 +506,18 @@ struct ConvOperands {
     int tap, c0, a_position, b_tap;  // a_position -1: outside src
 
     __device__ __forceinline__ ConvOperands(const Geometry& g, const T* src, const T* w, const T* bias_, int has_bias_,
-                                            T* dst_, const TapEntry* taps_, int block_m, int block_n)
-        : p(g, blockIdx.z), taps(taps_), any_a(src), any_b(w), bias(bias_), dst(dst_), has_bias(has_bias_) {
-        steps = p.tap_total * ((p.kc + M::BK - 1) / M::BK);
+                                            T* dst_, A* workspace_, int splits_, const TapEntry* taps_, int block_m,
+                                            int block_n)
+        : p(g, blockIdx.z % phase_groups<P>(g)), taps(taps_), any_a(src), any_b(w), bias(bias_), dst(dst_),
+          workspace(workspace_), has_bias(has_bias_), splits(splits_) {
+        split = blockIdx.z / phase_groups<P>(g);
+        slices_per_tap = (p.kc + M::BK - 1) / M::BK;
+        const int total = p.tap_total * slices_per_tap;
+        first_step = split_begin(split, total, splits);
+        steps = split_begin(split + 1, total, splits) - first_step;
         src_spatial = p.src_ext[0] * p.src_ext[1] * p.src_ext[2];
         dst_spatial = p.dst_ext[0] * p.dst_ext[1] * p.dst_ext[2];
+        partial = workspace + split * ((long long)g.N * p.dst_channels * dst_spatial);
         const int m = block_m + Rows::column();
         src_row = nullptr;
         q[0] = q[1] = q[2] = 0;
@@ -511,9 +540,10 @@ struct ConvOperands {
         a_position = inside ? flatten3(pos, p.src_ext) : -1;
         b_tap = e.index;
     }
-    __device__ __forceinline__ void begin() {
-        tap = c0 = 0;
-        set_tap(taps[0]);
+    __device__ __forceinline__ void begin() {  // step first_step: (tap, slice of channels)
+        tap = first_step / slices_per_tap;
+        c0 = first_step % slices_per_tap * M::BK;
+        set_tap(taps[tap]);
     }
     __device__ __forceinline__ void advance() {
         c0 += M::BK;
@@ -536,19 +566,28 @@ struct ConvOperands {
     __device__ __forceinline__ long long column_offset(int col) const {
         return col < p.nc ? (long long)col * dst_spatial : -1;
     }
+    // Split, a partial sum goes to this split's copy in the accumulation type (the reduction adds
+    // the splits, then the bias); where that type is the output's, one store serves both cases.
     __device__ __forceinline__ void store(long long row_offset, long long column_offset, int col, A value) const {
-        if (P == Pass::Forward && has_bias) value += load(bias + p.group * p.nc + col);
-        dst[row_offset + column_offset] = from_acc<T>(value);
+        if (P == Pass::Forward && has_bias && splits == 1) value += load(bias + p.group * p.nc + col);
+        if constexpr (SameType<A, T>::value) {
+            (splits > 1 ? partial : dst)[row_offset + column_offset] = value;
+        } else if (splits > 1) {
+            partial[row_offset + column_offset] = value;
+        } else {
+            dst[row_offset + column_offset] = from_acc<T>(value);
+        }
     }
 };
 
 template <Pass P, class M>
 __device__ void conv_gemm(const typename M::Element* __restrict__ src, const typename M::Element* __restrict__ w,
                           const typename M::Element* __restrict__ bias, int has_bias,
-                          typename M::Element* __restrict__ dst, const Geometry g) {
+                          typename M::Element* __restrict__ dst, typename M::Accumulator* __restrict__ workspace,
+                          int splits, const Geometry g) {
     __shared__ TapEntry taps[GEMM_MAX_TAPS];
     const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
-    ConvOperands<P, M> ops(g, src, w, bias, has_bias, dst, taps, block_m, block_n);
+    ConvOperands<P, M> ops(g, src, w, bias, has_bias, dst, workspace, splits, taps, block_m, block_n);
     if (block_m >= ops.p.m_size) return;  // a phase with fewer rows than the largest: the whole block leaves
     for (int t = threadIdx.x; t < ops.p.tap_total; t += kThreads) taps[t] = ops.p.tap(g, t);
     __syncthreads();
@@ -611,9 +650,8 @@ struct WeightGradOperands {
         in_spatial = g.in_spatial();
         out_spatial = g.out_spatial();
         const int slices = (int)(((long long)g.N * in_spatial + M::BK - 1) / M::BK);
-        const int per_split = (slices + splits - 1) / splits;
-        const int first = split * per_split;
-        steps = max(0, min(slices, first + per_split) - first);
+        const int first = split_begin(split, slices, splits);
+        steps = split_begin(split + 1, slices, splits) - first;
         x_sample = (long long)g.C_in * in_spatial;
         go_sample = (long long)g.C_out * out_spatial;
         const int ci = block_m + Rows::column();
@@ -680,14 +718,16 @@ __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
     run_gemm<M>(ops, block_m, block_n);
 }
 
-// The split partials of grad_weight added in split order: bitwise reproducible for a given count.
+// The split partials of an output (count elements; channel = e / spatial % channels) added in
+// split order, then the forward's bias once: bitwise reproducible for a given split count.
 template <typename T>
-__device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspace, T* __restrict__ grad_weight,
-                              int splits, long long count) {
+__device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspace, T* __restrict__ out, int splits,
+                              long long count, const T* __restrict__ bias, int has_bias, int channels, int spatial) {
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x) {
         typename Acc<T>::type sum = workspace[e];
         for (int s = 1; s < splits; ++s) sum += workspace[s * count + e];
-        grad_weight[e] = from_acc<T>(sum);
+        if (has_bias) sum += load(bias + (int)(e / spatial % channels));
+        out[e] = from_acc<T>(sum);
     }
 }
 
@@ -699,13 +739,15 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 #define DECONV_GEMM_ENTRY_POINTS(MATH_NAME, T, MATH)                                                              \
     extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
         deconv_forward_gemm_##MATH_NAME(const T* x, const T* w, const T* bias, int has_bias, T* y,                \
-                                        DECONV_GEOMETRY_PARAMS) {                                                 \
-        gemm::conv_gemm<gemm::Pass::Forward, MATH>(x, w, bias, has_bias, y, DECONV_GEOMETRY_ARGS);                \
+                                        MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {       \
+        gemm::conv_gemm<gemm::Pass::Forward, MATH>(x, w, bias, has_bias, y, workspace, splits,                    \
+                                                   DECONV_GEOMETRY_ARGS);                                         \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
         deconv_grad_input_gemm_##MATH_NAME(const T* grad_output, const T* w, T* grad_input,                       \
-                                           DECONV_GEOMETRY_PARAMS) {                                              \
-        gemm::conv_gemm<gemm::Pass::GradInput, MATH>(grad_output, w, nullptr, 0, grad_input, DECONV_GEOMETRY_ARGS); \
+                                           MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {    \
+        gemm::conv_gemm<gemm::Pass::GradInput, MATH>(grad_output, w, nullptr, 0, grad_input, workspace, splits,   \
+                                                     DECONV_GEOMETRY_ARGS);                                       \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
         deconv_grad_weight_gemm_##MATH_NAME(const T* x, const T* grad_output, T* grad_weight,                     \
@@ -732,10 +774,10 @@ DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
 DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
 #endif
 
-#define DECONV_GRAD_WEIGHT_REDUCE(SUFFIX, T)                                                                      \
+#define DECONV_GEMM_SPLIT_REDUCE(SUFFIX, T)                                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
-        deconv_grad_weight_reduce_##SUFFIX(const Acc<T>::type* workspace, T* grad_weight, int splits,             \
-                                           long long count) {                                                     \
-        gemm::reduce_splits<T>(workspace, grad_weight, splits, count);                                            \
+        deconv_gemm_split_reduce_##SUFFIX(const Acc<T>::type* workspace, T* out, int splits, long long count,     \
+                                          const T* bias, int has_bias, int channels, int spatial) {               \
+        gemm::reduce_splits<T>(workspace, out, splits, count, bias, has_bias, channels, spatial);                 \
     }
-CUDECONV_FOR_EACH_DTYPE(DECONV_GRAD_WEIGHT_REDUCE)
+CUDECONV_FOR_EACH_DTYPE(DECONV_GEMM_SPLIT_REDUCE)

@@ -1,6 +1,6 @@
 """The implicit-GEMM kernels (kernels/deconv_gemm.cu): forward by stride phase, grad_input and
-split-K grad_weight, in every math (f32 FFMA, f64, tf32, tf32x3, f16), against the float64 NumPy
-reference.
+grad_weight, each unsplit and split in K, in every math (f32 FFMA, f64, tf32, tf32x3, f16, bf16),
+against the float64 NumPy reference.
 
 Geometries cover 1/2/3-d, strides 1-8, dilation, output_padding, groups, channel counts that
 leave partial tiles in M, N and K (and a slice pipeline of several taps × channel slices), phases
@@ -96,10 +96,11 @@ def check_against_reference(results, arrays, geom, dtype, precision):
 
 
 def run_gemm(impl, geom, arrays, backend, precision, splits=None):
+    """The three GEMM passes at ``splits`` of K each (None: the heuristic's)."""
     x, weight, bias, grad_output = (to_backend(a, backend) for a in arrays)
     return {
-        "forward": to_numpy(impl.forward(x, weight, bias, geom, "gemm", precision)),
-        "grad_input": to_numpy(impl.grad_input(grad_output, weight, geom, "gemm", precision)),
+        "forward": to_numpy(impl.forward(x, weight, bias, geom, "gemm", precision, splits)),
+        "grad_input": to_numpy(impl.grad_input(grad_output, weight, geom, "gemm", precision, splits)),
         "grad_weight": to_numpy(impl.grad_weight(grad_output, x, geom, "gemm", precision, splits)),
     }
 
@@ -150,18 +151,25 @@ def test_grad_weight_split_counts(kernel_backend, poisoned, math_):
         check_against_reference({"grad_weight": first}, arrays, geom, dtype, precision)
 
 
-def test_weight_grad_splits_fill_the_gpu_within_the_workspace_bound():
-    from cudeconv.backends.kernel_backend import GEMM_MAX_SPLITS, weight_grad_splits
+def test_weight_grad_splits_fill_the_gpu():
+    """grad_weight splits until its grid holds two waves of the device (tests/test_fill_gpu.py pins
+    the heuristic on real layers); a K too short for two splits stays whole."""
+    from cudeconv.backends.device_descriptor import H100_SXM, with_sm_count
+    from cudeconv.backends.kernel_backend import gemm_splits
 
     dcgan_g3 = _geometry(((16, 16), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 256, 128, 64))
-    assert weight_grad_splits(dcgan_g3, "tf32") == GEMM_MAX_SPLITS  # 2 × 16 tiles: split 8 ways
+    # 2 × 16 tiles; 2 blocks/SM for tf32: ⌈2·264 / 32⌉ = 17 splits on an H100, ⌈2·92 / 32⌉ = 6 on 46 SMs
+    assert gemm_splits(dcgan_g3, "grad_weight", "tf32", H100_SXM) == 17
+    assert gemm_splits(dcgan_g3, "grad_weight", "tf32", with_sm_count(H100_SXM, 46)) == 6
+    # f16: one block per SM, ⌈2·132 / 32⌉ = 9
+    assert gemm_splits(dcgan_g3, "grad_weight", "f16", H100_SXM) == 9
     tiny = _geometry(((3, 3), (2, 2), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
-    assert weight_grad_splits(tiny, "f32") == 1  # 9 positions: nothing to split
+    assert gemm_splits(tiny, "grad_weight", "f32", H100_SXM) == 1  # 9 positions: nothing to split
 
 
 def test_every_gemm_entry_point_under_the_sanitizer():
-    """AddressSanitizer + UBSan: every GEMM entry point (and grad_weight's reduction) once, on a
-    geometry with partial tiles in M, N and K, padding that sends taps outside the input, and
+    """AddressSanitizer + UBSan: every GEMM entry point (and the split reduce) once, on a geometry
+    with partial tiles in M, N and K, padding that sends taps outside the input, and
     output_padding."""
     skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
     from cudeconv import emulator
@@ -171,7 +179,7 @@ def test_every_gemm_entry_point_under_the_sanitizer():
     geom = _geometry(((3, 4), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 9, 19, 2))
     for dtype, precision in MATHS:
         arrays = _arrays(geom, dtype, 5)
-        # three splits of grad_weight: the reduction kernel runs too
+        # three splits of K in every pass: the split reduce runs too (with the forward's bias)
         check_against_reference(run_gemm(sanitized, geom, arrays, "emulator", precision, splits=3), arrays, geom,
                                 dtype, precision)
 

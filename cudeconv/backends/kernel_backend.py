@@ -14,6 +14,11 @@ Each source is compiled once per math a call needs (``-DCUDECONV_MATH``, kernels
 a first float32 step compiles the float32 GEMMs, grad_bias and SGD only, not every dtype's and
 precision's instantiation. The emulator builds one module per source (``module_per_math=False``):
 fewer host compiles for the test suite, the same entry points.
+
+Grids are sized for the GPU the arrays live on: a DeviceDescriptor (SM count, registers and shared
+memory per SM, device_descriptor.py) read from the arrays' device on "cuda", an H100 SXM on the
+emulator unless ``device=`` says otherwise. Split counts depend on the shape and that descriptor
+only, so a given GPU model always splits a shape the same way.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from .._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
 from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
 from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, check_algorithm
+from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
+                                wave)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
@@ -37,10 +44,12 @@ BLOCK = 256  # threads per block for every kernel (block reductions need a multi
 CHANNEL_TILE = 4
 TAP_TILE = 8
 GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
+DEPTHWISE_WEIGHT_TILE = 16  # filter elements one block of the depthwise grad_weight reduces
 GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (rows = columns)
 COMPILE_OPTIONS = (
     f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
     f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
+    f"-DDEPTHWISE_WEIGHT_TILE={DEPTHWISE_WEIGHT_TILE}",
 )
 # The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
 # bfloat16 always run on tensor cores with float32 accumulation, float64 on FP64 FMA.
@@ -54,13 +63,28 @@ GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA
 # of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
 GEMM_MIN_K_CHANNELS = 4
 GEMM_MIN_N_CHANNELS = 16
-# grad_weight's split K: enough splits to give the GPU about two blocks per SM (of an H100's 132),
-# each split at least GEMM_MIN_SPLIT_POSITIONS (sample, position) pairs long, at most
-# GEMM_MAX_SPLITS (the workspace holds that many partial copies of grad_weight).
-GEMM_TARGET_BLOCKS = 264
-GEMM_MIN_SPLIT_POSITIONS = 256
-GEMM_MAX_SPLITS = 8
-GRAD_BIAS_MIN_VALUES_PER_THREAD = 16  # the parallel grad_bias: slabs of at least 16 values per thread
+# What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from deconv_gemm.cu:
+# K per shared-memory slice (BK), the bytes of one operand's slice (k-major BK × (tile + pad) for
+# f32 8 × 136 floats, f64 8 × 68 doubles, f16/bf16 32 × 136 halves; m-major tile × (BK + pad) for
+# tf32/tf32x3 128 × 20 floats), double-buffered for A and B; the forward and grad_input add their
+# tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256,
+# kMinBlocks) allows (kMinBlocks per math below; the SASS test checks both against nvcc).
+GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
+GEMM_SLICE_BYTES = {"f32": 8 * 136 * 4, "f64": 8 * 68 * 8, "tf32": 128 * 20 * 4, "tf32x3": 128 * 20 * 4,
+                    "f16": 32 * 136 * 2, "bf16": 32 * 136 * 2}
+GEMM_MIN_BLOCKS = {"f32": 2, "f64": 2, "tf32": 2, "tf32x3": 1, "f16": 1, "bf16": 1}
+GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
+# Split K (forward, grad_input, grad_weight): grad_weight's K (N·input positions) is long and its
+# grid short, so it splits until the grid holds SPLIT_TARGET_WAVES waves; the forward and
+# grad_input split only a grid shorter than one wave, into as many parts as still fit in one.
+# Every split sums at least SPLIT_MIN_K values of K, and the partial copies of the output fit in
+# SPLIT_WORKSPACE_CAP bytes.
+SPLIT_TARGET_WAVES = 2
+SPLIT_MIN_K = 256
+SPLIT_WORKSPACE_CAP = 256 * 2**20
+# Slabs of the parallel reductions (grad_bias, depthwise grad_weight): at least 16 values per thread.
+GRAD_BIAS_MIN_VALUES_PER_THREAD = 16
+DEPTHWISE_MIN_BLOCKS = 2    # its __launch_bounds__ (DECONV_BLOCK, 2)
 MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
 INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
@@ -168,36 +192,99 @@ def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
     return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
 
 
-def weight_grad_splits(geom: ConvTransposeGeometry, math_name: str) -> int:
-    """How many parts grad_weight's K (every sample and input position) is split into."""
-    tile = GEMM_TILE[math_name]
-    rows, columns = gemm_sides(geom, "grad_weight")
-    blocks = geom.groups * ceil_div(rows, tile) * ceil_div(columns, tile)
-    positions = geom.batch * math.prod(geom.in_size)
-    return max(1, min(GEMM_MAX_SPLITS, ceil_div(GEMM_TARGET_BLOCKS, blocks), positions // GEMM_MIN_SPLIT_POSITIONS))
+def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor) -> KernelResources:
+    """Threads, registers per thread (the launch bounds' most) and static shared memory of one
+    block of ``math_name``'s GEMM for ``pass_``."""
+    shared = 2 * 2 * GEMM_SLICE_BYTES[math_name] + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
+    return KernelResources(BLOCK, launch_bound_registers(device, BLOCK, GEMM_MIN_BLOCKS[math_name]), shared)
+
+
+def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
+    """(values, slices) of the GEMM's K per block: grad_weight N·in_spatial (sample, position)
+    pairs in slices of BK; the forward (largest phase) and grad_input taps × channels, in slices of
+    BK channels of one tap."""
+    slice_k = GEMM_SLICE_K[math_name]
+    if pass_ == "grad_weight":
+        values = geom.batch * math.prod(geom.in_size)
+        return values, ceil_div(values, slice_k)
+    taps = _taps_per_phase_bound(geom, pass_)
+    channels = geom.in_channels_per_group if pass_ == "forward" else geom.out_channels_per_group
+    return taps * channels, taps * ceil_div(channels, slice_k)
+
+
+GEMM_OUTPUT_SHAPE = {"forward": "output_shape", "grad_input": "input_shape", "grad_weight": "weight_shape"}
+
+
+def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor) -> int:
+    """How many parts the GEMM of ``pass_`` splits K into on ``device``: grad_weight until its grid
+    holds SPLIT_TARGET_WAVES waves; the forward and grad_input, when their grid is shorter than one
+    wave, into as many parts as still fit in one (⌊wave / blocks⌋: every block runs at once). Each
+    split at least SPLIT_MIN_K values of K; the workspace (splits × the output in the accumulation
+    type) within SPLIT_WORKSPACE_CAP; splits × grid z within the grid's limit; at most one split per
+    slice of K (the kernel gives split s the slices from ⌊s·slices/splits⌋: none empty)."""
+    grid, _ = gemm_grid(geom, pass_, math_name)
+    blocks = math.prod(grid) if grid else 0
+    if not blocks:
+        return 1
+    full_wave = wave(device, gemm_resources(math_name, pass_, device))
+    if pass_ == "grad_weight":
+        wanted = ceil_div(SPLIT_TARGET_WAVES * full_wave, blocks)
+    else:
+        wanted = full_wave // blocks
+    values, slices = gemm_k(geom, pass_, math_name)
+    accumulator_bytes = 8 if math_name == "f64" else 4
+    output_bytes = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_])) * accumulator_bytes
+    return max(1, min(wanted, values // SPLIT_MIN_K, SPLIT_WORKSPACE_CAP // output_bytes, MAX_GRID_Y // grid[2],
+                      slices))
 
 
 def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1):
     """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight"), or
-    (None, why) where the GEMM cannot run this problem. Forward: grid z = stride phases × groups,
-    x over the rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim); grad_input:
-    z = groups; grad_weight: z = groups × splits of K."""
+    (None, why) where the GEMM cannot run this problem. Forward: grid z = splits × stride phases ×
+    groups, x over the rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim);
+    grad_input: z = splits × groups; grad_weight: z = groups × splits (of K)."""
     tile = GEMM_TILE[math_name]
     rows, columns = gemm_sides(geom, pass_)
-    phases = math.prod(geom.stride) if pass_ == "forward" else splits if pass_ == "grad_weight" else 1
+    phases = math.prod(geom.stride) if pass_ == "forward" else 1
     taps = _taps_per_phase_bound(geom, pass_)
     if taps > GEMM_MAX_TAPS:
         return None, f"{taps} kernel taps per stride phase, above the GEMM's {GEMM_MAX_TAPS}"
-    if phases * geom.groups > MAX_GRID_Y:
-        what = "stride phases" if pass_ == "forward" else "splits"
-        return None, f"{what} × groups = {phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
+    if splits * phases * geom.groups > MAX_GRID_Y:
+        what = "splits × stride phases" if pass_ == "forward" else "splits"
+        return None, f"{what} × groups = {splits * phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
     spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
     if geom.batch * spatial + tile > INT32_MAX:
         return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
-    grid = (ceil_div(rows, tile), ceil_div(columns, tile), phases * geom.groups)
+    grid = (ceil_div(rows, tile), ceil_div(columns, tile), splits * phases * geom.groups)
     if grid[1] > MAX_GRID_Y:
         return None, f"{columns} GEMM columns per group: {grid[1]} tiles, above {MAX_GRID_Y} (grid y)"
     return grid, None
+
+
+def reduction_wave(device: DeviceDescriptor) -> int:
+    """Blocks of the slab reductions (grad_bias, depthwise grad_weight: BLOCK threads,
+    __launch_bounds__(DECONV_BLOCK, 2), a few hundred bytes of shared memory) the GPU runs at once."""
+    return wave(device, KernelResources(BLOCK, launch_bound_registers(device, BLOCK, DEPTHWISE_MIN_BLOCKS), 0))
+
+
+def depthwise_weight_path(geom: ConvTransposeGeometry, dtype, device: DeviceDescriptor, slabs=None) -> KernelPath:
+    """grad_weight of a layer with one input channel per group: blocks over (slab of the N·in_spatial
+    (sample, position) pairs, group × tile of DEPTHWISE_WEIGHT_TILE filter elements), slabs enough
+    for SPLIT_TARGET_WAVES waves, each at least GRAD_BIAS_MIN_VALUES_PER_THREAD pairs per thread,
+    their partials (slabs × |grad_weight| accumulators, within SPLIT_WORKSPACE_CAP) added in order.
+    ``slabs``: a count to take instead (tests pin it; at most one per pair)."""
+    suffix = _SUFFIX[np.dtype(dtype)]
+    rows = geom.in_channels * ceil_div(geom.out_channels_per_group * geom.taps, DEPTHWISE_WEIGHT_TILE)
+    total = geom.batch * math.prod(geom.in_size)
+    partial_bytes = math.prod(geom.weight_shape) * compute_dtype(dtype).itemsize
+    if slabs is None:
+        slabs = max(1, min(ceil_div(SPLIT_TARGET_WAVES * reduction_wave(device), rows),
+                           total // (BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD), SPLIT_WORKSPACE_CAP // partial_bytes,
+                           MAX_GRID_X))
+    slabs = ceil_div(total, ceil_div(total, slabs)) if total else 1  # every slab non-empty
+    return KernelPath("depthwise", f"deconv_grad_weight_depthwise_{suffix}",
+                      (slabs, loop_blocks(rows, 1, MAX_GRID_Y), 1), slabs,
+                      slabs * partial_bytes if slabs > 1 else 0, "deconv_depthwise.cu", suffix)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -243,20 +330,34 @@ class KernelBackend:
     ``device_key()`` names the current device (modules are memoized per device); ``device_of(array)``
     the device an array lives on and ``use_device(device)`` a context making it current — each call
     allocates and launches inside ``use_device`` of its arrays' device. ``module_per_math``: compile
-    each source once per math (CuPy) rather than once with every entry point (the emulator)."""
+    each source once per math (CuPy) rather than once with every entry point (the emulator).
+    ``describe_device(device)``: the DeviceDescriptor of a device (``device_key()`` or
+    ``device_of(array)``); ``device``: one descriptor for every call instead (tests,
+    scripts/predict_perf.py; the emulator's default is an H100 SXM)."""
 
-    def __init__(self, name, xp, module_class, device_key, gemm_unavailable_reason=lambda: None, *,
-                 device_of=lambda array: None, use_device=lambda device: contextlib.nullcontext(),
-                 module_per_math=True):
+    def __init__(self, name, xp, module_class, device_key, *, device_of=lambda array: None,
+                 use_device=lambda device: contextlib.nullcontext(), module_per_math=True,
+                 describe_device=None, device: DeviceDescriptor = None):
+        if device is not None and not isinstance(device, DeviceDescriptor):
+            raise TypeError(f"device must be a DeviceDescriptor, got {type(device).__name__}")
         self.name = name
         self.xp = xp
         self._module_class = module_class
         self._device_key = device_key
-        self._gemm_unavailable_reason = gemm_unavailable_reason
         self._device_of = device_of
         self._use_device = use_device
         self.module_per_math = module_per_math
+        self._describe_device = describe_device
+        self._device = device if device is not None or describe_device is not None else H100_SXM
         self._float32_placeholders = {}
+
+    def device_descriptor(self, array=None) -> DeviceDescriptor:
+        """The descriptor of the device ``array`` lives on (None: the current device), or the one
+        given at construction."""
+        if self._device is not None:
+            return self._device
+        device = self._device_of(array) if array is not None else None
+        return self._describe_device(self._device_key() if device is None else device)
 
     def on_device(self, **arrays):
         """A context in which allocations and launches go to the device ``arrays`` (name=array;
@@ -320,21 +421,25 @@ class KernelBackend:
 
     # -- convolution ----------------------------------------------------------------------------
     def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
-                  splits=None):
+                  splits=None, device: DeviceDescriptor = None):
         """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
-        direct kernel); grad_weight's parts are its K splits (``splits``, or weight_grad_splits),
-        its workspace their partial copies of grad_weight. "auto" takes the GEMM where it can run
-        and both channel sides are wide enough (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for
-        grad_weight C_in/groups and C_out/groups·taps); "gemm" insists."""
+        direct kernel); its parts are its K splits (``splits``, or gemm_splits on ``device``, by
+        default the current device's descriptor), its workspace their partial copies of the output.
+        "auto" takes the GEMM where it can run and both channel sides are wide enough
+        (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for grad_weight C_in/groups and
+        C_out/groups·taps); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
-        math_name = gemm_math(dtype, precision)
-        if pass_ == "grad_weight" and splits is None:
-            splits = weight_grad_splits(geom, math_name)
-        elif splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
+        if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
             raise ValueError(f"splits must be a positive int, got {splits!r}")
-        grid, reason = gemm_grid(geom, pass_, math_name, splits or 1)
-        reason = self._gemm_unavailable_reason() or reason
+        device = device or self.device_descriptor()
+        math_name = gemm_math(dtype, precision)
+        if splits is None:
+            splits = gemm_splits(geom, pass_, math_name, device)
+        grid, reason = gemm_grid(geom, pass_, math_name, splits)
+        if device.capability < MIN_GEMM_COMPUTE_CAPABILITY:
+            reason = (f"the GPU has compute capability {device.compute_capability[0]}.{device.compute_capability[1]}; "
+                      f"the GEMM kernels need 8.0 (mma.sync on tf32, cp.async)")
         if algorithm == "gemm":
             if reason:
                 raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
@@ -346,24 +451,26 @@ class KernelBackend:
             }[pass_]
             if reason or narrow < GEMM_MIN_K_CHANNELS or wide < GEMM_MIN_N_CHANNELS:
                 return None
-        splits = splits or 1
-        workspace = splits * math.prod(geom.weight_shape) * compute_dtype(dtype).itemsize if splits > 1 else 0
+        output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
+        workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
         return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace, "deconv_gemm.cu",
                           math_name)
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
-                    parts=None) -> KernelPath:
+                    parts=None, device: DeviceDescriptor = None) -> KernelPath:
         """Which kernel runs ``pass_`` ("forward", "grad_input", "grad_weight", "grad_bias") — the one
         decision the launches below follow and ``cudeconv bench`` reports. Forward and grad_input:
         the implicit GEMM where gemm_plan takes it, else (under "auto") the depthwise kernels for
         one input channel per group, else the direct gather (or the forward's scatter);
-        grad_weight: the split-K GEMM or the direct per-filter reduction; grad_bias: slabs of
-        N·spatial per channel where more than one is worth it, else one block per channel.
-        ``parts``: grad_weight's split count (None chooses)."""
+        grad_weight: the split-K GEMM, the depthwise reduction (one input channel per group) or the
+        direct per-filter reduction; grad_bias: slabs of N·spatial per channel where more than one
+        is worth it, else one block per channel. ``parts``: the GEMM's split count (None chooses);
+        ``device``: the descriptor grids are sized for (None: the current device's)."""
         suffix = _SUFFIX[np.dtype(dtype)]
+        device = device or self.device_descriptor()
         if pass_ == "grad_bias":
             total = geom.batch * math.prod(geom.out_size)
-            slabs = max(1, min(ceil_div(GEMM_TARGET_BLOCKS, geom.out_channels),
+            slabs = max(1, min(ceil_div(reduction_wave(device), geom.out_channels),
                                ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
             if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
                 return KernelPath("per-channel", f"deconv_grad_bias_{suffix}", source="deconv_grad_bias.cu",
@@ -372,10 +479,12 @@ class KernelBackend:
             return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
                               geom.out_channels * slabs * compute_dtype(dtype).itemsize, "deconv_grad_bias.cu", suffix)
         check_algorithm(algorithm, ALGORITHMS if pass_ == "forward" else BACKWARD_ALGORITHMS)
-        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts)
+        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts, device)
         if gemm is not None:
             return gemm
         direct_source = "deconv_forward.cu" if pass_ == "forward" else "deconv_backward.cu"
+        if pass_ == "grad_weight" and algorithm == "auto" and geom.in_channels_per_group == 1:
+            return depthwise_weight_path(geom, dtype, device, parts)
         if pass_ == "grad_weight":
             return KernelPath("direct", f"deconv_grad_weight_{suffix}", source=direct_source, math=suffix)
         if algorithm == "auto" and geom.in_channels_per_group == 1:
@@ -386,14 +495,38 @@ class KernelBackend:
         return KernelPath("direct", f"deconv_forward_gather_{suffix}" if pass_ == "forward"
                           else f"deconv_grad_input_{suffix}", source=direct_source, math=suffix)
 
-    def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True):
+    def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True,
+                     device: DeviceDescriptor = None):
         """{pass: KernelPath} of a forward and backward step (grad_bias when ``need_bias``)."""
         passes = ("forward", "grad_input", "grad_weight") + (("grad_bias",) if need_bias else ())
         return {p: self.kernel_path(geom, p, algorithm if p == "forward" else backward_algorithm(algorithm), dtype,
-                                    precision) for p in passes}
+                                    precision, device=device) for p in passes}
+
+    def _run_gemm(self, path: KernelPath, operands, out, geom: ConvTransposeGeometry, bias=None):
+        """The GEMM of ``path`` on ``operands`` (its entry point's arguments before the output),
+        writing ``out``. Split in K (path.parts > 1), the tiles go to a workspace of path.parts
+        copies of ``out`` in the accumulation type, from the array module's pool, and
+        deconv_gemm_split_reduce_* adds them in split order into ``out`` (and the forward's
+        ``bias``, once)."""
+        accumulator = compute_dtype(out.dtype)
+        if path.parts == 1:  # the workspace argument is never read: any array of its type
+            workspace = out if out.dtype == accumulator else self._placeholder_float32()
+        else:
+            workspace = self.xp.empty((path.parts,) + out.shape, dtype=accumulator)
+        self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
+                     tuple(operands) + (out, workspace, np.int32(path.parts)) + geometry_args(geom))
+        if path.parts > 1:
+            channels, spatial = (out.shape[1], math.prod(out.shape[2:])) if bias is not None else (1, 1)
+            self._launch(path, f"deconv_gemm_split_reduce_{_SUFFIX[out.dtype]}",
+                         (min(ceil_div(out.size, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                         (workspace, out, np.int32(path.parts), np.int64(out.size), out if bias is None else bias,
+                          np.int32(bias is not None), np.int32(channels), np.int32(spatial)))
 
     @on_arrays_device("x", "weight", "bias")
-    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
+    def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
+                splits=None):
+        """The forward by the kernel kernel_path picks; ``splits``: the GEMM's K splits (None
+        chooses; tests pin it)."""
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
         x, weight = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
@@ -402,12 +535,12 @@ class KernelBackend:
         has_bias = np.int32(bias is not None)
         y = self._output(geom.output_shape, x.dtype)
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
-        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision)
+        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x))
         if rows == 0:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
         if path.kind == "gemm":
-            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1), conv_args)
+            self._run_gemm(path, (x, weight, bias_arg, has_bias), y, geom, bias)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
         elif path.kind == "direct":
@@ -425,18 +558,22 @@ class KernelBackend:
         return y
 
     @on_arrays_device("grad_output", "weight")
-    def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32"):
+    def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
+                   splits=None):
+        """grad_input by the kernel kernel_path picks; ``splits``: the GEMM's K splits (None
+        chooses; tests pin it)."""
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
-        path = self.kernel_path(geom, "grad_input", algorithm, weight.dtype, precision)
+        path = self.kernel_path(geom, "grad_input", algorithm, weight.dtype, precision, splits,
+                                self.device_descriptor(weight))
         positions = math.prod(geom.in_size)
         if not geom.batch * geom.in_channels * positions:
             return grad_input
         args = (grad_output, weight, grad_input) + geometry_args(geom)
         if path.kind == "gemm":
-            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1), args)
+            self._run_gemm(path, (grad_output, weight), grad_input, geom)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(geom.batch * geom.in_channels, positions),
                          (BLOCK, 1, 1), args)
@@ -448,32 +585,38 @@ class KernelBackend:
     @on_arrays_device("grad_output", "x")
     def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
                     splits=None):
-        """grad_weight by the split-K GEMM (``splits``: None chooses; tests pin it) or the direct
-        kernel. The GEMM's workspace is ``splits`` partial copies of grad_weight in the
-        accumulation type (float32; float64 for float64), from the array module's pool, only when
-        splits > 1."""
+        """grad_weight by the split-K GEMM (``splits``: None chooses; tests pin it), the depthwise
+        slab reduction or the direct kernel. The workspaces (split or slab partials of grad_weight
+        in the accumulation type: float32, float64 for float64) come from the array module's pool,
+        only where there is more than one part."""
         check_index_limits(geom)
         grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
-        path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits)
+        path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits, self.device_descriptor(x))
         if path.kind == "gemm":
-            accumulator = compute_dtype(x.dtype)
-            # One split writes grad_weight itself; the workspace argument then only has to have the
-            # accumulator's element size.
-            workspace = (self.xp.empty((path.parts,) + geom.weight_shape, dtype=accumulator) if path.parts > 1
-                         else grad_weight if x.dtype == accumulator else self._placeholder_float32())
-            self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
-                         (x, grad_output, grad_weight, workspace, np.int32(path.parts)) + geometry_args(geom))
-            if path.parts > 1:
-                count = grad_weight.size
-                self._launch(path, f"deconv_grad_weight_reduce_{_SUFFIX[x.dtype]}",
-                             (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                             (workspace, grad_weight, np.int32(path.parts), np.int64(count)))
+            self._run_gemm(path, (x, grad_output), grad_weight, geom)
+        elif path.kind == "depthwise":
+            self._depthwise_grad_weight(path, grad_output, x, grad_weight, geom)
         else:
             work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
             self._launch(path, path.entry, (loop_blocks(work_items, 1, MAX_GRID_X), 1, 1),
                          (BLOCK, 1, 1), (grad_output, x, grad_weight) + geometry_args(geom))
         return grad_weight
+
+    def _depthwise_grad_weight(self, path: KernelPath, grad_output, x, grad_weight, geom: ConvTransposeGeometry):
+        """Blocks (slab, row) sum their slab of (sample, position) pairs for DEPTHWISE_WEIGHT_TILE
+        filter elements; with several slabs into partial[slab] (then added in slab order)."""
+        suffix, slabs = _SUFFIX[x.dtype], path.parts
+        total = geom.batch * math.prod(geom.in_size)
+        partial = (self.xp.empty((slabs,) + geom.weight_shape, dtype=compute_dtype(x.dtype)) if slabs > 1
+                   else grad_weight if x.dtype == compute_dtype(x.dtype) else self._placeholder_float32())
+        self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
+                     (grad_output, x, grad_weight, partial, np.int32(slabs), np.int32(ceil_div(total, slabs)))
+                     + geometry_args(geom))
+        if slabs > 1:
+            self._launch(path, f"deconv_grad_weight_depthwise_combine_{suffix}",
+                         (min(ceil_div(grad_weight.size, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                         (partial, grad_weight, np.int32(slabs), np.int64(grad_weight.size)))
 
     @on_arrays_device("grad_output")
     def grad_bias(self, grad_output, geom: ConvTransposeGeometry, algorithm="auto"):
@@ -484,7 +627,8 @@ class KernelBackend:
         grad_output = self.xp.ascontiguousarray(grad_output)
         grad_bias = self._output((geom.out_channels,), grad_output.dtype)
         suffix, out_spatial = _SUFFIX[grad_output.dtype], math.prod(geom.out_size)
-        path = self.kernel_path(geom, "grad_bias", algorithm, grad_output.dtype, "fp32")
+        path = self.kernel_path(geom, "grad_bias", algorithm, grad_output.dtype, "fp32",
+                                device=self.device_descriptor(grad_output))
         if path.kind == "per-channel":
             self._launch(path, path.entry,
                          (loop_blocks(geom.out_channels, 1, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
@@ -548,17 +692,10 @@ def make(name: str) -> KernelBackend:
     if name == "cuda":
         import cupy
 
-        def gemm_unavailable_reason():
-            capability = int(cupy.cuda.Device().compute_capability)
-            if capability < MIN_GEMM_COMPUTE_CAPABILITY:
-                return (f"the GPU has compute capability {capability // 10}.{capability % 10}; the GEMM "
-                        f"kernels need 8.0 (mma.sync on tf32, cp.async)")
-            return None
-
         return KernelBackend("cuda", cupy, cupy.RawModule, lambda: cupy.cuda.runtime.getDevice(),
-                             gemm_unavailable_reason, device_of=lambda array: array.device.id,
+                             device_of=lambda array: array.device.id,
                              use_device=lambda device: contextlib.nullcontext() if device is None
-                             else cupy.cuda.Device(device))
+                             else cupy.cuda.Device(device), describe_device=from_cuda_device)
     if name == "emulator":
         from .. import emulator
 
