@@ -146,3 +146,24 @@ def test_profile_is_per_launch_and_off_by_default(module):
     assert plain.last_profile is None
     with pytest.raises(TypeError, match="profile must be a bool"):
         RawModule(source_with_headers(SOURCE_PATH), profile=1)
+
+
+def test_the_gemm_profile_script_names_every_operand(module):
+    """scripts/profile_gemm.py (docs/perf.md's table): every GEMM pass of each math is profiled,
+    each array argument it touches has a name, and the output arrays are written whole."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import profile_gemm
+
+    launches = profile_gemm.profiled_launches()
+    entries = {entry for entry, _ in launches}
+    for math in ("f32", "tf32", "f16"):
+        assert {f"deconv_{p}_gemm_{math}" for p in ("forward", "grad_input", "grad_weight")} <= entries
+    for entry, profile in launches:
+        for position in profile["per_argument"]:
+            assert not profile_gemm.operand_name(entry, position).startswith("arg"), (entry, position)
+    forward = next(p for e, p in launches if e == "deconv_forward_gemm_f32")
+    y_bytes = 2 * 32 * 16 * 16 * 4
+    assert forward["per_argument"][4]["dram_sectors"] in (y_bytes // 32, y_bytes // 32 + 1)
+    assert "| `deconv_forward_gemm_f32` | w |" in profile_gemm.table(launches)
