@@ -18,7 +18,9 @@ Inputs are only read, never written. The function that :func:`take_arrays` retur
 hands results back as the same kind of object as the first argument that was neither NumPy nor CuPy
 (a PyTorch tensor in gives PyTorch tensors out), through that framework's ``from_dlpack`` without
 copying, where the framework offers one; otherwise, and for NumPy/CuPy inputs, results stay
-NumPy/CuPy arrays.
+NumPy/CuPy arrays. DLPack carries strides both ways, so a channels-last tensor is taken as a
+channels-last view and a channels-last result comes back as a channels-last tensor
+(:mod:`cudeconv._memory_format`).
 """
 from __future__ import annotations
 

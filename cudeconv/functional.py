@@ -13,7 +13,10 @@ Shapes (d = 1, 2, 3 spatial dims)::
 computes where the arrays live (NumPy → "numpy", CuPy → "cuda"); "emulator" runs the CUDA kernels on
 the CPU. Arrays of other frameworks (``__dlpack__``, ``__cuda_array_interface__``: PyTorch, JAX, ...)
 are taken without copying and results come back in their kind (:mod:`cudeconv._interop`). Inputs
-are never modified; outputs are fresh arrays of the input's dtype.
+are never modified; outputs are fresh arrays of the input's dtype. The forward's y and the
+backward's grad_input take x's memory format: channels-last when x's strides put C innermost
+(``torch.channels_last`` / ``channels_last_3d`` as in PyTorch, and an (N, C, L) array over (N, L, C)
+memory), else C-contiguous (:mod:`cudeconv._memory_format`); grad_weight is C-contiguous.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from . import backends
 from ._geometry import check_float_dtypes, make_geometry
 from ._precision import ALGORITHMS, BACKWARD_ALGORITHMS, check_algorithm, resolve_precision
 from ._interop import take_arrays
+from ._memory_format import CONTIGUOUS, memory_format_of, to_memory_format
 
 __all__ = [
     "conv_transpose1d",
@@ -57,6 +61,7 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias,
                                                  required=("input", "weight"))
     unbatched = x.ndim == ndim + 1
+    memory_format = memory_format_of(x, unbatched=unbatched)
     if unbatched:
         x = x[None]
     geom = make_geometry(
@@ -67,7 +72,7 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     check_algorithm(algorithm)
     precision = resolve_precision(precision)
     impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
-    y = impl.forward(x, weight, bias, geom, algorithm, precision)
+    y = to_memory_format(impl.forward(x, weight, bias, geom, algorithm, precision), memory_format)
     return give_back(y[0] if unbatched else y)
 
 
@@ -84,6 +89,7 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight,
                                                         required=("grad_output", "input", "weight"))
     unbatched = x.ndim == ndim + 1
+    memory_format = memory_format_of(x, unbatched=unbatched)
     if unbatched:
         x = x[None]
         if grad_output.ndim == ndim + 1:
@@ -101,8 +107,12 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     check_algorithm(algorithm, BACKWARD_ALGORITHMS)
     precision = resolve_precision(precision)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
+    # NCHW whatever its format (the kernels' launch layer would copy it so anyway): the NumPy
+    # backend's sums then add in one order, and every gradient is independent of its layout bitwise.
+    grad_output = to_memory_format(grad_output, CONTIGUOUS)
     grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias), algorithm,
                                                        precision)
+    grad_input = to_memory_format(grad_input, memory_format)
     return give_back(((grad_input[0] if unbatched else grad_input), grad_weight, grad_bias))
 
 

@@ -311,7 +311,8 @@ class _ConvTransposeNd:
     def forward(self, x, output_size=None):
         """y = conv_transpose(x); ``output_size`` (spatial, or full N, C, *spatial) picks among the
         sizes a strided layer can produce, as in PyTorch. Caches x for :meth:`backward`.
-        A PyTorch tensor (or another framework's array) in gives one out (:mod:`cudeconv._interop`)."""
+        A PyTorch tensor (or another framework's array) in gives one out (:mod:`cudeconv._interop`);
+        y, and :meth:`backward`'s grad_input, take x's memory format (:mod:`cudeconv._memory_format`)."""
         (x,), give_back = take_arrays(input=x, required=("input",))
         if x.ndim not in (self.ndim + 1, self.ndim + 2):
             raise ValueError(
