@@ -36,16 +36,18 @@ from .._loader import load_module
 from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, check_algorithm
 from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
                                 wave)
+from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
+    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_TILE, GEMM_TILE_DFMA, GEMM_TILE_FFMA,
+    GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid,
+    gemm_k, gemm_resources, gemm_sides, gemm_splits)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
-# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
-# implicit GEMMs' tiles (kernels/deconv_gemm.cu), passed to the compiler from here because the
-# grids are sized from them.
+# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), the
+# depthwise grad_weight's tile and the implicit GEMMs' tiles (gemm_plan.py), passed to the compiler
+# from here because the grids are sized from them.
 CHANNEL_TILE = 4
 TAP_TILE = 8
-GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
 DEPTHWISE_WEIGHT_TILE = 16  # filter elements one block of the depthwise grad_weight reduces
-GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (rows = columns)
 COMPILE_OPTIONS = (
     f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
     f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
@@ -57,38 +59,15 @@ GEMM_MATH = {
     (np.dtype(np.float32), "fp32"): "f32", (np.dtype(np.float32), "tf32"): "tf32",
     (np.dtype(np.float32), "tf32x3"): "tf32x3",
 }
-GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA, "tf32x3": GEMM_TILE_MMA,
-             "f16": GEMM_TILE_MMA, "bf16": GEMM_TILE_MMA}
 # The heuristic of algorithm="auto": the GEMM where both of its channel sides fill a useful part
 # of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
 GEMM_MIN_K_CHANNELS = 4
 GEMM_MIN_N_CHANNELS = 16
-# What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from deconv_gemm.cu:
-# K per shared-memory slice (BK), the bytes of one operand's slice (k-major BK × (tile + pad) for
-# f32 8 × 136 floats, f64 8 × 68 doubles, f16/bf16 32 × 136 halves; m-major tile × (BK + pad) for
-# tf32/tf32x3 128 × 20 floats), double-buffered for A and B; the forward and grad_input add their
-# tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256,
-# kMinBlocks) allows (kMinBlocks per math below; the SASS test checks both against nvcc).
-GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
-GEMM_SLICE_BYTES = {"f32": 8 * 136 * 4, "f64": 8 * 68 * 8, "tf32": 128 * 20 * 4, "tf32x3": 128 * 20 * 4,
-                    "f16": 32 * 136 * 2, "bf16": 32 * 136 * 2}
-GEMM_MIN_BLOCKS = {"f32": 2, "f64": 2, "tf32": 2, "tf32x3": 1, "f16": 1, "bf16": 1}
-GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
-# Split K (forward, grad_input, grad_weight): grad_weight's K (N·input positions) is long and its
-# grid short, so it splits until the grid holds SPLIT_TARGET_WAVES waves; the forward and
-# grad_input split only a grid shorter than one wave, into as many parts as still fit in one.
-# Every split sums at least SPLIT_MIN_K values of K, and the partial copies of the output fit in
-# SPLIT_WORKSPACE_CAP bytes.
-SPLIT_TARGET_WAVES = 2
-SPLIT_MIN_K = 256
-SPLIT_WORKSPACE_CAP = 256 * 2**20
 # Slabs of the parallel reductions (grad_bias, depthwise grad_weight): at least 16 values per thread.
 GRAD_BIAS_MIN_VALUES_PER_THREAD = 16
 DEPTHWISE_MIN_BLOCKS = 2    # its __launch_bounds__ (DECONV_BLOCK, 2)
 MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
-INT32_MAX = 2**31 - 1
 MAX_GRID_X = INT32_MAX
-MAX_GRID_Y = 65535
 
 _SUFFIX = {np.dtype(np.float16): "f16", BFLOAT16: "bf16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -171,96 +150,6 @@ def gemm_math(dtype, precision: str) -> str:
     return GEMM_MATH[(dtype, precision)]
 
 
-def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
-    """At most how many taps one block of the GEMM walks through its tap table: all of them for
-    grad_input; per stride phase, ⌈k / (stride / gcd(stride, dilation))⌉ per dim for the forward;
-    none for grad_weight (taps are its columns)."""
-    if pass_ == "grad_weight":
-        return 0
-    if pass_ == "grad_input":
-        return geom.taps
-    return math.prod(ceil_div(k, s // math.gcd(s, d)) for k, s, d in zip(geom.kernel_size, geom.stride, geom.dilation))
-
-
-def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
-    """(rows, columns) of the GEMM's C per group — of the largest stride phase for the forward."""
-    if pass_ == "forward":
-        return (geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride)),
-                geom.out_channels_per_group)
-    if pass_ == "grad_input":
-        return geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
-    return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
-
-
-def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor) -> KernelResources:
-    """Threads, registers per thread (the launch bounds' most) and static shared memory of one
-    block of ``math_name``'s GEMM for ``pass_``."""
-    shared = 2 * 2 * GEMM_SLICE_BYTES[math_name] + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
-    return KernelResources(BLOCK, launch_bound_registers(device, BLOCK, GEMM_MIN_BLOCKS[math_name]), shared)
-
-
-def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
-    """(values, slices) of the GEMM's K per block: grad_weight N·in_spatial (sample, position)
-    pairs in slices of BK; the forward (largest phase) and grad_input taps × channels, in slices of
-    BK channels of one tap."""
-    slice_k = GEMM_SLICE_K[math_name]
-    if pass_ == "grad_weight":
-        values = geom.batch * math.prod(geom.in_size)
-        return values, ceil_div(values, slice_k)
-    taps = _taps_per_phase_bound(geom, pass_)
-    channels = geom.in_channels_per_group if pass_ == "forward" else geom.out_channels_per_group
-    return taps * channels, taps * ceil_div(channels, slice_k)
-
-
-GEMM_OUTPUT_SHAPE = {"forward": "output_shape", "grad_input": "input_shape", "grad_weight": "weight_shape"}
-
-
-def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor) -> int:
-    """How many parts the GEMM of ``pass_`` splits K into on ``device``: grad_weight until its grid
-    holds SPLIT_TARGET_WAVES waves; the forward and grad_input, when their grid is shorter than one
-    wave, into as many parts as still fit in one (⌊wave / blocks⌋: every block runs at once). Each
-    split at least SPLIT_MIN_K values of K; the workspace (splits × the output in the accumulation
-    type) within SPLIT_WORKSPACE_CAP; splits × grid z within the grid's limit; at most one split per
-    slice of K (the kernel gives split s the slices from ⌊s·slices/splits⌋: none empty)."""
-    grid, _ = gemm_grid(geom, pass_, math_name)
-    blocks = math.prod(grid) if grid else 0
-    if not blocks:
-        return 1
-    full_wave = wave(device, gemm_resources(math_name, pass_, device))
-    if pass_ == "grad_weight":
-        wanted = ceil_div(SPLIT_TARGET_WAVES * full_wave, blocks)
-    else:
-        wanted = full_wave // blocks
-    values, slices = gemm_k(geom, pass_, math_name)
-    accumulator_bytes = 8 if math_name == "f64" else 4
-    output_bytes = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_])) * accumulator_bytes
-    return max(1, min(wanted, values // SPLIT_MIN_K, SPLIT_WORKSPACE_CAP // output_bytes, MAX_GRID_Y // grid[2],
-                      slices))
-
-
-def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1):
-    """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight"), or
-    (None, why) where the GEMM cannot run this problem. Forward: grid z = splits × stride phases ×
-    groups, x over the rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim);
-    grad_input: z = splits × groups; grad_weight: z = groups × splits (of K)."""
-    tile = GEMM_TILE[math_name]
-    rows, columns = gemm_sides(geom, pass_)
-    phases = math.prod(geom.stride) if pass_ == "forward" else 1
-    taps = _taps_per_phase_bound(geom, pass_)
-    if taps > GEMM_MAX_TAPS:
-        return None, f"{taps} kernel taps per stride phase, above the GEMM's {GEMM_MAX_TAPS}"
-    if splits * phases * geom.groups > MAX_GRID_Y:
-        what = "splits × stride phases" if pass_ == "forward" else "splits"
-        return None, f"{what} × groups = {splits * phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
-    spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
-    if geom.batch * spatial + tile > INT32_MAX:
-        return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
-    grid = (ceil_div(rows, tile), ceil_div(columns, tile), splits * phases * geom.groups)
-    if grid[1] > MAX_GRID_Y:
-        return None, f"{columns} GEMM columns per group: {grid[1]} tiles, above {MAX_GRID_Y} (grid y)"
-    return grid, None
-
-
 def reduction_wave(device: DeviceDescriptor) -> int:
     """Blocks of the slab reductions (grad_bias, depthwise grad_weight: BLOCK threads,
     __launch_bounds__(DECONV_BLOCK, 2), a few hundred bytes of shared memory) the GPU runs at once."""
@@ -285,10 +174,6 @@ def depthwise_weight_path(geom: ConvTransposeGeometry, dtype, device: DeviceDesc
     return KernelPath("depthwise", f"deconv_grad_weight_depthwise_{suffix}",
                       (slabs, loop_blocks(rows, 1, MAX_GRID_Y), 1), slabs,
                       slabs * partial_bytes if slabs > 1 else 0, "deconv_depthwise.cu", suffix)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def tiled_rows(geom: ConvTransposeGeometry, channels_per_group: int) -> int:
