@@ -113,9 +113,10 @@ def check_index_limits(geom: ConvTransposeGeometry):
 
 class KernelPath(NamedTuple):
     """The kernel a pass runs: ``kind`` ("gemm", "depthwise", "direct", "scatter", "slabs",
-    "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (grad_weight's
-    K splits, grad_bias's slabs), the workspace it takes from the memory pool, in bytes, and the
-    module its entry points are in: ``source`` (a kernels/ file) and ``math`` (a MODULE_MATHS name)."""
+    "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (the GEMM's
+    K splits, the depthwise grad_weight's and grad_bias's slabs), the workspace it takes from the
+    memory pool, in bytes, and the module its entry points are in: ``source`` (a kernels/ file)
+    and ``math`` (a MODULE_MATHS name)."""
     kind: str
     entry: str
     grid: tuple = ()
