@@ -183,7 +183,7 @@ class KernelCase(NamedTuple):
 
 GEMM = dict(forward="gemm", grad_input="gemm", grad_weight="gemm", grad_bias="per-channel")
 DIRECT = dict(forward="direct", grad_input="direct", grad_weight="direct", grad_bias="per-channel")
-DEPTHWISE = dict(forward="depthwise", grad_input="depthwise", grad_weight="direct", grad_bias="per-channel")
+DEPTHWISE = dict(forward="depthwise", grad_input="depthwise", grad_weight="depthwise", grad_bias="per-channel")
 PATHS = [
     KernelCase(WIDE_2D, np.float32, "gemm", "fp32", GEMM),
     KernelCase(WIDE_2D, np.float32, "gemm", "tf32", GEMM),
