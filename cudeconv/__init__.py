@@ -14,6 +14,7 @@ from .functional import (
     conv_transpose3d_backward,
 )
 from ._precision import PRECISIONS, get_default_precision, set_default_precision
+from .autotune import get_autotune, set_autotune
 from .layers import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Parameter
 from .optim import SGD
 
@@ -33,7 +34,9 @@ __all__ = [
     "Parameter",
     "PRECISIONS",
     "SGD",
+    "get_autotune",
     "get_default_precision",
+    "set_autotune",
     "set_default_precision",
     "__version__",
 ]

@@ -349,6 +349,23 @@ class DataParallel:
                 p.grad[...] = bucket[start:start + p.grad.size].reshape(p.grad.shape)
                 start += p.grad.size
 
+    def share_autotune(self, root=0):
+        """Make every rank run rank ``root``'s autotuned kernels from now on (:mod:`cudeconv.autotune`):
+        its choices, from its cache and its tuning, are broadcast and each rank adopts them over its
+        own. Collective; it waits for the GPU. Call it after the first step (which tunes) and after a
+        step that meets new shapes: until then each rank tunes on its own and may run other kernels
+        (the averaged gradients stay bitwise equal on every rank, since rank 0 sums them)."""
+        from . import autotune
+
+        xp = self.comm.xp
+        payload = np.frombuffer(autotune.choices_to_share(), dtype=np.uint8) if self.comm.rank == root else None
+        size = xp.asarray([0 if payload is None else payload.size], dtype=np.int64)
+        self.comm.broadcast(size, root)
+        data = xp.empty(int(size[0]), dtype=np.uint8) if payload is None else xp.asarray(payload.copy())
+        self.comm.broadcast(data, root)
+        if payload is None:
+            autotune.adopt_choices(backends.get("numpy").asarray(data).tobytes())
+
     def _on_rank0(self, action, what):
         """Run ``action`` on rank 0 only; every rank returns when it has succeeded, or raises when
         it failed (rank 0 its own error), rather than waiting for a rank that gave up."""

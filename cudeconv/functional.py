@@ -20,6 +20,7 @@ memory), else C-contiguous (:mod:`cudeconv._memory_format`); grad_weight is C-co
 """
 from __future__ import annotations
 
+from . import autotune as _autotune
 from . import backends
 from ._geometry import check_float_dtypes, make_geometry
 from ._precision import ALGORITHMS, BACKWARD_ALGORITHMS, check_algorithm, resolve_precision
@@ -42,7 +43,7 @@ __all__ = [
 
 
 def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-            dilation=1, *, backend=None, algorithm="auto", precision=None):
+            dilation=1, *, backend=None, algorithm="auto", precision=None, autotune=None):
     """Transposed convolution over ``ndim`` spatial dims; see the module docstring for shapes.
 
     As in PyTorch, an unbatched input ``(C_in, *in_size)`` gives an unbatched output.
@@ -56,7 +57,9 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     float16 every atomic add rounds to half, so its error is a few half ulps larger).
     ``precision`` ("fp32", "tf32", "tf32x3"; None: :func:`cudeconv.get_default_precision`) is the
     fastest arithmetic float32 may use on the GPU (:mod:`cudeconv._precision`). The NumPy backend
-    computes the same, exact values whatever the algorithm and precision.
+    computes the same, exact values whatever the algorithm and precision. ``autotune`` (None: the
+    global setting, :func:`cudeconv.set_autotune`) times the kernels "auto" may run on the first
+    call of a shape and keeps the fastest (:mod:`cudeconv.autotune`).
     """
     (x, weight, bias), give_back = take_arrays(input=x, weight=weight, bias=bias,
                                                  required=("input", "weight"))
@@ -71,13 +74,15 @@ def forward(ndim, x, weight, bias=None, stride=1, padding=0, output_padding=0, g
     check_float_dtypes(input=x, weight=weight, bias=bias)
     check_algorithm(algorithm)
     precision = resolve_precision(precision)
+    _autotune.check_autotune(autotune)
     impl = backends.resolve(backend, {"input": x, "weight": weight, "bias": bias})
-    y = to_memory_format(impl.forward(x, weight, bias, geom, algorithm, precision), memory_format)
+    y = to_memory_format(_autotune.forward(impl, x, weight, bias, geom, algorithm, precision, memory_format, autotune),
+                         memory_format)
     return give_back(y[0] if unbatched else y)
 
 
 def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0, groups=1,
-             dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None):
+             dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None, autotune=None):
     """Gradients of a transposed convolution: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_output`` has the forward's output shape; ``grad_bias`` is None when ``bias`` is False.
@@ -85,6 +90,7 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     "gemm", "gather") and ``precision`` choose the kernels as in :func:`forward`: the implicit
     GEMMs for grad_input and grad_weight (split K) where the heuristic takes them, and grad_bias over
     slabs of the batch; "gather" takes the direct kernels for all three (docs/kernels.md).
+    ``autotune`` tunes grad_input and grad_weight as :func:`forward` does its pass.
     """
     (grad_output, x, weight), give_back = take_arrays(grad_output=grad_output, input=x, weight=weight,
                                                         required=("grad_output", "input", "weight"))
@@ -106,26 +112,29 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     check_float_dtypes(grad_output=grad_output, input=x, weight=weight)
     check_algorithm(algorithm, BACKWARD_ALGORITHMS)
     precision = resolve_precision(precision)
+    _autotune.check_autotune(autotune)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
     # NCHW whatever its format (the kernels' launch layer would copy it so anyway): the NumPy
     # backend's sums then add in one order, and every gradient is independent of its layout bitwise.
     grad_output = to_memory_format(grad_output, CONTIGUOUS)
-    grad_input, grad_weight, grad_bias = impl.backward(grad_output, x, weight, geom, bool(bias), algorithm,
-                                                       precision)
+    grad_input, grad_weight, grad_bias = _autotune.backward(impl, grad_output, x, weight, geom, bool(bias), algorithm,
+                                                            precision, memory_format, autotune)
     grad_input = to_memory_format(grad_input, memory_format)
     return give_back(((grad_input[0] if unbatched else grad_input), grad_weight, grad_bias))
 
 
 def _make_pair(ndim):
     def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                       dilation=1, *, backend=None, algorithm="auto", precision=None):
+                       dilation=1, *, backend=None, algorithm="auto", precision=None, autotune=None):
         return forward(ndim, x, weight, bias, stride, padding, output_padding, groups, dilation,
-                       backend=backend, algorithm=algorithm, precision=precision)
+                       backend=backend, algorithm=algorithm, precision=precision, autotune=autotune)
 
     def conv_transpose_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
-                                groups=1, dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None):
+                                groups=1, dilation=1, *, bias=True, backend=None, algorithm="auto", precision=None,
+                                autotune=None):
         return backward(ndim, grad_output, x, weight, stride, padding, output_padding, groups,
-                        dilation, bias=bias, backend=backend, algorithm=algorithm, precision=precision)
+                        dilation, bias=bias, backend=backend, algorithm=algorithm, precision=precision,
+                        autotune=autotune)
 
     spatial = {1: "L", 2: "H, W", 3: "D, H, W"}[ndim]
     conv_transpose.__name__ = conv_transpose.__qualname__ = f"conv_transpose{ndim}d"
@@ -136,7 +145,7 @@ def _make_pair(ndim):
     + output_padding + 1 per spatial dim. ``backend``: None (infer from the arrays), "numpy",
     "cuda" or "emulator". ``algorithm``: "auto" (default), "gemm", "gather" (all deterministic)
     or "scatter" (atomics). ``precision``: "fp32", "tf32", "tf32x3" or None (the default
-    precision), for float32 on the GPU.
+    precision), for float32 on the GPU. ``autotune``: None (the global setting), True or False.
     """
     conv_transpose_backward.__name__ = conv_transpose_backward.__qualname__ = (
         f"conv_transpose{ndim}d_backward"

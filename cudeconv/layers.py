@@ -22,6 +22,7 @@ from ._dtypes import BFLOAT16, float_dtype
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
 from ._precision import ALGORITHMS, backward_algorithm, check_algorithm, check_precision
+from .autotune import check_autotune
 from .functional import backward as _backward, forward as _forward
 
 
@@ -184,7 +185,7 @@ class _ConvTransposeNd:
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype="float32",
-                 backend=None, seed=None, algorithm="auto", precision=None):
+                 backend=None, seed=None, algorithm="auto", precision=None, autotune=None):
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.groups = _positive_int(groups, "groups")
@@ -203,6 +204,8 @@ class _ConvTransposeNd:
         self.algorithm = check_algorithm(algorithm, ALGORITHMS)
         # None follows cudeconv.get_default_precision() at each call
         self.precision = None if precision is None else check_precision(precision)
+        # None follows cudeconv.set_autotune at each call; applies to algorithm="auto" only
+        self.autotune = check_autotune(autotune)
         self.backend = backends.default_name() if backend is None else backends.check_name(backend)
         self._impl = backends.get(self.backend)
 
@@ -323,7 +326,7 @@ class _ConvTransposeNd:
         y = _forward(
             self.ndim, x, self.weight.data, None if self.bias is None else self.bias.data,
             self.stride, self.padding, output_padding, self.groups, self.dilation,
-            backend=self.backend, algorithm=self.algorithm, precision=self.precision,
+            backend=self.backend, algorithm=self.algorithm, precision=self.precision, autotune=self.autotune,
         )
         self._saved = (x, output_padding)
         return give_back(y)
@@ -340,6 +343,7 @@ class _ConvTransposeNd:
             self.ndim, grad_output, x, self.weight.data, self.stride, self.padding,
             output_padding, self.groups, self.dilation, bias=self.bias is not None,
             backend=self.backend, precision=self.precision, algorithm=backward_algorithm(self.algorithm),
+            autotune=self.autotune,
         )
         self.weight.accumulate_grad(grad_weight)
         if self.bias is not None:
@@ -352,7 +356,7 @@ class _ConvTransposeNd:
             f"stride={self.stride}, padding={self.padding}, output_padding={self.output_padding}, "
             f"groups={self.groups}, dilation={self.dilation}, bias={self.bias is not None}, "
             f"dtype={self.dtype}, backend={self.backend!r}, algorithm={self.algorithm!r}, "
-            f"precision={self.precision!r}"
+            f"precision={self.precision!r}, autotune={self.autotune!r}"
         )
 
     def __repr__(self):
