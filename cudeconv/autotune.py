@@ -278,30 +278,49 @@ class Tuner:
         slug = re.sub(r"[^A-Za-z0-9.]+", "_", device["device"]).strip("_")
         name = (f"{device['backend']}-{slug}-sm{''.join(map(str, device['compute_capability']))}"
                 f"-{device['sm_count']}sms.json")
-        cache = self._files.get(name)
+        path = Path(self._cache_dir or cache_dir()) / name
+        cache = self._files.get(path)
         if cache is None:
-            cache = self._files[name] = CacheFile(Path(self._cache_dir or cache_dir()) / name, device)
+            cache = self._files[path] = CacheFile(path, device)
             for key, entry in cache.read().items():
                 self.choices.setdefault((name, key), entry["choice"])
         return cache
 
     # -- running a pass -------------------------------------------------------------------------
-    def run(self, impl, pass_, operands, geom, precision, memory_format="contiguous", *, force=False):
+    def run(self, impl, pass_, operands, geom, precision, memory_format="contiguous"):
         """``pass_`` on ``operands`` (as ``KernelBackend.run_path`` takes them) by the key's choice:
-        adopted, cached, or tuned now (``force``: tuned again even if cached); else the heuristic."""
+        adopted, cached, or tuned now; else (no tuning allowed now) the heuristic's."""
         with impl.on_device(operand=operands[0]):
-            device, dtype = impl.device_descriptor(operands[0]), operands[1].dtype
-            call = call_key(pass_, geom, dtype, precision, memory_format, operands)
-            # the key's kernel once known, without rebuilding the key: a call's own overhead stays small
-            resolved = (impl.name, device, pass_, geom, dtype, precision, memory_format, call["alignment"])
-            path = None if force else self._resolved.get(resolved)
+            device, call, resolved = self._call(impl, pass_, operands, geom, precision, memory_format)
+            path = self._resolved.get(resolved)
             if path is None:
-                path, output = self._resolve(impl, device, pass_, operands, geom, precision, call, resolved, force)
+                path, output = self._resolve(impl, device, pass_, operands, geom, precision, call, resolved)
                 if output is not None:  # tuned just now: the winner's own output
                     return output
             return impl.run_path(path, pass_, operands, geom, precision)
 
-    def _resolve(self, impl, device, pass_, operands, geom, precision, call, resolved, force):
+    @staticmethod
+    def _call(impl, pass_, operands, geom, precision, memory_format):
+        """(device, call_key, the in-process key of the call's resolved kernel): that key finds a known
+        choice without building the full key, so a call's own overhead stays small."""
+        device, dtype = impl.device_descriptor(operands[0]), operands[1].dtype
+        call = call_key(pass_, geom, dtype, precision, memory_format, operands)
+        return device, call, (impl.name, device, pass_, geom, dtype, precision, memory_format, call["alignment"])
+
+    def tune(self, impl, pass_, operands, geom, precision, memory_format="contiguous") -> dict:
+        """Run ``pass_`` once as :meth:`run` does and say how its kernel was chosen (for ``cudeconv
+        tune``): ``{"choice": {kind, entry, parts}, "candidates": their times or why not run, or
+        None when the choice was not tuned now}``."""
+        before = set(self.records)
+        self.run(impl, pass_, operands, geom, precision, memory_format)
+        tuned = [slot for slot in self.records if slot not in before]
+        if tuned:
+            return {"choice": self.choices[tuned[0]], "candidates": self.records[tuned[0]]["candidates"]}
+        path = (self._resolved.get(self._call(impl, pass_, operands, geom, precision, memory_format)[2])
+                or impl.kernel_path(geom, pass_, "auto", operands[1].dtype, precision))
+        return {"choice": _describe(path), "candidates": None}
+
+    def _resolve(self, impl, device, pass_, operands, geom, precision, call, resolved):
         """(KernelPath, None) of the key's adopted or cached choice, or of the heuristic where tuning
         is not allowed now; (the winner's KernelPath, its output) when tuned now."""
         environment = self.environment(impl, device)
@@ -309,7 +328,7 @@ class Tuner:
         slot = (file.path.name, json.dumps({**environment, **call}, sort_keys=True))
         paths = (self.candidates or (lambda impl, *args: impl.candidate_paths(*args)))(
             impl, geom, pass_, operands[1].dtype, precision)
-        choice = self.pinned.get(slot) or (None if force else self.choices.get(slot))
+        choice = self.pinned.get(slot) or self.choices.get(slot)
         if choice is not None:
             path = next((p for p in paths if _describe(p) == choice), None)
             if path is not None:

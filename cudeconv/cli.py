@@ -1,5 +1,5 @@
-"""cudeconv's command line: ``bench`` (the benchmark suite), ``demo`` (train a small decoder) and
-``info`` (versions, and which backends work here). ``cudeconv`` alone prints this help and ``info``."""
+"""cudeconv's command line: ``bench`` (the benchmark suite), ``demo`` (train a small decoder),
+``tune`` (autotune layers into the cache) and ``info`` (versions, and which backends work here). ``cudeconv`` alone prints this help and ``info``."""
 from __future__ import annotations
 
 import argparse
@@ -112,6 +112,11 @@ def _print_caches():
         return
     print(f"  emulator  {usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.builds} builds, at most "
           f"{usage.limit / 2**20:.0f} MiB ($CUDECONV_EMULATOR_CACHE, $CUDECONV_EMULATOR_CACHE_MAX)")
+    from .autotune import cache_dir
+
+    tuned_bytes, tuned_files = directory_bytes(cache_dir())
+    print(f"  autotune  {cache_dir()}: {tuned_bytes / 2**10:.1f} KiB in {tuned_files} files "
+          f"($CUDECONV_AUTOTUNE_CACHE; `cudeconv tune` fills it)")
 
 
 def _warmup(args, parser) -> int:
@@ -132,6 +137,74 @@ def _warmup(args, parser) -> int:
     print(f"compiling for {backend_name} ({', '.join(dtypes)}; precision {', '.join(precisions)}):")
     compiled = impl.warmup([float_dtype(name) for name in dtypes], precisions, on_progress=progress)
     print(f"{len(compiled)} modules ready in {time.perf_counter() - start:.1f} s")
+    _print_caches()
+    return 0
+
+
+LAYER_FIELDS = ("batch", "in_channels", "out_channels", "in_size", "kernel_size", "stride", "padding",
+                "output_padding", "groups", "dilation")
+
+
+def _layer_case(spec: str):
+    """The Case of ``--layer``'s ``name=value,...`` (sizes per dim as ``8x8``, or one number for every dim)."""
+    from .cases import Case
+
+    values = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        if name not in LAYER_FIELDS or not value:
+            raise ValueError(f"--layer: {item!r} is not NAME=VALUE with NAME one of {', '.join(LAYER_FIELDS)}")
+        try:
+            values[name] = tuple(int(v) for v in value.split("x"))
+        except ValueError:
+            raise ValueError(f"--layer: {name}={value!r} is not a number or sizes like 8x8") from None
+    missing = [name for name in ("in_channels", "out_channels", "in_size", "kernel_size") if name not in values]
+    if missing:
+        raise ValueError(f"--layer needs {', '.join(missing)}, got {spec!r}")
+    groups = values.get("groups", (1,))[0]
+    if groups < 1 or values["in_channels"][0] % groups or values["out_channels"][0] % groups:
+        raise ValueError(f"--layer: groups={groups} must be a positive divisor of in_channels and out_channels")
+    ndim = len(values["in_size"])
+    per_dim = {name: value * ndim if len(value) == 1 else value for name, value in values.items()
+               if name in ("kernel_size", "stride", "padding", "output_padding", "dilation")}
+    case = Case("layer", f"--layer {spec}", values.get("batch", (1,))[0], values["in_channels"][0],
+                values["out_channels"][0], values["in_size"], per_dim["kernel_size"], per_dim.get("stride", (1,) * ndim),
+                per_dim.get("padding", (0,) * ndim), per_dim.get("output_padding"), groups,
+                per_dim.get("dilation"))
+    case.geometry()  # ValueError now for an impossible layer
+    return case
+
+
+def _label(choice) -> str:
+    parts = f" ×{choice['parts']}" if choice["kind"] == "gemm" else ""
+    return f"{choice['kind']}{parts}"
+
+
+def _tune(args, parser) -> int:
+    """Autotune the passes of the chosen cases (or --layer) for this device, into the cache."""
+    from . import autotune, bench
+    from .cases import QUICK_EMULATOR
+
+    if args.layer and args.cases:
+        parser.error("give --cases or --layer, not both")
+    try:
+        cases = [_layer_case(args.layer)] if args.layer else bench.select_cases(args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    backend = _usable_backend(parser, args.backend)
+    if args.quick:
+        cases = [case.quick(QUICK_EMULATOR if backend == "emulator" else QUICK) for case in cases]
+    impl, tuner, dtype = backends.get(backend), autotune.default_tuner(), float_dtype(args.dtype)
+    print(f"autotuning on {backend} ({args.dtype}, precision {args.precision}) into {autotune.cache_dir()}:")
+    for case in cases:
+        x, weight, bias, grad_output = (None if a is None else impl.asarray(a) for a in case.arrays(dtype))
+        operands = {"forward": (x, weight, bias), "grad_input": (grad_output, weight), "grad_weight": (grad_output, x)}
+        for pass_, arrays in operands.items():
+            report = tuner.tune(impl, pass_, arrays, case.geometry(), args.precision)
+            timed = "cached" if report["candidates"] is None else "; ".join(
+                f"{_label(c)} {c['seconds'] * 1e3:.3f} ms" if "seconds" in c else f"{_label(c)} not run ({c['skipped']})"
+                for c in report["candidates"])
+            print(f"  {case.name:14s} {pass_:12s} {_label(report['choice']):10s} {timed}", flush=True)
     _print_caches()
     return 0
 
@@ -302,7 +375,7 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="cudeconv", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cudeconv {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,demo,info,warmup}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,demo,info,tune,warmup}")
     commands.add_parser("info", help="versions, which backends work here (and why not), GPU peaks, kernel caches")
     warmup_parser = commands.add_parser(
         "warmup", help="compile the kernels ahead for this GPU (for images and clusters)",
@@ -316,6 +389,25 @@ def build_parser():
                                help=f"float32 GEMM precisions: {', '.join(PRECISIONS)} (default: fp32)")
     warmup_parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda",
                                help="cuda (default), or emulator to build the CPU emulator's modules")
+
+    tune_parser = commands.add_parser(
+        "tune", help="autotune the benchmark's layers, or one --layer, for this GPU into the autotuning cache",
+        description="Time the kernels algorithm='auto' may run for the forward, grad_input and grad_weight of "
+                    "each layer and keep the fastest in the autotuning cache ($CUDECONV_AUTOTUNE_CACHE), which "
+                    "calls with autotuning on (cudeconv.set_autotune(True), $CUDECONV_AUTOTUNE=1) then use. "
+                    "A layer already in the cache is reported as cached.")
+    tune_parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda",
+                             help="cuda (default), or emulator (the same tuner on the CPU)")
+    tune_parser.add_argument("--cases", nargs="+", metavar="NAME",
+                             help="benchmark case names or globs (default: all; cudeconv bench --list)")
+    tune_parser.add_argument("--layer", metavar="SPEC",
+                             help="one layer instead: NAME=VALUE,... of " + ", ".join(LAYER_FIELDS)
+                                  + " (sizes per dim as 8x8), e.g. batch=64,in_channels=512,out_channels=256,"
+                                    "in_size=8x8,kernel_size=4,stride=2,padding=1")
+    tune_parser.add_argument("--dtype", choices=DTYPES, default="float32", help="array dtype (default: %(default)s)")
+    tune_parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                             help="float32 arithmetic of the kernels (default: %(default)s)")
+    tune_parser.add_argument("--quick", action="store_true", help="shrink every case as cudeconv bench --quick does")
 
     bench_parser = commands.add_parser(
         "bench", help="check and time every pass of the benchmark suite against the baselines present",
@@ -387,7 +479,7 @@ def build_parser():
                              help="train data-parallel on the processes of `mpiexec -n N cudeconv demo "
                                   "--distributed`: MPI on numpy/emulator, NCCL on cuda (one GPU per "
                                   "process); --batch must be a multiple of N; needs cudeconv[mpi]")
-    return parser, {"bench": bench_parser, "demo": demo_parser, "warmup": warmup_parser}
+    return parser, {"bench": bench_parser, "demo": demo_parser, "warmup": warmup_parser, "tune": tune_parser}
 
 
 def main(argv=None) -> int:
@@ -403,6 +495,8 @@ def main(argv=None) -> int:
         return _bench(args, subparsers["bench"])
     if args.command == "warmup":
         return _warmup(args, subparsers["warmup"])
+    if args.command == "tune":
+        return _tune(args, subparsers["tune"])
     if args.command == "demo":
         if args.size % args.scale:
             subparsers["demo"].error(f"--size {args.size} must be a multiple of --scale {args.scale}")

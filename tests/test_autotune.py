@@ -14,7 +14,7 @@ import pytest
 from conftest import skip_unless_kernel_checks_can_run
 
 import cudeconv
-from cudeconv import autotune, backends, distributed
+from cudeconv import autotune, backends, cli, distributed
 from cudeconv._geometry import make_geometry
 
 FILE_NAME = "emulator-H100_SXM-sm90-132sms.json"  # the emulator describes an H100 SXM
@@ -344,6 +344,38 @@ def test_the_environment_switch_and_cache_folder(monkeypatch, tmp_path):
     assert autotune.cache_dir() == tmp_path
     monkeypatch.delenv("CUDECONV_AUTOTUNE_CACHE")
     assert autotune.cache_dir().parts[-3:] == (".cache", "cudeconv", "autotune")
+
+
+# -- the command line --------------------------------------------------------------------------------
+LAYER = "batch=2,in_channels=8,out_channels=16,in_size=3x3,kernel_size=3,stride=2,padding=1"
+
+
+def test_cudeconv_tune_writes_every_pass_of_a_layer_then_reports_it_cached(installed, tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setenv("CUDECONV_AUTOTUNE_CACHE", str(tmp_path))
+    assert cli.main(["tune", "--backend", "emulator", "--layer", LAYER]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  layer")]
+    assert [(line[1], line[2]) for line in lines] == [("forward", "direct"), ("grad_input", "direct"),
+                                                      ("grad_weight", "direct")]  # the fake clock's fastest
+    assert all("ms" in line for line in lines)
+    entries = read_cache(tmp_path)["entries"]
+    assert sorted(json.loads(key)["pass"] for key in entries) == ["forward", "grad_input", "grad_weight"]
+    assert {json.loads(key)["geometry"]["in_size"] == [3, 3] for key in entries} == {True}
+    assert cli.main(["tune", "--backend", "emulator", "--layer", LAYER]) == 0
+    output = capsys.readouterr().out
+    assert output.count(" cached") == 3 and f"autotune  {tmp_path}:" in output
+
+
+@pytest.mark.parametrize("layer, message", [
+    ("in_channels=8,out_channels=16,in_size=3x3", "needs kernel_size"),
+    ("in_channels=8,out_channels=6,in_size=3,kernel_size=3,groups=4", "groups=4 must be a positive divisor"),
+    ("in_channels=8,colour=red", "'colour=red' is not NAME=VALUE"),
+    ("in_channels=8,out_channels=8,in_size=3x,kernel_size=3", "in_size='3x' is not a number"),
+])
+def test_cudeconv_tune_refuses_a_bad_layer_by_name(layer, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["tune", "--backend", "emulator", "--layer", layer])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
 # -- data-parallel training ---------------------------------------------------------------------------
