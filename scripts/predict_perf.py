@@ -1,64 +1,98 @@
 #!/usr/bin/env python3
-"""The prediction half of docs/perf.md: for each suite case and pass, which path the heuristic
-takes on the GPU's descriptor (with its K splits), its useful and executed (tile-padded) work, the
-two floors on a GPU (FLOPs ÷ peak, compulsory bytes ÷ bandwidth) and the expected time at an
-assumed fraction of peak per math, read off the kernels' SASS (see docs/perf.md for the fractions
-and why).
+"""The prediction half of docs/perf.md: each suite case's passes on a GPU, from the heuristic's
+choice of kernel (with its K splits) on the GPU's descriptor, the kernels' SASS and the emulator's
+memory-traffic profile of the real launches.
 
-    python scripts/predict_perf.py [--gpu h100] [--sms N]
+    python scripts/predict_perf.py [--gpu h100] [--sms N] [--traffic T.json] [--sass S.json]
+
+``--traffic``: samples written by ``scripts/profile_gemm.py --suite --json T.json`` (without it
+they are profiled here, a few minutes); ``--sass``: ``scripts/sass_report.py --json S.json`` of
+kernels/deconv_gemm.cu (without it compiled here; needs nvcc).
+
+A GEMM pass (forward, grad_input, grad_weight on kernels/deconv_gemm.cu) is charged the largest of
+three times, plus its split reduce and a launch:
+
+- **SM time** = ⌈blocks / SMs⌉ × cycles of one (average) block ÷ clock. The busiest SM runs
+  ⌈blocks / SMs⌉ blocks one after the other or side by side — the same time when the SM's pipes are
+  the limit; ``waves`` (blocks ÷ (SMs × resident blocks per SM by registers and shared memory,
+  device_descriptor.resident_blocks on the descriptor, no cap)) is printed beside it. One block's
+  cycles are the largest of four pipes, plus ``BLOCK_FILL_CYCLES``:
+  - *issue*: slices × 8 warps × the SASS main loop's instructions (``loop`` of sass_report, one K
+    slice per iteration) ÷ 4 schedulers ÷ ``ISSUE_EFFICIENCY[pass]``. The FFMA (f32) are among
+    those instructions and a scheduler issues one per cycle to 32 FP32 lanes: no separate term;
+  - *tensor*: the block's executed multiply-adds (tile² × BK per slice) ÷ the SM's mma.sync rate
+    (the math's dense peak ÷ (2 × SMs × clock) × ``MMA_SYNC_FRACTION``);
+  - *shared*: the bytes the block moves through shared memory (emulator profile) ÷ 128 B per
+    cycle — bytes, not the profile's wavefronts, which count the source's scalar accesses where
+    nvcc emits 16-byte LDS;
+  - *L1*: the 32-byte sectors its global requests touch (emulator profile) ÷ 4 per cycle.
+- **L2 time** = the grid's load sectors × 32 B (every sector a request touches comes from L2: the
+  GEMM's reuse of a sector is across K slices, farther apart than L1 keeps it) plus its store
+  sectors × 32 B, ÷ ``L2_BANDWIDTH``.
+- **DRAM time** = each tensor once (compulsory bytes) plus, split, the partials' write, ÷ (HBM
+  bandwidth × ``MEMORY_EFFICIENCY``); the split reduce adds its read of the partials and write of
+  the output at the same rate, and ``LAUNCH_FLOOR_MS``.
+
+Traffic per pass comes from ``profile_gemm.sampled_pass``: the pass's own launch, real arrays and
+channel counts, its grid cut to block (0, 0, 0) (the forward: blocks up to the phase with the most
+taps); loads and shared bytes scale to the grid by its K slices, stores by its tiles
+(``profile_gemm.scaled_traffic``). Edge tiles request less than block (0, 0, 0), so traffic is an
+upper bound there. The profile counts the source as g++ compiles it; ``scripts/ncu_traffic.py``
+checks its sectors per request against Nsight Compute on a GPU.
+
+The direct kernels are not modelled; the depthwise, slab and per-channel reductions are charged
+twice their memory floor. The per-pass constants below are assumptions until a GPU measures them
+(ncu's issue-active and L2 sectors are in scripts/ncu_traffic.py's metrics).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from cudeconv.backends.device_descriptor import H100_SXM, wave, with_sm_count  # noqa: E402
-from cudeconv.backends.kernel_backend import (  # noqa: E402
-    GEMM_SLICE_K, GEMM_TILE, KernelBackend, ceil_div, gemm_resources,
-)
+import profile_gemm  # noqa: E402  (a script beside this one)
+from cudeconv.backends.device_descriptor import H100_SXM, resident_blocks, with_sm_count  # noqa: E402
+from cudeconv.backends.gemm_plan import (  # noqa: E402
+    GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_THREADS, GEMM_TILE, gemm_resources,
+)  # noqa: E402
+from cudeconv.backends.kernel_backend import KernelBackend  # noqa: E402
 from cudeconv.cases import SUITE  # noqa: E402
 
-# H100 SXM dense peaks (TFLOP/s) and HBM bandwidth (TB/s), and its descriptor (132 SMs).
-GPUS = {"h100": {"fp32": 67.0, "fp64": 34.0, "tf32": 495.0, "f16": 989.0, "bandwidth": 3.35, "device": H100_SXM}}
-# Fraction of the math's peak the v1 kernels are expected to reach on large layers, from their
-# SASS main loops: FFMA 70% of the loop's issue slots, 2 blocks/SM (127 registers) -> ~50%;
-# tf32 ~14 issue slots per HMMA (scalar LDS + cvt.rna per fragment element) where ~4 keep the
-# tensor core busy -> ~30%; tf32x3 three HMMA per 24 slots -> ~20% of TF32 peak; f16 ~22 slots per
-# HMMA (register-staged loads) -> ~20%.
-EFFICIENCY = {"f32": 0.5, "f64": 0.5, "tf32": 0.3, "tf32x3": 0.3 / 3 * 2, "f16": 0.2, "bf16": 0.2}
+# H100 SXM: dense peaks (TFLOP/s) at the boost clock (GHz) they are quoted at, HBM3 bandwidth
+# (TB/s), L2 bandwidth to the SMs (TB/s, an assumption: microbenchmarks report 5.5-7), its descriptor.
+GPUS = {"h100": {"fp32": 67.0, "fp64": 34.0, "tf32": 495.0, "f16": 989.0, "bandwidth": 3.35, "l2_bandwidth": 5.5,
+                 "clock_ghz": 1.98, "device": H100_SXM}}
 PEAK_OF = {"f32": "fp32", "f64": "fp64", "tf32": "tf32", "tf32x3": "tf32", "f16": "f16", "bf16": "f16"}
+PRODUCTS = {"tf32x3": 3}  # mma products per multiply-add (the split-TF32 trick)
+SCHEDULERS_PER_SM = 4
+L1_SECTORS_PER_CYCLE = 4
+SHARED_BYTES_PER_CYCLE = 128
+# Issue slots used per cycle in the main loop: the forward and grad_input stream their slices with
+# cp.async (double-buffered, no dependence between slices); grad_weight's B side advances a cursor
+# by carries, a data-dependent branchy chain per element, so it stalls more. Assumed.
+ISSUE_EFFICIENCY = {"forward": 0.8, "grad_input": 0.8, "grad_weight": 0.65}
+# mma.sync on Hopper runs below the dense peak (quoted for wgmma). Assumed.
+MMA_SYNC_FRACTION = 0.6
+# Per block: the first slice's global latency before the loop runs, the tap table, the epilogue's
+# stores draining. Assumed (~one DRAM round trip and a half).
+BLOCK_FILL_CYCLES = 1000
+WARPS = GEMM_THREADS // 32
 MEMORY_EFFICIENCY = 0.7
 LAUNCH_FLOOR_MS = 0.005
-
-# A split K adds a write and a read of its partials (splits × the output in float32) and the
-# output's write by the reduce: charged at the memory efficiency above.
 
 
 def executed_macs(geom, pass_, math_name):
     """Multiply-adds the GEMM executes, with its tile padding in M, N and K."""
     tile, slice_k = GEMM_TILE[math_name], GEMM_SLICE_K[math_name]
-    pad = lambda n, to: ceil_div(n, to) * to  # noqa: E731
-    if pass_ == "grad_weight":
-        return (pad(geom.in_channels_per_group, tile) * pad(geom.out_channels_per_group * geom.taps, tile)
-                * pad(geom.batch * math.prod(geom.in_size), slice_k) * geom.groups)
-    if pass_ == "grad_input":
-        rows = geom.batch * math.prod(geom.in_size)
-        return (pad(rows, tile) * pad(geom.in_channels_per_group, tile) * geom.taps
-                * pad(geom.out_channels_per_group, slice_k) * geom.groups)
-    total = 0
-    for phase in np.ndindex(*geom.stride):
-        q = [max(0, ceil_div(o - r, s)) for o, r, s in zip(geom.out_size, phase, geom.stride)]
-        taps = math.prod(sum(1 for k in range(kk) if (r + p - k * d) % s == 0)
-                         for kk, r, p, d, s in zip(geom.kernel_size, phase, geom.padding, geom.dilation, geom.stride))
-        total += (pad(geom.batch * math.prod(q), tile) * pad(geom.out_channels_per_group, tile)
-                  * taps * pad(geom.in_channels_per_group, slice_k))
-    return total * geom.groups
+    return sum(tiles * slices for tiles, slices in profile_gemm.tile_work(geom, pass_, math_name)) \
+        * tile * tile * slice_k
 
 
 def compulsory_bytes(geom, pass_, itemsize):
@@ -69,41 +103,116 @@ def compulsory_bytes(geom, pass_, itemsize):
     return elements * itemsize
 
 
-def predict(gpu, dtype, precision, device=None):
-    """Rows (case, pass, kind, kernel, parts, GFLOP, executed/useful, compute floor ms, memory
-    floor ms, expected ms or None where the kernel is not modelled here: the direct kernels) on
-    ``device`` (a DeviceDescriptor; default the GPU's own)."""
+def sass_rows(path=None):
+    """{entry point: sass_report row} of kernels/deconv_gemm.cu, from ``path`` (sass_report --json)
+    or compiled now."""
+    if path:
+        files = json.loads(Path(path).read_text())["files"]
+        return {row["kernel"]: row for rows in files.values() for row in rows}
+    import sass_report
+
+    reason = sass_report.tools_unavailable_reason()
+    if reason:
+        raise RuntimeError(f"no SASS counts: {reason} (pass --sass from sass_report.py --json)")
+    return {row["kernel"]: row for row in sass_report.report(sass_report.REPO / "kernels" / "deconv_gemm.cu")}
+
+
+def gemm_terms(spec, device, geom, pass_, math_name, sample, sass, itemsize):
+    """The model's terms for one GEMM pass (see the module docstring), a dict of ms and counts."""
+    clock = spec["clock_ghz"] * 1e9
+    operands, shared = profile_gemm.scaled_traffic(sample)
+    grid_tiles, grid_slices = sample["grid_work"]
+    blocks = math.prod(sample["grid"])
+    resident = resident_blocks(device, gemm_resources(math_name, pass_, device))
+    tile, slice_k = GEMM_TILE[math_name], GEMM_SLICE_K[math_name]
+    loads = sum(c["sectors"] for c in operands.values() if c["kind"] == "load")
+    stores = sum(c["sectors"] for c in operands.values() if c["kind"] == "store")
+    per_block = lambda total: total / grid_tiles  # noqa: E731  (the average working block)
+    issue = per_block(grid_slices) * WARPS * sass["loop"] / SCHEDULERS_PER_SM / ISSUE_EFFICIENCY[pass_]
+    tensor = 0.0
+    if sass.get("HMMA"):
+        mma_rate = spec[PEAK_OF[math_name]] * 1e12 / (2 * device.sm_count * clock) * MMA_SYNC_FRACTION
+        tensor = per_block(grid_slices) * tile * tile * slice_k * PRODUCTS.get(math_name, 1) / mma_rate
+    pipes = {"issue": issue, "tensor": tensor, "shared": per_block(shared["bytes"]) / SHARED_BYTES_PER_CYCLE,
+             "L1": per_block(loads + stores) / L1_SECTORS_PER_CYCLE}
+    block_cycles = max(pipes.values()) + BLOCK_FILL_CYCLES
+    sm_ms = math.ceil(grid_tiles / device.sm_count) * block_cycles / clock * 1e3
+    l2_bytes = (loads + stores) * 32
+    l2_ms = l2_bytes / (spec["l2_bandwidth"] * 1e12) * 1e3
+    partials = sample_workspace_bytes(geom, pass_, sample["parts"])
+    dram_bytes = compulsory_bytes(geom, pass_, itemsize) + partials
+    dram_ms = dram_bytes / (spec["bandwidth"] * 1e12 * MEMORY_EFFICIENCY) * 1e3
+    reduce_ms = 0.0
+    if sample["parts"] > 1:  # the reduce reads the partials and writes the output
+        output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
+        reduce_ms = max((partials + output * itemsize) / (spec["bandwidth"] * 1e12 * MEMORY_EFFICIENCY) * 1e3,
+                        LAUNCH_FLOOR_MS)
+    times = {"SM": sm_ms, "L2": l2_ms, "DRAM": dram_ms}
+    bound = max(times, key=times.get)
+    pipe = max(pipes, key=pipes.get)
+    return dict(blocks=blocks, waves=grid_tiles / (device.sm_count * resident), resident=resident,
+                pipes_ms={k: v * math.ceil(grid_tiles / device.sm_count) / clock * 1e3 for k, v in pipes.items()},
+                sm_ms=sm_ms, l2_mb=l2_bytes / 1e6, l2_ms=l2_ms, dram_mb=dram_bytes / 1e6, dram_ms=dram_ms,
+                reduce_ms=reduce_ms, bound=f"{bound} ({pipe})" if bound == "SM" else bound,
+                expected_ms=max(max(times.values()), LAUNCH_FLOOR_MS) + reduce_ms)
+
+
+def sample_workspace_bytes(geom, pass_, parts):
+    """The split partials' bytes (float32 accumulators; none unsplit)."""
+    if parts == 1:
+        return 0
+    return parts * math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_])) * 4
+
+
+def predict(gpu, dtype, precision, samples, sass, device=None, cases=SUITE):
+    """One dict per (case, pass) on ``device`` (default the GPU's own): case, pass, kind, entry,
+    parts, gflop, waste (executed / useful multiply-adds), memory floor ms, expected ms (None for
+    the direct kernels) and, for a GEMM pass, the terms of gemm_terms. ``samples``:
+    profile_gemm.suite_samples (or load_samples); ``sass``: sass_rows."""
     spec = GPUS[gpu]
     device = device or spec["device"]
     backend = KernelBackend("prediction", np, None, lambda: gpu, device=device)
+    itemsize = np.dtype(dtype).itemsize
     rows = []
-    for case in SUITE:
+    for case in cases:
         geom = case.geometry()
-        useful = case.batch * case.in_channels * (case.out_channels // case.groups) * math.prod(case.in_size) * geom.taps
+        useful = geom.flops() // 2
         for pass_, path in backend.kernel_paths(geom, dtype, precision=precision).items():
-            memory_ms = compulsory_bytes(geom, pass_, np.dtype(dtype).itemsize) / (spec["bandwidth"] * 1e12) * 1e3
-            gflop = 0.0 if pass_ == "grad_bias" else 2 * useful / 1e9
-            if path.kind != "gemm":
-                # memory-bound kernels aim at twice the memory floor; the direct ones are not modelled
-                expected = max(2 * memory_ms, LAUNCH_FLOOR_MS) \
-                    if path.kind in ("depthwise", "slabs") else None
-                rows.append((case.name, pass_, path.kind, path.entry, path.parts, gflop, None, None, memory_ms,
-                             expected))
-                continue
-            math_name = path.entry.rsplit("_", 1)[1]
-            peak = spec[PEAK_OF[math_name]] * 1e12
-            compute_floor_ms = 2 * useful / peak * 1e3
-            executed = executed_macs(geom, pass_, math_name)
-            # blocks run in waves of SMs × resident blocks; a grid short of one wave leaves SMs idle
-            waves = math.prod(path.grid) / wave(device, gemm_resources(math_name, pass_, device))
-            wave_loss = math.ceil(waves) / waves if waves > 1 else 1 / waves
-            split_ms = (2 * path.workspace_bytes + compulsory_bytes(geom, pass_, np.dtype(dtype).itemsize) / 3) \
-                / (spec["bandwidth"] * 1e12 * MEMORY_EFFICIENCY) * 1e3 if path.parts > 1 else 0.0
-            expected_ms = max(2 * executed / (peak * EFFICIENCY[math_name]) * 1e3 * min(wave_loss, 4.0),
-                              memory_ms / MEMORY_EFFICIENCY, LAUNCH_FLOOR_MS) + split_ms
-            rows.append((case.name, pass_, "gemm", path.entry, path.parts, gflop, executed / useful, compute_floor_ms,
-                         memory_ms, expected_ms))
+            memory_ms = compulsory_bytes(geom, pass_, itemsize) / (spec["bandwidth"] * 1e12) * 1e3
+            row = dict(case=case.name, pass_=pass_, kind=path.kind, entry=path.entry, parts=path.parts,
+                       gflop=0.0 if pass_ == "grad_bias" else 2 * useful / 1e9, memory_ms=memory_ms, waste=None,
+                       expected_ms=None)
+            if path.kind == "gemm":
+                sample = samples.get((case.name, pass_, np.dtype(dtype).name, precision))
+                if sample is None or sample["entry"] != path.entry or sample["parts"] != path.parts:
+                    raise ValueError(f"no traffic sample of {case.name} {pass_} as {path.entry} in {path.parts} "
+                                     f"parts: profile it again (profile_gemm.py --suite)")
+                row.update(gemm_terms(spec, device, geom, pass_, path.math, sample, sass[path.entry], itemsize))
+                row["waste"] = executed_macs(geom, pass_, path.math) / useful
+            elif path.kind in ("depthwise", "slabs"):
+                row["expected_ms"] = max(2 * memory_ms, LAUNCH_FLOOR_MS)
+            rows.append(row)
     return rows
+
+
+HEADER = ("| case | pass | kernel | parts | waves | issue ms | tensor ms | shared ms | L1 ms | L2 MB | L2 ms | "
+          "DRAM MB | DRAM ms | bound | expected ms |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+
+
+def format_row(row):
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    if row["kind"] != "gemm":
+        return (f"| {row['case']} | {row['pass_']} | {row['entry']} | {row['parts']} | "
+                f"{' | '.join('—' * 8)} | {row['memory_ms']:.3f} | "
+                f"{'memory' if row['expected_ms'] else 'not modelled'} | "
+                f"{fmt(row['expected_ms'], '.3f')} |")
+    pipes = row["pipes_ms"]
+    return (f"| {row['case']} | {row['pass_']} | {row['entry']} | {row['parts']} | {row['waves']:.2f} | "
+            f"{pipes['issue']:.3f} | {pipes['tensor']:.3f} | {pipes['shared']:.3f} | {pipes['L1']:.3f} | "
+            f"{row['l2_mb']:.0f} | "
+            f"{row['l2_ms']:.3f} | {row['dram_mb']:.1f} | {row['dram_ms']:.3f} | {row['bound']} | "
+            f"{row['expected_ms']:.3f} |")
 
 
 def main(argv=None):
@@ -111,23 +220,22 @@ def main(argv=None):
     parser.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     parser.add_argument("--sms", type=int, default=None,
                         help="the heuristic's choices for a part with this many SMs (same architecture)")
+    parser.add_argument("--traffic", help="samples from profile_gemm.py --suite --json (default: profile now)")
+    parser.add_argument("--sass", help="sass_report.py --json of kernels/deconv_gemm.cu (default: compile now)")
     args = parser.parse_args(argv)
     if args.sms is not None and args.sms < 1:
         parser.error(f"--sms must be a positive number of SMs, got {args.sms}")
     device = GPUS[args.gpu]["device"]
     if args.sms is not None:
         device = with_sm_count(device, args.sms)
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-    for dtype, precision in ((np.float32, "fp32"), (np.float32, "tf32"), (np.float16, "fp32")):
+    samples = profile_gemm.load_samples(args.traffic) if args.traffic else profile_gemm.suite_samples(device=device)
+    sass = sass_rows(args.sass)
+    for dtype, precision in profile_gemm.MATHS:
         label = "float16" if dtype == np.float16 else f"float32, precision={precision}"
         print(f"\n{device.name} ({device.sm_count} SMs), {label}\n")
-        print("| case | pass | kernel | parts | GFLOP | executed/useful | compute floor ms | memory floor ms | "
-              "expected ms |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-        for name, pass_, kind, entry, parts, gflop, waste, compute_ms, memory_ms, expected in predict(
-                args.gpu, dtype, precision, device):
-            print(f"| {name} | {pass_} | {entry} | {parts} | {gflop:.2f} | {fmt(waste, '.2f')} | "
-                  f"{fmt(compute_ms, '.3f')} | {memory_ms:.3f} | {fmt(expected, '.3f')} |")
+        print(HEADER)
+        for row in predict(args.gpu, dtype, precision, samples, sass, device):
+            print(format_row(row))
 
 
 if __name__ == "__main__":
