@@ -17,6 +17,7 @@ from . import __version__, backends
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import float_dtype
 from ._precision import PRECISIONS
+from .autotune import BUDGET_SECONDS
 from .cases import QUICK, QUICK_EMULATOR
 
 DTYPES = FLOAT_NAMES  # float16, bfloat16, float32, float64
@@ -195,6 +196,8 @@ def _tune(args, parser) -> int:
     if args.quick:
         cases = [case.quick(QUICK_EMULATOR if backend == "emulator" else QUICK) for case in cases]
     impl, tuner, dtype = backends.get(backend), autotune.default_tuner(), float_dtype(args.dtype)
+    if args.budget is not None:
+        tuner.budget = args.budget
     print(f"autotuning on {backend} ({args.dtype}, precision {args.precision}) into {autotune.cache_dir()}:")
     for case in cases:
         x, weight, bias, grad_output = (None if a is None else impl.asarray(a) for a in case.arrays(dtype))
@@ -408,6 +411,9 @@ def build_parser():
     tune_parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                              help="float32 arithmetic of the kernels (default: %(default)s)")
     tune_parser.add_argument("--quick", action="store_true", help="shrink every case as cudeconv bench --quick does")
+    tune_parser.add_argument("--budget", type=_non_negative_float, metavar="SECONDS",
+                             help="wall time one pass may spend timing candidates before it stops trying more "
+                                  f"(default: {BUDGET_SECONDS:g})")
 
     bench_parser = commands.add_parser(
         "bench", help="check and time every pass of the benchmark suite against the baselines present",
