@@ -24,6 +24,10 @@
 #   bench_tf32       the same with --precision tf32
 #   archive          the cubins CuPy built during the run (CUPY_CACHE_DIR is a folder of this run),
 #                    for `python scripts/sass_report.py --cubins cubins.tar.gz` afterwards
+#   ncu              Nsight Compute's sectors, requests and shared wavefronts of the GEMM launches
+#                    of scripts/profile_gemm.py's small layer (scripts/ncu_traffic.py record), the
+#                    CSV added to cubins.tar.gz as ncu.csv ($OUT holds 8 files already), for
+#                    `python scripts/ncu_traffic.py compare cubins.tar.gz` against the emulator
 # A step over its limit is reported as "timeout" (exit status 124), not as a failure of what it ran.
 #
 # What lands in $OUT (default ./gpu-check-out; at most 8 files of at most 16 MiB, checked last):
@@ -36,7 +40,7 @@
 #
 # --rehearse runs the same steps on the CPU: the emulator backend for the preflight, a small
 # emulator selection of the tests, the smoke step (with its entry-point check), `bench --quick`,
-# and the archive of an empty cache; nvidia-smi and compute-sanitizer are skipped, as the summary says.
+# and the archive of an empty cache; nvidia-smi, compute-sanitizer and ncu are skipped, as the summary says.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -52,15 +56,16 @@ BUDGET=510        # seconds the whole run may take: the device call's ~9 minutes
 KILL_GRACE=5      # after a step's limit, TERM; this much later, KILL
 LIMIT_GPU=${LIMIT_GPU:-10}
 LIMIT_PREFLIGHT=${LIMIT_PREFLIGHT:-30}
-LIMIT_TESTS=${LIMIT_TESTS:-140}
+LIMIT_TESTS=${LIMIT_TESTS:-120}
 LIMIT_SANITIZER_PROBE=${LIMIT_SANITIZER_PROBE:-20}
 LIMIT_MEMCHECK=${LIMIT_MEMCHECK:-60}
-LIMIT_RACECHECK=${LIMIT_RACECHECK:-60}
+LIMIT_RACECHECK=${LIMIT_RACECHECK:-50}
 LIMIT_TUNE=${LIMIT_TUNE:-25}  # its 30 s with the grace: 15 s each from bench and bench_tf32
-LIMIT_BENCH=${LIMIT_BENCH:-60}
+LIMIT_BENCH=${LIMIT_BENCH:-50}
 LIMIT_BENCH_TF32=${LIMIT_BENCH_TF32:-30}
 LIMIT_ARCHIVE=${LIMIT_ARCHIVE:-15}
-STEPS="gpu preflight tests sanitizer_probe memcheck racecheck tune bench bench_tf32 archive"
+LIMIT_NCU=${LIMIT_NCU:-35}  # its 40 s with the grace came from tests, racecheck and bench (10 s each)
+STEPS="gpu preflight tests sanitizer_probe memcheck racecheck tune bench bench_tf32 archive ncu"
 PER_TEST_TIMEOUT=90  # pytest-timeout's limit for one test (the first NVRTC compile of a module is the slowest)
 # compute-sanitizer checks only the library's kernels (every entry point is deconv_* or sgd_step_*),
 # not CuPy's own: the regex filter of its --kernel-name option.
@@ -257,6 +262,15 @@ step bench_tf32 "${BENCH[@]}" --precision tf32 --json "$OUT/bench_tf32.json" --p
 
 mkdir -p "$CUPY_CACHE_DIR"
 step archive "$PYTHON" scripts/sass_report.py --pack-cubins "$CUPY_CACHE_DIR" "$OUT/cubins.tar.gz"
+
+if [ "$MODE" = rehearsal ]; then
+    skip ncu "rehearsal: no GPU, Nsight Compute not run"
+elif ! command -v ncu > /dev/null; then
+    skip ncu "ncu is not on PATH"
+else
+    # --soft: ncu cannot read the counters on some machines (gVisor); that is no failure of the kernels.
+    step --soft ncu "$PYTHON" scripts/ncu_traffic.py record "$RUN_DIR/ncu.csv" --archive "$OUT/cubins.tar.gz"
+fi
 
 # -- $OUT within what comes back ----------------------------------------------------------------
 echo "gpu_check: steps done in ${SECONDS}s" >> "$LOG"
