@@ -277,6 +277,8 @@ def _bench(args, parser) -> int:
     _check_output_paths(parser, args.json, args.plot)
     _check_plot_option(parser, "--plot", args.plot)
     backend = _usable_backend(parser, args.backend)
+    if args.autotune and backend == "numpy":
+        parser.error("--autotune needs a kernel backend (cuda or emulator): the numpy backend has no kernels to tune")
     try:
         bench.select_baselines(args.baselines, backend, args.dtype, args.precision)
     except ValueError as exc:
@@ -291,7 +293,7 @@ def _bench(args, parser) -> int:
 
     results = bench.run(cases, backend, args.dtype, repeat=args.repeat, quick=args.quick,
                         min_seconds=args.min_time, precision=args.precision, baselines=args.baselines,
-                        threads=args.threads, on_case=case_done)
+                        threads=args.threads, on_case=case_done, autotune=args.autotune)
     table.finish(results)
     if args.json:
         print(f"wrote {args.json}")
@@ -454,6 +456,10 @@ def build_parser():
                                                for name, b in bench.BASELINES.items())
                               + " (default: those on the benchmarked backend's device; with --precision "
                                 "tf32 the TF32 ones only)")
+    bench_parser.add_argument("--autotune", action="store_true",
+                              help="also time the backend's autotuned kernels (cudeconv tune's choices, tuned at "
+                                   "their first call), as the baseline <backend>_autotuned: tuned and heuristic "
+                                   "times side by side")
     bench_parser.add_argument("--list", action="store_true", help="list the cases and their sources")
 
     demo_parser = commands.add_parser(

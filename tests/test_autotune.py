@@ -378,6 +378,22 @@ def test_cudeconv_tune_refuses_a_bad_layer_by_name(layer, message, capsys):
     assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_bench_autotune_times_the_tuned_kernels_beside_the_heuristic(installed, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDECONV_AUTOTUNE_CACHE", str(tmp_path))
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--backend", "emulator", "--quick", "--cases", "textbook", "--autotune",
+                     "--baselines", "none", "--repeat", "1", "--min-time", "0", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["compared"] == ["emulator_autotuned"]
+    (case,) = results["cases"]
+    assert sorted(case["baselines"]["emulator_autotuned"]["ms"]) == ["backward", "forward", "grad_input", "grad_weight"]
+    assert sorted(json.loads(key)["pass"] for key in read_cache(tmp_path)["entries"]) == [
+        "forward", "grad_input", "grad_weight"]  # tuned by the warm-up, on the case's own shape
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "--backend", "numpy", "--quick", "--autotune"])
+    assert exited.value.code == 2 and "--autotune needs a kernel backend" in capsys.readouterr().err
+
+
 # -- data-parallel training ---------------------------------------------------------------------------
 class LoopbackCommunicator(distributed.Communicator):
     """One of several ranks in this process, called one after the other, root first: the root's

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
+from .. import autotune as tuning
 from .. import backends
 from .._dtypes import BFLOAT16, compute_dtype
 from ..backends.numpy_backend import crop, tap_windows
@@ -327,10 +328,33 @@ def select_baselines(spec: Optional[str], backend_name: str, dtype, precision: s
     return list(dict.fromkeys(words))
 
 
-def contenders(backend_name: str, dtype, precision: str = "fp32", baseline_names: Optional[List[str]] = None):
+def autotuned_contender(name: str, impl, on_gpu: bool, precision: str) -> Contender:
+    """A kernel backend's forward, grad_input, grad_weight and backward by their autotuned kernels
+    (:mod:`cudeconv.autotune`): the warm-up's first call of each pass tunes it, untimed."""
+
+    def build(problem: Problem):
+        geom, to, tuner = problem.geom, impl.asarray, tuning.default_tuner()
+        x, weight, grad_output = to(problem.x), to(problem.weight), to(problem.grad_output)
+        bias = None if problem.bias is None else to(problem.bias)
+        return {
+            "forward": lambda: tuning.forward(impl, x, weight, bias, geom, "auto", precision, "contiguous", True),
+            "grad_input": lambda: tuner.run(impl, "grad_input", (grad_output, weight), geom, precision),
+            "grad_weight": lambda: tuner.run(impl, "grad_weight", (grad_output, x), geom, precision),
+            "backward": lambda: tuple(g for g in tuning.backward(impl, grad_output, x, weight, geom, bias is not None,
+                                                                 "auto", precision, "contiguous", True)
+                                      if g is not None),
+        }
+
+    return Contender(name, on_gpu, build, precision=precision,
+                     settings=lambda: {"precision": precision, "algorithm": "auto", "autotune": True})
+
+
+def contenders(backend_name: str, dtype, precision: str = "fp32", baseline_names: Optional[List[str]] = None,
+               autotune: bool = False):
     """The benchmarked backend (at ``precision``) and the baselines named (None: the defaults of
-    :func:`select_baselines`), each ready or skipped with the reason; BackendUnavailableError when
-    the benchmarked backend cannot run here."""
+    :func:`select_baselines`), each ready or skipped with the reason, then with ``autotune`` the
+    backend's autotuned kernels (``<backend>_autotuned``); BackendUnavailableError when the
+    benchmarked backend cannot run here."""
     impl = backends.get(backend_name)
     on_gpu = backend_name == "cuda"
     if baseline_names is None:
@@ -343,4 +367,6 @@ def contenders(backend_name: str, dtype, precision: str = "fp32", baseline_names
                                                            "the CPU)"))
         else:
             baselines.append(baseline.make(dtype))
+    if autotune:
+        baselines.append(autotuned_contender(f"{backend_name}_autotuned", impl, on_gpu, precision))
     return backend_contender(backend_name, impl, on_gpu, precision), baselines

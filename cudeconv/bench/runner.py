@@ -212,14 +212,15 @@ def _baseline_record(theirs: Checked, times: PassTimes, ours_name: str) -> dict:
 
 def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=None, quick=False,
         progress=True, min_seconds=None, precision="fp32", baselines: Optional[str] = None,
-        threads: Optional[int] = None, on_case: Optional[Callable[[dict], None]] = None) -> dict:
+        threads: Optional[int] = None, on_case: Optional[Callable[[dict], None]] = None, autotune=False) -> dict:
     """Check and time every case; the JSON-able results (see the package docstring). ``repeat``
     and ``min_seconds``: the least samples and seconds of samples per pass (None: the defaults);
     ``precision``: the float32 arithmetic of the benchmarked backend (``cudeconv._precision``,
     ``--precision``); ``baselines``: which baselines (``--baselines``: None for the defaults,
     "all", "none" or names, comma separated); ``threads``: the thread count of every library on
     the CPU (None: the CPUs this process may run on); ``on_case(results)`` after every case, with the
-    results so far (``"complete"`` is false until the last). Quiets idle thread pools first
+    results so far (``"complete"`` is false until the last); ``autotune``: time the backend's autotuned
+    kernels beside it, as the baseline ``<backend>_autotuned`` (a kernel backend only). Quiets idle thread pools first
     (:func:`.threads.quiet_idle_pools`: sets an environment variable of this process)."""
     from tqdm import tqdm
 
@@ -227,7 +228,7 @@ def run(cases: List[Case], backend_name: str = "numpy", dtype="float32", repeat=
     threads = cpu_threads() if threads is None else check_threads(threads)
     baseline_names = select_baselines(baselines, backend_name, dtype, precision)
     quiet_idle_pools()  # before PyTorch (imported by contenders) and the emulator load OpenMP
-    mine, others = contenders(backend_name, dtype, precision, baseline_names)
+    mine, others = contenders(backend_name, dtype, precision, baseline_names, autotune)
     mine_impl = backends.get(backend_name)
     policy = default_policy(backend_name, repeat, min_seconds)
     peaks = gpu_info() if mine.on_gpu else None
