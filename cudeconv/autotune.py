@@ -13,9 +13,9 @@ and the call: pass, dtype, precision, memory format, geometry and the operands' 
 Timing (:class:`Tuner`): each candidate runs once untimed (compiling its module, which is not
 timed), then ``repeats`` times on the clock — CUDA events on the current stream on "cuda", wall
 time on the emulator, any object with ``seconds(fn, calls)`` in tests — and its median counts. The
-heuristic's kernel is timed first and wins ties; candidates stop when the time ``budget`` of the
-key is spent, and one whose workspace and output would take more than ``max_extra_bytes`` is not
-run. The tuning call returns the winner's own output. No tuning happens while a CUDA graph is being
+heuristic's kernel is timed first and wins ties; candidates stop once the key's timed calls have
+taken its time ``budget`` (compiles do not count), and one whose workspace and output would take
+more than ``max_extra_bytes`` is not run. The tuning call returns the winner's own output. No tuning happens while a CUDA graph is being
 captured (the cached choice, else the heuristic, serves), and past ``max_keys`` tuned keys in one
 process new keys take the heuristic, so a process meeting endless shapes does not tune forever.
 
@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ._loader import kernel_source
+from .backends.gemm_plan import GEMM_OUTPUT_SHAPE
 
 try:
     import fcntl
@@ -56,7 +57,7 @@ CACHE_VARIABLE = "CUDECONV_AUTOTUNE_CACHE"
 CACHE_FORMAT, CACHE_VERSION = "cudeconv-autotune", 1
 PASSES = ("forward", "grad_input", "grad_weight")
 MAX_TUNED_KEYS = 64       # keys one process tunes; later new keys take the heuristic
-BUDGET_SECONDS = 2.0      # wall time one key's tuning may take (candidates after it are not run)
+BUDGET_SECONDS = 2.0      # wall time of one key's timed calls (candidates after it are not run)
 REPEATS = 3               # timed calls per candidate, after one untimed call
 MAX_EXTRA_BYTES = 512 * 2**20  # a candidate's workspace plus the output held while others run
 ALIGNMENT_CAP = 16        # bytes: the widest vector load of the kernels
@@ -150,6 +151,17 @@ def _describe(path) -> dict:
     return {"kind": path.kind, "entry": path.entry, "parts": path.parts}
 
 
+def _stale(key: str, environment: dict) -> bool:
+    """Whether the entry of ``key`` is of ``environment`` but older kernel sources (it can never match
+    again) or unreadable."""
+    try:
+        fields = json.loads(key)
+    except ValueError:
+        return True
+    return isinstance(fields, dict) and fields.get("sources") != environment["sources"] and all(
+        fields.get(name) == value for name, value in environment.items() if name != "sources")
+
+
 class CacheFile:
     """One device's JSON file of choices: ``{"format", "version", "device", "entries": {key: entry}}``,
     each entry ``{"choice": {kind, entry, parts}, "candidates": [...]}``."""
@@ -240,7 +252,8 @@ class Tuner:
     """Chooses, tunes and remembers the kernel of each key (see the module docstring).
 
     ``clock``: an object with ``seconds(fn, calls)`` (None: CUDA events on "cuda", wall time on the
-    emulator); ``now``: the wall clock the ``budget`` (seconds per key) is counted on; ``repeats``:
+    emulator); ``now``: the wall clock the ``budget`` (seconds per key, of timed calls: compiles
+    and untimed first calls not counted) is counted on; ``repeats``:
     timed calls per candidate; ``max_keys``: keys tuned per process; ``max_extra_bytes``: the most
     memory a candidate besides the heuristic may take; ``is_capturing``: a function saying whether a
     CUDA graph is being captured (None: CuPy's current stream on "cuda", never on the emulator);
@@ -346,12 +359,11 @@ class Tuner:
 
     def _tune(self, impl, pass_, operands, geom, precision, paths, file, slot, environment):
         clock = self.clock or _default_clock(impl.name)
-        output_bytes = math.prod(getattr(geom, {"forward": "output_shape", "grad_input": "input_shape",
-                                                "grad_weight": "weight_shape"}[pass_])) * operands[1].dtype.itemsize
-        start, leader, leader_output, report = self.now(), None, None, []
+        output_bytes = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_])) * operands[1].dtype.itemsize
+        spent, leader, leader_output, report = 0.0, None, None, []
         for index, path in enumerate(paths):
             described = _describe(path)
-            if index and self.now() - start > self.budget:
+            if index and spent > self.budget:
                 report.append({**described, "skipped": "time budget spent"})
                 continue
             if index and path.workspace_bytes + output_bytes > self.max_extra_bytes:
@@ -359,8 +371,10 @@ class Tuner:
                 continue
             run = lambda path=path: impl.run_path(path, pass_, operands, geom, precision)  # noqa: E731
             try:
-                output = run()  # compiles its module: untimed
+                output = run()  # compiles its module: neither timed nor counted in the budget
+                start = self.now()
                 seconds = statistics.median(clock.seconds(run, 1) for _ in range(self.repeats))
+                spent += self.now() - start
             except Exception as exc:
                 if not index:
                     raise  # the heuristic's own failure is the call's
@@ -373,15 +387,7 @@ class Tuner:
         self.tuned_keys += 1
         entry = {"choice": _describe(leader[0]), "candidates": report}
         self.records[slot] = entry
-
-        def stale(key):  # this very environment with older kernel sources: it can never match again
-            try:
-                fields = json.loads(key)
-            except ValueError:
-                return True
-            return isinstance(fields, dict) and fields.get("sources") != environment["sources"] and all(
-                fields.get(name) == value for name, value in environment.items() if name != "sources")
-        merged = file.merge({slot[1]: entry}, stale)
+        merged = file.merge({slot[1]: entry}, lambda key: _stale(key, environment))
         self.choices[slot] = merged.get(slot[1], entry)["choice"]
         # another process's choice for this key, on disk first, is the one run from now on
         winner = next((p for p in paths if _describe(p) == self.choices[slot]), leader[0])
