@@ -417,7 +417,7 @@ class KernelBackend:
         if self.kernel_path(geom, pass_, algorithm, dtype, precision, parts,
                             self.device_descriptor(operands[1])) != path:
             raise ValueError(f"the {pass_} of this problem cannot run {path}")
-        return getattr(self, pass_)(*operands, geom, algorithm, precision, parts)
+        return getattr(self, pass_)(*operands, geom, algorithm=algorithm, precision=precision, splits=parts)
 
     def _run_gemm(self, path: KernelPath, operands, out, geom: ConvTransposeGeometry, bias=None):
         """The GEMM of ``path`` on ``operands`` (its entry point's arguments before the output),
