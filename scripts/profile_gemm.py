@@ -32,7 +32,6 @@ import numpy as np
 
 import cudeconv
 from cudeconv import backends, emulator
-from cudeconv.backends import kernel_backend
 from cudeconv.backends.device_descriptor import H100_SXM
 from cudeconv.backends.gemm_plan import GEMM_SLICE_K, GEMM_TILE, ceil_div
 from cudeconv.backends.kernel_backend import KernelBackend
@@ -93,13 +92,11 @@ def profiled_launches():
         if "gemm" in entry:
             launches.append((entry, self.module(path.source, path.math).get_function(entry).last_profile))
 
-    make = kernel_backend.make
-    kernel_backend.make = lambda name: backend if name == "emulator" else make(name)
     KernelBackend._launch = recording
     try:
-        run_layer("emulator")
+        with backends.substituted("emulator", backend):
+            run_layer("emulator")
     finally:
-        kernel_backend.make = make
         KernelBackend._launch = launch
     return launches
 

@@ -175,8 +175,7 @@ def test_every_library_kernel_is_race_free():
     """Every entry point of kernels/*.cu, launched on small shapes through the public API
     (scripts/gpu_smoke_step.py's run, checked against NumPy), on a backend whose modules are
     built with racecheck=True; the launched set must be every entry point the sources define."""
-    from cudeconv import emulator
-    from cudeconv.backends import kernel_backend
+    from cudeconv import backends, emulator
     from cudeconv.backends.kernel_backend import KernelBackend
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -190,14 +189,12 @@ def test_every_library_kernel_is_race_free():
         return modules[-1]
 
     racechecked = KernelBackend("emulator", np, racechecked_module, lambda: "cpu-racecheck", module_per_math=False)
-    make = kernel_backend.make
     launch_method = KernelBackend._launch
-    kernel_backend.make = lambda name: racechecked if name == "emulator" else make(name)
     try:
-        launched = gpu_smoke_step.record_launches()
-        gpu_smoke_step.run_everything("emulator")
+        with backends.substituted("emulator", racechecked):
+            launched = gpu_smoke_step.record_launches()
+            gpu_smoke_step.run_everything("emulator")
     finally:
-        kernel_backend.make = make
         KernelBackend._launch = launch_method
     defined = sass_report.library_entry_points()
     assert gpu_smoke_step.coverage_problems(launched, defined) == []

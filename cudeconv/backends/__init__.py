@@ -15,6 +15,7 @@ module and module class.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 NAMES = ("numpy", "cuda", "emulator")
@@ -144,6 +145,23 @@ def get(name: str):
     from . import kernel_backend
 
     return kernel_backend.make(name)
+
+
+@contextlib.contextmanager
+def substituted(name: str, impl):
+    """Within the block, ``get(name)`` (so the functional API, the layers and SGD) returns ``impl``
+    — e.g. an emulator backend whose modules are built for profiling or race checking."""
+    global get
+    original = get
+
+    def substitute(requested):
+        return impl if requested == name else original(requested)
+
+    get = substitute
+    try:
+        yield impl
+    finally:
+        get = original
 
 
 def resolve(backend, arrays: dict):
