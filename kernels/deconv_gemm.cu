@@ -23,23 +23,31 @@
 // slice of BK channels) with counters; grad_weight walks (n, i) with a carry cursor: no division
 // in any main loop.
 //
-// Operand slices are double buffered in shared memory: element-wise cp.async (4 or 8 bytes,
-// zero-filled outside the tensor) for float and double — the copies of slice s+1 fly while slice
-// s is multiplied; __half goes through registers (cp.async moves 4 bytes at least and neighbouring
-// halves of a slice are not neighbours in memory), loaded before and stored after the multiply.
+// Operand slices are double buffered in shared memory: the copies of slice s+1 fly while slice s
+// is multiplied. On the tensor cores (tf32, tf32x3, f16, bf16: kPacksWeight) the weight, B of the
+// forward and grad_input, is first packed, once per pass, by deconv_gemm_pack_weight_* into the
+// layout the slices read: per group, [tap][K channel][N channel], N innermost, each (tap, K
+// channel) row padded with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector) — so B
+// arrives by 16-byte cp.async, whole sectors per request (tf32 rounds it to TF32 in the packing,
+// once). The other operands go element-wise: cp.async of 4 or 8 bytes for float and double,
+// zero-filled outside the tensor; 16-bit types through registers (cp.async moves 4 bytes at least
+// and neighbouring halves of a gathered slice are not neighbours in memory), loaded before and
+// stored after the multiply.
 //
-// Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>):
+// Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>, and the packing
+// deconv_gemm_pack_weight_<math> the launch layer runs before the forward's and grad_input's):
 //   f32     exact FP32: 128×128 tile, 256 threads, 8×8 outputs per thread on FFMA, BK = 8
 //   f64     FP64: 64×64 tile, 4×4 per thread on DFMA, BK = 8
 //   tf32    TF32 tensor cores (mma.m16n8k8, FP32 accumulation): 128×128, 8 warps of 32×64, BK = 16;
-//           m-major slices read by ldmatrix, operands rounded with cvt.rna.tf32
+//           A's m-major slices read by ldmatrix, B's k-major ones by 4-byte loads; operands
+//           rounded with cvt.rna.tf32 (the packed weight in the packing)
 //   tf32x3  the split-TF32 trick: x = big + small (both TF32), three products
 //           (big·small + small·big + big·big) per mma step: near-FP32 accuracy on tensor cores
 //   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): 128×128, BK = 32, fragments by
 //           ldmatrix.trans; the output rounded once to half
 //   bf16    the same on BF16 tensor cores (__nv_bfloat16 storage)
 // Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
-// only workspace is the split partials (splits × |output| accumulators). The direct
+// workspaces are the packed weight and the split partials (splits × |output| accumulators). The direct
 // kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
 //
 // Limits the host checks (kernel_backend.py): taps per phase <= GEMM_MAX_TAPS; N·(spatial size)
@@ -60,6 +68,9 @@
 #ifndef GEMM_TILE_MMA
 #define GEMM_TILE_MMA 128
 #endif
+#ifndef GEMM_PACK_ROW_BYTES
+#define GEMM_PACK_ROW_BYTES 32
+#endif
 
 namespace gemm {
 
@@ -77,6 +88,7 @@ struct SimtMath {
     typedef T Accumulator;
     static constexpr int BM = Tile, BN = Tile, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr bool kAsync = true;
+    static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
     static constexpr int kMinBlocks = 2;  // blocks per SM the registers must allow (<= 128 per thread)
     static constexpr int kAccumulators = PerThread * PerThread;
     static constexpr int kThreadsN = BN / PerThread;
@@ -90,6 +102,7 @@ struct SimtMath {
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * PerThread + i / PerThread; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * PerThread + i % PerThread; }
 
+    template <bool kPackedB>  // never: this math reads the weight unpacked
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * PerThread, col0 = (threadIdx.x % kThreadsN) * PerThread;
 #pragma unroll
@@ -129,18 +142,23 @@ struct MmaTiles {
 };
 
 // TF32 (Split3 = false) or 3×TF32 (true). A fragment (PTX m16n8k8 .tf32): a0 (g, t), a1 (g+8, t),
-// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. Slices are
-// m-major (n-major for B) rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads
-// fall in distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
-// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile, or b0, b1 of two 8-column tiles.
+// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. A slices are
+// m-major rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads fall in
+// distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
+// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile. B slices are k-major, as the packed
+// weight's 16-byte chunks land, rows of 128 + 8 floats: b0 and b1 are one 4-byte load each, and
+// the warp's 32 loads (rows t, columns g) hit banks 8t + g, all distinct. The packed weight is
+// already TF32 (rounded in the packing): only tf32x3 splits it, and grad_weight's B is rounded here.
 template <bool Split3>
 struct Tf32Math : MmaTiles<float, 8, 16, 4> {
     static constexpr bool kAsync = true;
+    static constexpr bool kPacksWeight = true, kPackRoundsTf32 = !Split3;
     // 2 blocks per SM (<= 128 registers) for tf32; 3×TF32 keeps twice the fragments and takes one
     static constexpr int kMinBlocks = Split3 ? 1 : 2;
-    static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BN * (BK + PAD);
+    static constexpr int kRowB = BN + 8;
+    static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BK * kRowB;
     __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
-    __device__ static __forceinline__ int b_offset(int k, int n) { return n * (BK + PAD) + k; }
+    __device__ static __forceinline__ int b_offset(int k, int n) { return k * kRowB + n; }
     __device__ static __forceinline__ void round(unsigned* r, int count, unsigned* small) {
 #pragma unroll
         for (int i = 0; i < count; ++i) {
@@ -149,6 +167,7 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
             if (Split3) small[i] = float_to_tf32(x - __uint_as_float(r[i]));
         }
     }
+    template <bool kPackedB>
     __device__ static __forceinline__ void multiply(const float* a, const float* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -161,19 +180,13 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
                 ldmatrix_x4(a_big[i], a + a_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
                 round(a_big[i], 4, a_small[i]);
             }
-            // B: matrices (n 0-7, k 0-3), (n 0-7, k 4-7) of column tile j, then of tile j + 1
+            // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g)
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
-                unsigned pair[4], small[4];
-                ldmatrix_x4(pair, b + b_offset(k + (lane / 8 % 2) * 4, col0 + j * 8 + (lane / 16) * 8 + lane % 8));
-                round(pair, 4, small);
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    b_big[j][r] = pair[r];
-                    b_big[j + 1][r] = pair[2 + r];
-                    b_small[j][r] = small[r];
-                    b_small[j + 1][r] = small[2 + r];
-                }
+            for (int j = 0; j < 8; ++j) {
+                const float* b0 = b + b_offset(k + lane % 4, col0 + j * 8 + lane / 4);
+                b_big[j][0] = __float_as_uint(b0[0]);
+                b_big[j][1] = __float_as_uint(b0[4 * kRowB]);
+                if (Split3 || !kPackedB) round(b_big[j], 2, b_small[j]);
             }
 #pragma unroll
             for (int i = 0; i < 2; ++i)
@@ -214,10 +227,12 @@ struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = false;
+    static constexpr bool kPacksWeight = true, kPackRoundsTf32 = false;
     static constexpr int kMinBlocks = 1;  // the staged registers of the next slice: ~170 registers
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
+    template <bool kPackedB>  // the packed weight reads like any other B slice
     __device__ static __forceinline__ void multiply(const T16* a, const T16* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -258,18 +273,45 @@ struct TapEntry {
     int index;      // flat tap index in the weight
 };
 
+// The weight (C_in, C_out/groups, *kernel) as B of the forward (K = C_in/groups, N = C_out/groups)
+// or of grad_input (K = C_out/groups, N = C_in/groups), and its packed copy: per group, taps × kc
+// rows (tap-major) of `row` elements, N channel j at j, zeros from nc on.
+struct WeightAsB {
+    int kc, nc, taps;
+    int stride_c, stride_j;   // weight element strides per K channel and per N channel
+    long long group_elements; // weight elements per group, = packed rows per group × nc
+
+    __device__ __forceinline__ WeightAsB(const Geometry& g, bool grad_input) {
+        taps = g.taps();
+        const int cin_g = g.cin_g(), cout_g = g.cout_g();
+        kc = grad_input ? cout_g : cin_g;
+        nc = grad_input ? cin_g : cout_g;
+        stride_c = grad_input ? taps : cout_g * taps;
+        stride_j = grad_input ? cout_g * taps : taps;
+        group_elements = (long long)cin_g * cout_g * taps;
+    }
+    // elements per packed row: nc rounded up to GEMM_PACK_ROW_BYTES (16-byte chunks never straddle rows)
+    template <typename T>
+    __device__ __forceinline__ int row() const {
+        constexpr int per_row = GEMM_PACK_ROW_BYTES / sizeof(T);
+        static_assert(GEMM_PACK_ROW_BYTES % 16 == 0 && per_row > 0, "packed rows of whole 16-byte chunks");
+        return (nc + per_row - 1) / per_row * per_row;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long packed_group_elements() const { return (long long)taps * kc * row<T>(); }
+};
+
 template <Pass P>
 struct Problem {
     int q_ext[3], src_ext[3], src_mul[3], dst_ext[3], dst_mul[3], dst_offset[3];
     PhaseTaps runs[3];  // the taps along each dim that reach the block's phase
     int src_channels, dst_channels;  // channel counts of the whole tensors
+    WeightAsB weight;
     int kc, nc;                      // channels per group on the K and N sides
     int q_total, m_size, tap_total;
-    long long w_group;               // first weight element of the group
-    int w_stride_c, w_stride_j;      // weight element stride per K channel and per N channel
     int group;
 
-    __device__ __forceinline__ Problem(const Geometry& g, int phase_group) {
+    __device__ __forceinline__ Problem(const Geometry& g, int phase_group) : weight(g, P == Pass::GradInput) {
         group = phase_group % g.groups;
         int phase = phase_group / g.groups;
         int r[3];
@@ -277,8 +319,6 @@ struct Problem {
             r[d] = P == Pass::Forward ? phase % g.stride[d] : 0;
             phase /= g.stride[d];
         }
-        const int taps = g.taps();
-        const int cin_g = g.cin_g(), cout_g = g.cout_g();
         for (int d = 0; d < 3; ++d) {
             if (P == Pass::Forward) {
                 q_ext[d] = max(0, (g.out[d] - r[d] + g.stride[d] - 1) / g.stride[d]);
@@ -300,11 +340,8 @@ struct Problem {
         }
         src_channels = P == Pass::Forward ? g.C_in : g.C_out;
         dst_channels = P == Pass::Forward ? g.C_out : g.C_in;
-        kc = P == Pass::Forward ? cin_g : cout_g;
-        nc = P == Pass::Forward ? cout_g : cin_g;
-        w_group = (long long)group * cin_g * cout_g * taps;
-        w_stride_c = P == Pass::Forward ? cout_g * taps : taps;
-        w_stride_j = P == Pass::Forward ? taps : cout_g * taps;
+        kc = weight.kc;
+        nc = weight.nc;
         q_total = q_ext[0] * q_ext[1] * q_ext[2];
         m_size = g.N * q_total;
         tap_total = runs[0].count * runs[1].count * runs[2].count;
@@ -339,9 +376,9 @@ struct Problem {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Operand staging. This thread's elements of a slice are the rows k = threadIdx.x / BM + r·kStep
-// (r < kRows) at column threadIdx.x % BM, of A and of B alike (every tile is square); the operand
-// iterator says where each comes from (or null: zero).
+// Operand staging. This thread's elements of a gathered slice are the rows k = threadIdx.x / BM +
+// r·kStep (r < kRows) at column threadIdx.x % BM, of A and of grad_weight's B alike (every tile is
+// square); the operand iterator says where each comes from (or null: zero).
 
 template <class M>
 struct SliceRows {
@@ -351,60 +388,85 @@ struct SliceRows {
     __device__ static __forceinline__ int column() { return threadIdx.x % M::BM; }
 };
 
+// The packed weight's B slice (Ops::kPackedB) in 16-byte chunks of consecutive N channels: a
+// row of the k-major slice is BN / kWidth chunks, taken by consecutive threads (whole sectors per
+// request, each quarter warp's 128 bytes in distinct banks); this thread's chunks are the rows
+// threadIdx.x / kPerRow + i·kRowStep (i < kChunks), at column column().
+template <class M>
+struct PackedChunks {
+    static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BN / kWidth;
+    static constexpr int kRowStep = kThreads / kPerRow, kChunks = M::BK / kRowStep;
+    static_assert(kThreads % kPerRow == 0 && M::BK % kRowStep == 0, "every chunk of the slice, once");
+    __device__ static __forceinline__ int k(int i) { return threadIdx.x / kPerRow + i * kRowStep; }
+    __device__ static __forceinline__ int column() { return threadIdx.x % kPerRow * kWidth; }
+};
+
 __device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
 __device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
-// never called: 16-bit types have no cp.async path
-__device__ __forceinline__ void async_copy(__half*, const __half*, int) {}
-__device__ __forceinline__ void async_copy(__nv_bfloat16*, const __nv_bfloat16*, int) {}
 
-// cp.async path: the slice's copies into buffers a and b (zero-filled where the source is null).
-// The iterator describes this thread's rows in order: first_row(), then next_row(previous).
+// Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
+// packed weight (16-byte chunks) and, in float and double, for the gathered operands; 16-bit
+// gathered operands are loaded into `staged` (A, then grad_weight's B), for store_staged once the
+// multiply is done. The iterator describes this thread's rows in order: first_row(), then
+// next_row(previous); its b_chunk(i) is chunk i of PackedChunks (null: zero).
 template <class M, class Ops>
-__device__ __forceinline__ void copy_slice(typename M::Element* a, typename M::Element* b, const Ops& ops) {
-    typedef SliceRows<M> Rows;
-    auto row = ops.first_row();
-#pragma unroll
-    for (int r = 0; r < Rows::kRows; ++r) {
-        if (r) row = ops.next_row(row);
-        const auto* from_a = ops.a_source(row);
-        const auto* from_b = ops.b_source(row);
-        async_copy(a + M::a_offset(Rows::k(r), Rows::column()), from_a ? from_a : ops.any_a, from_a ? (int)sizeof(*from_a) : 0);
-        async_copy(b + M::b_offset(Rows::k(r), Rows::column()), from_b ? from_b : ops.any_b, from_b ? (int)sizeof(*from_b) : 0);
-    }
-    cp_async_commit();
-}
-
-// register path: the slice into registers now, into the buffers later.
-template <class M, class Ops>
-__device__ __forceinline__ void load_slice(typename M::Element staged[2 * SliceRows<M>::kRows], const Ops& ops) {
+__device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * SliceRows<M>::kRows],
+                                            typename M::Element* a, typename M::Element* b, const Ops& ops) {
     typedef typename M::Element T;
+    typedef SliceRows<M> Rows;
     auto row = ops.first_row();
 #pragma unroll
-    for (int r = 0; r < SliceRows<M>::kRows; ++r) {
-        if (r) row = ops.next_row(row);
-        const T* a = ops.a_source(row);
-        const T* b = ops.b_source(row);
-        staged[r] = a ? __ldg(a) : T(0.0f);
-        staged[SliceRows<M>::kRows + r] = b ? __ldg(b) : T(0.0f);
-    }
-}
-template <class M>
-__device__ __forceinline__ void store_slice(const typename M::Element staged[2 * SliceRows<M>::kRows],
-                                            typename M::Element* a, typename M::Element* b) {
-    typedef SliceRows<M> Rows;
-#pragma unroll
     for (int r = 0; r < Rows::kRows; ++r) {
-        a[M::a_offset(Rows::k(r), Rows::column())] = staged[r];
-        b[M::b_offset(Rows::k(r), Rows::column())] = staged[Rows::kRows + r];
+        if (r) row = ops.next_row(row);
+        const T* from_a = ops.a_source(row);
+        if constexpr (M::kAsync) {
+            async_copy(a + M::a_offset(Rows::k(r), Rows::column()), from_a ? from_a : ops.any_a, from_a ? (int)sizeof(T) : 0);
+        } else {
+            staged[r] = from_a ? __ldg(from_a) : T(0.0f);
+        }
+        if constexpr (!Ops::kPackedB) {
+            const T* from_b = ops.b_source(row);
+            if constexpr (M::kAsync) {
+                async_copy(b + M::b_offset(Rows::k(r), Rows::column()), from_b ? from_b : ops.any_b,
+                           from_b ? (int)sizeof(T) : 0);
+            } else {
+                staged[Rows::kRows + r] = from_b ? __ldg(from_b) : T(0.0f);
+            }
+        }
+    }
+    if constexpr (Ops::kPackedB) {
+        typedef PackedChunks<M> Chunks;
+#pragma unroll
+        for (int i = 0; i < Chunks::kChunks; ++i) {
+            const T* from = ops.b_chunk(i);
+            cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+        }
+    }
+    if constexpr (M::kAsync || Ops::kPackedB) cp_async_commit();
+}
+template <class M, class Ops>
+__device__ __forceinline__ void store_staged(const typename M::Element staged[2 * SliceRows<M>::kRows],
+                                             typename M::Element* a, typename M::Element* b) {
+    typedef SliceRows<M> Rows;
+    if constexpr (!M::kAsync) {
+#pragma unroll
+        for (int r = 0; r < Rows::kRows; ++r) {
+            a[M::a_offset(Rows::k(r), Rows::column())] = staged[r];
+            if constexpr (!Ops::kPackedB) b[M::b_offset(Rows::k(r), Rows::column())] = staged[Rows::kRows + r];
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The core: C tile = Σ over the iterator's slices of A·B, double-buffered, then the epilogue.
-// Ops: steps (slices), begin() / advance() (the next slice), first_row() / next_row(row) (this
-// thread's rows of the slice, in order), a_source(row) / b_source(row) (null: zero), any_a /
-// any_b (valid addresses for zero-filled copies), row_offset(row) / column_offset(col) (-1 outside
-// C) and store(row offset, column offset, column, value).
+// Ops: steps (slices), begin() / advance() (the next slice), kPackedB (B is the packed weight),
+// first_row() / next_row(row) (this thread's rows of the slice, in order), a_source(row) and,
+// unless kPackedB, b_source(row) (null: zero), else b_chunk(i), any_a / any_b (valid, 16-byte
+// aligned addresses for zero-filled copies), row_offset(row) / column_offset(col) (-1 outside C)
+// and store(row offset, column offset, column, value).
+// Each step issues the next slice's copies (and loads), multiplies the current one, stores the
+// staged registers, waits for its own copies, and one barrier makes the next slice visible to
+// all and frees the current one for refilling.
 
 template <class M, class Ops>
 __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
@@ -420,34 +482,22 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
     const int steps = ops.steps;
     if (steps > 0) {
         ops.begin();
-        if constexpr (M::kAsync) {
-            copy_slice<M>(a_slices[0], b_slices[0], ops);
-        } else {
-            load_slice<M>(staged, ops);
-            store_slice<M>(staged, a_slices[0], b_slices[0]);
-            __syncthreads();
-        }
+        fetch_slice<M>(staged, a_slices[0], b_slices[0], ops);
+        store_staged<M, Ops>(staged, a_slices[0], b_slices[0]);
+        cp_async_wait<0>();
+        __syncthreads();
     }
     for (int step = 0; step < steps; ++step) {
         const int buffer = step & 1;
         const bool has_next = step + 1 < steps;
-        if (has_next) ops.advance();
-        if constexpr (M::kAsync) {
-            if (has_next) {
-                copy_slice<M>(a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);
-                cp_async_wait<1>();  // this slice has landed; the next one may be in flight
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads();
-            M::multiply(a_slices[buffer], b_slices[buffer], acc);
-            __syncthreads();  // everyone is done with `buffer` before it is refilled
-        } else {
-            if (has_next) load_slice<M>(staged, ops);  // in flight during the multiply
-            M::multiply(a_slices[buffer], b_slices[buffer], acc);
-            if (has_next) store_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
-            __syncthreads();
+        if (has_next) {
+            ops.advance();
+            fetch_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);  // in flight during the multiply
         }
+        M::template multiply<Ops::kPackedB>(a_slices[buffer], b_slices[buffer], acc);
+        if (has_next) store_staged<M, Ops>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
+        cp_async_wait<0>();
+        __syncthreads();  // the next slice is in place for all; everyone is done with `buffer`
     }
 
     long long row_offset = -1;
@@ -489,6 +539,8 @@ struct ConvOperands {
     typedef typename M::Accumulator A;
     typedef SliceRows<M> Rows;
     Problem<P> p;
+    static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
+    typedef PackedChunks<M> Chunks;
     const TapEntry* taps;
     const T* any_a;
     const T* any_b;
@@ -498,12 +550,14 @@ struct ConvOperands {
     A* partial;               // this split's copy of dst in the workspace
     int has_bias, steps, dst_spatial, src_spatial;
     int splits, split, first_step, slices_per_tap;  // this block's K: steps [first_step, first_step + steps)
-    // this thread's row of A (an output / input position) and column of B (a channel)
-    const T* src_row;  // src[n, group·KC, 0]; null past the last row
-    const T* w_column; // weight element (c = 0, j, tap 0) of the group; null past the last column
+    // this thread's row of A (an output / input position) and column of B (N channels: a chunk's, packed)
+    const T* src_row;     // src[n, group·KC, 0]; null past the last row
+    const T* w_column;    // B (c = 0, j, tap 0) of the group: packed, j the chunk's first; null past the last column
+    long long b_stride_c; // elements per K channel: a packed row, or the weight's stride
     int q[3];
     // the current slice
-    int tap, c0, a_position, b_tap;  // a_position -1: outside src
+    int tap, c0, a_position;  // a_position -1: outside src
+    long long b_tap;          // offset of the tap's B: packed, its first row; else its index
 
     __device__ __forceinline__ ConvOperands(const Geometry& g, const T* src, const T* w, const T* bias_, int has_bias_,
                                             T* dst_, A* workspace_, int splits_, const TapEntry* taps_, int block_m,
@@ -526,8 +580,16 @@ struct ConvOperands {
             unflatten3(m % p.q_total, p.q_ext, q);
             src_row = src + ((long long)n * p.src_channels + (long long)p.group * p.kc) * src_spatial;
         }
-        const int j = block_n + Rows::column();
-        w_column = j < p.nc ? w + p.w_group + (long long)j * p.w_stride_j : nullptr;
+        const WeightAsB& b = p.weight;
+        if constexpr (kPackedB) {
+            b_stride_c = b.template row<T>();
+            const int j = block_n + Chunks::column();
+            w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T>() + j : nullptr;
+        } else {
+            b_stride_c = b.stride_c;
+            const int j = block_n + Rows::column();
+            w_column = j < p.nc ? w + p.group * b.group_elements + (long long)j * b.stride_j : nullptr;
+        }
     }
 
     __device__ __forceinline__ void set_tap(const TapEntry& e) {
@@ -538,7 +600,7 @@ struct ConvOperands {
             inside = inside && pos[d] >= 0 && pos[d] < p.src_ext[d];
         }
         a_position = inside ? flatten3(pos, p.src_ext) : -1;
-        b_tap = e.index;
+        b_tap = kPackedB ? (long long)e.index * p.kc * b_stride_c : e.index;
     }
     __device__ __forceinline__ void begin() {  // step first_step: (tap, slice of channels)
         tap = first_step / slices_per_tap;
@@ -558,9 +620,11 @@ struct ConvOperands {
     __device__ __forceinline__ const T* a_source(int c) const {
         return a_position >= 0 && c < p.kc ? src_row + (long long)c * src_spatial + a_position : nullptr;
     }
-    __device__ __forceinline__ const T* b_source(int c) const {
-        return w_column && c < p.kc ? w_column + (long long)c * p.w_stride_c + b_tap : nullptr;
+    __device__ __forceinline__ const T* b_at(int c) const {
+        return w_column && c < p.kc ? w_column + b_tap + c * b_stride_c : nullptr;
     }
+    __device__ __forceinline__ const T* b_source(int c) const { return b_at(c); }  // unpacked
+    __device__ __forceinline__ const T* b_chunk(int i) const { return b_at(c0 + Chunks::k(i)); }  // packed
 
     __device__ __forceinline__ long long row_offset(int row) const { return p.dst_row(row); }
     __device__ __forceinline__ long long column_offset(int col) const {
@@ -627,6 +691,7 @@ struct WeightGradOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
     typedef SliceRows<M> Rows;
+    static constexpr bool kPackedB = false;
     const Geometry& g;
     const T* any_a;
     const T* any_b;
@@ -718,6 +783,27 @@ __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
     run_gemm<M>(ops, block_m, block_n);
 }
 
+// The weight packed for the forward (grad_input = 0) or grad_input GEMM (WeightAsB): one element
+// per thread and step of a grid-stride loop, in packed order (coalesced stores), zeros past nc;
+// RoundTf32: each rounded to TF32 (cvt.rna), once, for the tf32 math.
+template <typename T, bool RoundTf32>
+__device__ void pack_weight(const T* __restrict__ w, T* __restrict__ packed, int grad_input, const Geometry g) {
+    const WeightAsB b(g, grad_input != 0);
+    const int row = b.row<T>();
+    const long long rows_per_group = (long long)b.taps * b.kc;
+    const long long count = g.groups * rows_per_group * row;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x) {
+        const int j = (int)(e % row);
+        const long long packed_row = e / row;
+        const int group = (int)(packed_row / rows_per_group), tap_channel = (int)(packed_row % rows_per_group);
+        const int tap = tap_channel / b.kc, c = tap_channel % b.kc;
+        T value = T(0.0f);
+        if (j < b.nc) value = w[group * b.group_elements + (long long)c * b.stride_c + (long long)j * b.stride_j + tap];
+        if constexpr (RoundTf32) value = __uint_as_float(float_to_tf32(value));
+        packed[e] = value;
+    }
+}
+
 // The split partials of an output (count elements; channel = e / spatial % channels) added in
 // split order, then the forward's bias once: bitwise reproducible for a given split count.
 template <typename T>
@@ -755,6 +841,14 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
         gemm::weight_grad_gemm<MATH>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS);       \
     }
 
+// The packing of the maths that read the weight packed (kPacksWeight), before their forward and grad_input.
+#define DECONV_GEMM_PACK_WEIGHT(MATH_NAME, T, MATH)                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        deconv_gemm_pack_weight_##MATH_NAME(const T* w, T* packed_w, int grad_input, DECONV_GEOMETRY_PARAMS) {    \
+        static_assert(MATH::kPacksWeight, "a math whose GEMMs read the packed weight");                           \
+        gemm::pack_weight<T, MATH::kPackRoundsTf32>(w, packed_w, grad_input, DECONV_GEOMETRY_ARGS);               \
+    }
+
 #if CUDECONV_WANTS(F32)
 DECONV_GEMM_ENTRY_POINTS(f32, float, gemm::F32Math)
 #endif
@@ -763,15 +857,19 @@ DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
 #endif
 #if CUDECONV_WANTS(TF32)
 DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
+DECONV_GEMM_PACK_WEIGHT(tf32, float, gemm::Tf32Math<false>)
 #endif
 #if CUDECONV_WANTS(TF32X3)
 DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
+DECONV_GEMM_PACK_WEIGHT(tf32x3, float, gemm::Tf32Math<true>)
 #endif
 #if CUDECONV_WANTS(F16)
 DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
+DECONV_GEMM_PACK_WEIGHT(f16, __half, gemm::F16Math)
 #endif
 #if CUDECONV_WANTS(BF16)
 DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
+DECONV_GEMM_PACK_WEIGHT(bf16, __nv_bfloat16, gemm::Bf16Math)
 #endif
 
 #define DECONV_GEMM_SPLIT_REDUCE(SUFFIX, T)                                                                       \

@@ -18,14 +18,22 @@ GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (
 GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA, "tf32x3": GEMM_TILE_MMA,
              "f16": GEMM_TILE_MMA, "bf16": GEMM_TILE_MMA}
 # What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from deconv_gemm.cu:
-# K per shared-memory slice (BK), the bytes of one operand's slice (k-major BK × (tile + pad) for
-# f32 8 × 136 floats, f64 8 × 68 doubles, f16/bf16 32 × 136 halves; m-major tile × (BK + pad) for
-# tf32/tf32x3 128 × 20 floats), double-buffered for A and B; the forward and grad_input add their
-# tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256,
-# kMinBlocks) allows (kMinBlocks per math below; the SASS test checks both against nvcc).
+# K per shared-memory slice (BK), the bytes of the (A, B) slices (k-major BK × (tile + pad) for
+# f32 8 × 136 floats, f64 8 × 68 doubles, f16/bf16 32 × 136 halves, and tf32/tf32x3's B 16 × 136
+# floats; m-major tile × (BK + pad) for tf32/tf32x3's A, 128 × 20 floats), each double-buffered;
+# the forward and grad_input add their tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers:
+# the most __launch_bounds__(256, kMinBlocks) allows (kMinBlocks per math below; the SASS test
+# checks both against nvcc).
 GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
-GEMM_SLICE_BYTES = {"f32": 8 * 136 * 4, "f64": 8 * 68 * 8, "tf32": 128 * 20 * 4, "tf32x3": 128 * 20 * 4,
-                    "f16": 32 * 136 * 2, "bf16": 32 * 136 * 2}
+GEMM_SLICE_BYTES = {"f32": (8 * 136 * 4,) * 2, "f64": (8 * 68 * 8,) * 2, "tf32": (128 * 20 * 4, 16 * 136 * 4),
+                    "tf32x3": (128 * 20 * 4, 16 * 136 * 4), "f16": (32 * 136 * 2,) * 2, "bf16": (32 * 136 * 2,) * 2}
+# On the tensor-core maths the forward's and grad_input's B is the weight packed per pass
+# (deconv_gemm_pack_weight_*): per group, taps × (K channels) rows of the N channels, each row
+# padded to GEMM_PACK_ROW_BYTES (one 32-byte sector) so the GEMM reads it in aligned 16-byte
+# chunks. ELEMENT_BYTES: the storage type.
+GEMM_PACKED_MATHS = ("tf32", "tf32x3", "f16", "bf16")
+GEMM_PACK_ROW_BYTES = 32
+GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
 GEMM_MIN_BLOCKS = {"f32": 2, "f64": 2, "tf32": 2, "tf32x3": 1, "f16": 1, "bf16": 1}
 GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
 # Split K (forward, grad_input, grad_weight): grad_weight's K (N·input positions) is long and its
@@ -70,7 +78,7 @@ def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
 def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor) -> KernelResources:
     """Threads, registers per thread (the launch bounds' most) and static shared memory of one
     block of ``math_name``'s GEMM for ``pass_``."""
-    shared = 2 * 2 * GEMM_SLICE_BYTES[math_name] + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
+    shared = 2 * sum(GEMM_SLICE_BYTES[math_name]) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
     return KernelResources(GEMM_THREADS, launch_bound_registers(device, GEMM_THREADS, GEMM_MIN_BLOCKS[math_name]), shared)
 
 
@@ -88,6 +96,18 @@ def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
 
 
 GEMM_OUTPUT_SHAPE = {"forward": "output_shape", "grad_input": "input_shape", "grad_weight": "weight_shape"}
+
+
+def packed_weight_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
+    """Elements of the weight packed for the forward's or grad_input's GEMM: groups × taps × K
+    channels rows of the N channels, padded to whole GEMM_PACK_ROW_BYTES; 0 for grad_weight, which
+    reads no weight, and for the maths that read it unpacked (not in GEMM_PACKED_MATHS)."""
+    if pass_ == "grad_weight" or math_name not in GEMM_PACKED_MATHS:
+        return 0
+    k_channels, n_channels = ((geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
+                              else (geom.out_channels_per_group, geom.in_channels_per_group))
+    per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
+    return geom.groups * geom.taps * k_channels * ceil_div(n_channels, per_row) * per_row
 
 
 def wave_fill(blocks: int, full_wave: int) -> float:

@@ -37,9 +37,10 @@ from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, ch
 from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
                                 wave)
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
-    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_TILE, GEMM_TILE_DFMA, GEMM_TILE_FFMA,
-    GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid,
-    gemm_k, gemm_resources, gemm_sides, gemm_splits, split_limit)
+    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES, GEMM_PACKED_MATHS, GEMM_SLICE_K, GEMM_TILE,
+    GEMM_TILE_DFMA, GEMM_TILE_FFMA, GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
+    SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_resources, gemm_sides, gemm_splits, packed_weight_elements,
+    split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), the
@@ -51,7 +52,7 @@ DEPTHWISE_WEIGHT_TILE = 16  # filter elements one block of the depthwise grad_we
 COMPILE_OPTIONS = (
     f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
     f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
-    f"-DDEPTHWISE_WEIGHT_TILE={DEPTHWISE_WEIGHT_TILE}",
+    f"-DDEPTHWISE_WEIGHT_TILE={DEPTHWISE_WEIGHT_TILE}", f"-DGEMM_PACK_ROW_BYTES={GEMM_PACK_ROW_BYTES}",
 )
 # The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
 # bfloat16 always run on tensor cores with float32 accumulation, float64 on FP64 FMA.
@@ -310,10 +311,10 @@ class KernelBackend:
                   splits=None, device: DeviceDescriptor = None):
         """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
         direct kernel); its parts are its K splits (``splits``, or gemm_splits on ``device``, by
-        default the current device's descriptor), its workspace their partial copies of the output.
-        "auto" takes the GEMM where it can run and both channel sides are wide enough
-        (GEMM_MIN_K_CHANNELS and GEMM_MIN_N_CHANNELS; for grad_weight C_in/groups and
-        C_out/groups·taps); "gemm" insists."""
+        default the current device's descriptor), its workspace their partial copies of the output
+        and, for the forward and grad_input on tensor cores, the packed weight. "auto" takes the
+        GEMM where it can run and both channel sides are wide enough (GEMM_MIN_K_CHANNELS and
+        GEMM_MIN_N_CHANNELS; for grad_weight C_in/groups and C_out/groups·taps); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
         if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
@@ -339,6 +340,7 @@ class KernelBackend:
                 return None
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
+        workspace += packed_weight_elements(geom, pass_, math_name) * np.dtype(dtype).itemsize
         return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace, "deconv_gemm.cu",
                           math_name)
 
@@ -439,6 +441,17 @@ class KernelBackend:
                          (workspace, out, np.int32(path.parts), np.int64(out.size), out if bias is None else bias,
                           np.int32(bias is not None), np.int32(channels), np.int32(spatial)))
 
+    def _gemm_weight(self, path: KernelPath, weight, geom: ConvTransposeGeometry, pass_: str):
+        """The weight as the forward's or grad_input's GEMM of ``path`` reads it: packed by
+        deconv_gemm_pack_weight_* (the layout its 16-byte copies read; a workspace from the array
+        module's pool) for the maths of GEMM_PACKED_MATHS, else ``weight`` itself."""
+        if path.math not in GEMM_PACKED_MATHS:
+            return weight
+        packed = self.xp.empty(packed_weight_elements(geom, pass_, path.math), dtype=weight.dtype)
+        self._launch(path, f"deconv_gemm_pack_weight_{path.math}", (loop_blocks(packed.size, BLOCK, MAX_GRID_X), 1, 1),
+                     (BLOCK, 1, 1), (weight, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
+        return packed
+
     @on_arrays_device("x", "weight", "bias")
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
                 splits=None):
@@ -457,7 +470,8 @@ class KernelBackend:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (x, weight, bias_arg, has_bias), y, geom, bias)
+            self._run_gemm(path, (x, self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y, geom,
+                           bias)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
         elif path.kind == "direct":
@@ -490,7 +504,7 @@ class KernelBackend:
             return grad_input
         args = (grad_output, weight, grad_input) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (grad_output, weight), grad_input, geom)
+            self._run_gemm(path, (grad_output, self._gemm_weight(path, weight, geom, "grad_input")), grad_input, geom)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(geom.batch * geom.in_channels, positions),
                          (BLOCK, 1, 1), args)
