@@ -185,3 +185,16 @@ class ScriptedClock:
         self.count += 1
         return calls * self.cost * load
 
+
+def sanitized_emulator_backend():
+    """The emulator backend with its modules built under AddressSanitizer and UBSan (each launch
+    in a child process): out-of-bounds and misaligned accesses of the kernels fail the launch."""
+    import functools
+
+    from cudeconv import emulator
+    from cudeconv.backends.kernel_backend import KernelBackend
+
+    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
+    return KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
+                         lambda: "cpu-sanitized")
+

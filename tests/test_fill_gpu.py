@@ -27,8 +27,8 @@ from cudeconv.backends.kernel_backend import (BLOCK, GEMM_MIN_BLOCKS, SPLIT_MIN_
                                               gemm_splits)
 from cudeconv.cases import BY_NAME
 
-from conftest import (assert_close, float64_reference, sass_report, skip_unless_kernel_checks_can_run, to_backend,
-                      to_numpy)
+from conftest import (assert_close, float64_reference, sanitized_emulator_backend, sass_report,
+                      skip_unless_kernel_checks_can_run, to_backend, to_numpy)
 from test_gemm import check_against_reference
 
 DTYPES = [np.float32, np.float64, np.float16, BFLOAT16]
@@ -290,13 +290,7 @@ def test_depthwise_grad_weight_tiles_and_slabs():
 
 
 def test_depthwise_grad_weight_under_the_sanitizer():
-    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
-    import functools
-
-    from cudeconv import emulator
-
-    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
-                              lambda: "cpu-sanitized")
+    sanitized = sanitized_emulator_backend()
     geom = _geometry(DEPTHWISE[3])
     for dtype in DTYPES:
         x, weight, bias, grad_output = _arrays(geom, dtype, 4)

@@ -7,7 +7,6 @@ computation of the same inputs (the NumPy backend on upcast arrays) within the d
 deterministic kernels, a sanitized (AddressSanitizer) run of every entry point, the loader, the
 32-bit index limits, and nvcc builds of every kernels/*.cu for sm_80 and sm_90 with no spills.
 """
-import functools
 import math
 import re
 
@@ -22,8 +21,8 @@ from cudeconv.backends.numpy_backend import NumpyBackend
 from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
 from cudeconv.optim import SGDHyperparameters
 
-from conftest import (assert_close, float64_reference, rounding_unit, sass_report, skip_unless_kernel_checks_can_run,
-                      to_backend, to_numpy)
+from conftest import (assert_close, float64_reference, rounding_unit, sanitized_emulator_backend, sass_report,
+                      skip_unless_kernel_checks_can_run, to_backend, to_numpy)
 
 DTYPES = (np.float16, BFLOAT16, np.float32, np.float64)
 REFERENCE = NumpyBackend()
@@ -154,11 +153,7 @@ def test_sgd_kernel_matches_numpy(kernel_backend, dtype):
 
 def test_every_entry_point_under_the_sanitizer():
     """AddressSanitizer + UBSan builds of every kernel file, each entry point launched once."""
-    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
-    from cudeconv import emulator
-
-    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
-                              lambda: "cpu-sanitized")
+    sanitized = sanitized_emulator_backend()
     for config, dtype in ((CONFIGS[3], np.float32), (CONFIGS[5], np.float16), (CONFIGS[1], np.float64),
                           (CONFIGS[0], BFLOAT16),
                           (CONFIGS[7], np.float32), (CONFIGS[8], np.float64)):
@@ -205,13 +200,10 @@ def test_parallel_grad_bias(kernel_backend, poisoned, monkeypatch, dtype, values
 
 
 def test_parallel_grad_bias_under_the_sanitizer(monkeypatch):
-    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
-    from cudeconv import emulator
     from cudeconv.backends import kernel_backend as launch_layer
 
     monkeypatch.setattr(launch_layer, "GRAD_BIAS_MIN_VALUES_PER_THREAD", 1)
-    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
-                              lambda: "cpu-sanitized")
+    sanitized = sanitized_emulator_backend()
     geom = _geometry(((9, 10), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 2, 5, 3))
     for dtype in DTYPES:
         x, weight, bias, grad_output = _arrays(geom, dtype, 9)
@@ -257,11 +249,7 @@ def test_depthwise_kernels(kernel_backend, poisoned, monkeypatch, config, dtype)
 
 
 def test_depthwise_kernels_under_the_sanitizer():
-    skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
-    from cudeconv import emulator
-
-    sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
-                              lambda: "cpu-sanitized")
+    sanitized = sanitized_emulator_backend()
     geom = _geometry(DEPTHWISE[1])
     for dtype in DTYPES:
         x, weight, bias, grad_output = _arrays(geom, dtype, 4)
