@@ -405,9 +405,9 @@ __device__ __forceinline__ void async_copy(float* to, const float* from, int byt
 __device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
 
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
-// packed weight (16-byte chunks) and, in float and double, for the gathered operands; 16-bit
-// gathered operands are loaded into `staged` (A, then grad_weight's B), for store_staged once the
-// multiply is done. The iterator describes this thread's rows in order: first_row(), then
+// packed weight (16-byte chunks) and, in float and double, element by element for the rest; the
+// 16-bit maths' element-wise operands (A, and grad_weight's B) are loaded into `staged`, for
+// store_staged once the multiply is done. The iterator describes this thread's rows in order: first_row(), then
 // next_row(previous); its b_chunk(i) is chunk i of PackedChunks (null: zero).
 template <class M, class Ops>
 __device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * SliceRows<M>::kRows],
@@ -442,7 +442,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * Slice
             cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
         }
     }
-    if constexpr (M::kAsync || Ops::kPackedB) cp_async_commit();
+    if constexpr (M::kAsync || Ops::kPackedB) cp_async_commit();  // run_gemm's kCopies
 }
 template <class M, class Ops>
 __device__ __forceinline__ void store_staged(const typename M::Element staged[2 * SliceRows<M>::kRows],
@@ -479,12 +479,13 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
     for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
 
     T staged[2 * SliceRows<M>::kRows];
+    constexpr bool kCopies = M::kAsync || Ops::kPackedB;  // any cp.async to wait for
     const int steps = ops.steps;
     if (steps > 0) {
         ops.begin();
         fetch_slice<M>(staged, a_slices[0], b_slices[0], ops);
         store_staged<M, Ops>(staged, a_slices[0], b_slices[0]);
-        cp_async_wait<0>();
+        if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();
     }
     for (int step = 0; step < steps; ++step) {
@@ -496,7 +497,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
         }
         M::template multiply<Ops::kPackedB>(a_slices[buffer], b_slices[buffer], acc);
         if (has_next) store_staged<M, Ops>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
-        cp_async_wait<0>();
+        if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();  // the next slice is in place for all; everyone is done with `buffer`
     }
 
