@@ -102,7 +102,7 @@ struct SimtMath {
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * PerThread + i / PerThread; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * PerThread + i % PerThread; }
 
-    template <bool kPackedB>  // never: this math reads the weight unpacked
+    template <bool kPackedB>  // always false: this math reads the weight unpacked
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * PerThread, col0 = (threadIdx.x % kThreadsN) * PerThread;
 #pragma unroll
@@ -407,8 +407,8 @@ __device__ __forceinline__ void async_copy(double* to, const double* from, int b
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
 // packed weight (16-byte chunks) and, in float and double, element by element for the rest; the
 // 16-bit maths' element-wise operands (A, and grad_weight's B) are loaded into `staged`, for
-// store_staged once the multiply is done. The iterator describes this thread's rows in order: first_row(), then
-// next_row(previous); its b_chunk(i) is chunk i of PackedChunks (null: zero).
+// store_staged once the multiply is done. The iterator describes this thread's rows in order:
+// first_row(), then next_row(previous); its b_chunk(i) is chunk i of PackedChunks (null: zero).
 template <class M, class Ops>
 __device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * SliceRows<M>::kRows],
                                             typename M::Element* a, typename M::Element* b, const Ops& ops) {
