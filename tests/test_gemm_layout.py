@@ -31,7 +31,6 @@ GROUPED = make_geometry(2, (2, 26, 4, 5), (26, 19, 3, 2), (2, 1), (1, 0), (1, 0)
 PACKED_MATHS = [(np.float32, "tf32", "tf32"), (np.float32, "tf32x3", "tf32x3"), (np.float16, "fp32", "f16"),
                 (BFLOAT16, "fp32", "bf16")]
 SECTOR = 32
-GEMM_SOURCE = kernels_dir() / "deconv_gemm.cu"
 
 
 def _emulator():
@@ -120,10 +119,11 @@ class ProfilingBackend(KernelBackend):
 
 
 def line_of(snippet):
-    """``deconv_gemm.cu:N`` of the one line holding ``snippet``."""
-    numbers = [n for n, line in enumerate(GEMM_SOURCE.read_text().splitlines(), 1) if snippet in line]
-    assert len(numbers) == 1, (snippet, numbers)
-    return f"{GEMM_SOURCE.name}:{numbers[0]}"
+    """``file:N`` of the one line of the GEMM's source or its headers holding ``snippet``."""
+    places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("*gemm*.cu*"))
+              for n, line in enumerate(path.read_text().splitlines(), 1) if snippet in line]
+    assert len(places) == 1, (snippet, places)
+    return places[0]
 
 
 # Where B's fragments leave shared memory, and what one warp-level request of each costs without
