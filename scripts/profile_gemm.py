@@ -161,6 +161,16 @@ def sampled_work(geom, pass_, math_name, splits):
     return tiles, total
 
 
+def aligned_zeros(shape, dtype, alignment=256):
+    """Zeros on a ``alignment``-byte boundary, as CuPy's allocator gives (NumPy promises 16 bytes,
+    which would add a straddled sector to a run now and then, and make sector counts vary by array)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(count * dtype.itemsize + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
 class SampledBackend(KernelBackend):
     """An emulator backend whose GEMM launches (a path's own entry point) run only ``box`` of their
     grid, profiled; its other launches (the split reduce) do not run: addresses, not values, make
@@ -172,6 +182,9 @@ class SampledBackend(KernelBackend):
                          lambda: "cpu-profile", module_per_math=False, device=device)
         self.sampled = []  # (path, entry, full grid, profile)
         self.box = None
+
+    def _output(self, shape, dtype):
+        return aligned_zeros(shape, dtype)
 
     def _launch(self, path, entry, grid, block, args):
         if entry != path.entry:
@@ -198,10 +211,10 @@ def sampled_pass(geom, pass_, dtype, precision, device=H100_SXM):
     if path is None:
         return None
     backend.box = sample_box(geom, pass_)
-    arrays = {name: np.zeros(getattr(geom, shape), dtype) for name, shape in
+    arrays = {name: aligned_zeros(getattr(geom, shape), dtype) for name, shape in
               (("x", "input_shape"), ("w", "weight_shape"), ("y", "output_shape"))}
     if pass_ == "forward":
-        backend.forward(arrays["x"], arrays["w"], np.zeros(geom.out_channels, dtype), geom, "auto", precision)
+        backend.forward(arrays["x"], arrays["w"], aligned_zeros(geom.out_channels, dtype), geom, "auto", precision)
     elif pass_ == "grad_input":
         backend.grad_input(arrays["y"], arrays["w"], geom, "auto", precision)
     else:

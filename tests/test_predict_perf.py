@@ -35,8 +35,10 @@ def whole_grid_profile(pass_, dtype=np.float32, precision="fp32"):
     backend = profile_gemm.SampledBackend(H100_SXM)
     path = backend.gemm_plan(GEOM, pass_, "auto", dtype, precision, device=H100_SXM)
     backend.box = path.grid
-    x, w, y = (np.zeros(getattr(GEOM, s), dtype) for s in ("input_shape", "weight_shape", "output_shape"))
-    {"forward": lambda: backend.forward(x, w, np.zeros(GEOM.out_channels, dtype), GEOM, "auto", precision),
+    x, w, y = (profile_gemm.aligned_zeros(getattr(GEOM, s), dtype) for s in ("input_shape", "weight_shape",
+                                                                              "output_shape"))
+    bias = profile_gemm.aligned_zeros(GEOM.out_channels, dtype)
+    {"forward": lambda: backend.forward(x, w, bias, GEOM, "auto", precision),
      "grad_input": lambda: backend.grad_input(y, w, GEOM, "auto", precision),
      "grad_weight": lambda: backend.grad_weight(y, x, GEOM, "auto", precision)}[pass_]()
     (_, entry, _, profile), = backend.sampled

@@ -271,7 +271,7 @@ class KernelBackend:
         return self.xp.asarray(array)
 
     def _output(self, shape, dtype):
-        """A fresh array every element of which the launching kernel writes."""
+        """A fresh array every element of which the launching kernels write (outputs, workspaces)."""
         return self.xp.empty(shape, dtype=dtype)
 
     def momentum_buffer_for(self, param):
@@ -431,7 +431,7 @@ class KernelBackend:
         if path.parts == 1:  # the workspace argument is never read: any array of its type
             workspace = out if out.dtype == accumulator else self._placeholder_float32()
         else:
-            workspace = self.xp.empty((path.parts,) + out.shape, dtype=accumulator)
+            workspace = self._output((path.parts,) + out.shape, accumulator)
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      tuple(operands) + (out, workspace, np.int32(path.parts)) + geometry_args(geom))
         if path.parts > 1:
@@ -447,7 +447,7 @@ class KernelBackend:
         module's pool) for the maths of GEMM_PACKED_MATHS, else ``weight`` itself."""
         if path.math not in GEMM_PACKED_MATHS:
             return weight
-        packed = self.xp.empty(packed_weight_elements(geom, pass_, path.math), dtype=weight.dtype)
+        packed = self._output(packed_weight_elements(geom, pass_, path.math), weight.dtype)
         self._launch(path, f"deconv_gemm_pack_weight_{path.math}", (loop_blocks(packed.size, BLOCK, MAX_GRID_X), 1, 1),
                      (BLOCK, 1, 1), (weight, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
         return packed
@@ -539,7 +539,7 @@ class KernelBackend:
         filter elements; with several slabs into partial[slab] (then added in slab order)."""
         suffix, slabs = _SUFFIX[x.dtype], path.parts
         total = geom.batch * math.prod(geom.in_size)
-        partial = (self.xp.empty((slabs,) + geom.weight_shape, dtype=compute_dtype(x.dtype)) if slabs > 1
+        partial = (self._output((slabs,) + geom.weight_shape, compute_dtype(x.dtype)) if slabs > 1
                    else grad_weight if x.dtype == compute_dtype(x.dtype) else self._placeholder_float32())
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      (grad_output, x, grad_weight, partial, np.int32(slabs), np.int32(ceil_div(total, slabs)))
@@ -567,7 +567,7 @@ class KernelBackend:
                           np.int32(out_spatial)))
             return grad_bias
         slabs = path.parts
-        partial = self.xp.empty((geom.out_channels, slabs), dtype=compute_dtype(grad_output.dtype))
+        partial = self._output((geom.out_channels, slabs), compute_dtype(grad_output.dtype))
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      (grad_output, partial, np.int32(geom.batch), np.int32(geom.out_channels),
                       np.int32(out_spatial), np.int32(slabs), np.int32(ceil_div(geom.batch * out_spatial, slabs))))
