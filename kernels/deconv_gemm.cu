@@ -32,7 +32,8 @@
 // once). The other operands go element-wise: cp.async of 4 or 8 bytes for float and double,
 // zero-filled outside the tensor; 16-bit types through registers (cp.async moves 4 bytes at least
 // and neighbouring halves of a gathered slice are not neighbours in memory), loaded before and
-// stored after the multiply.
+// stored after the multiply; and so go float and double below compute capability 8.0, which has
+// no cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh).
 //
 // Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>, and the packing
 // deconv_gemm_pack_weight_<math> the launch layer runs before the forward's and grad_input's):
@@ -89,9 +90,10 @@ __device__ __forceinline__ void async_copy(double* to, const double* from, int b
 
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
 // packed weight (16-byte chunks) and, in float and double, element by element for the rest; the
-// 16-bit maths' element-wise operands (A, and grad_weight's B) are loaded into `staged`, for
-// store_staged once the multiply is done. The iterator describes this thread's rows in order:
-// first_row(), then next_row(previous); its b_chunk(i) is chunk i of PackedChunks (null: zero).
+// element-wise operands (A, and grad_weight's B) of the maths without kAsync (16-bit, and float and
+// double without cp.async) are loaded into `staged`, for store_staged once the multiply is done.
+// The iterator describes this thread's rows in order: first_row(), then next_row(previous); its
+// b_chunk(i) is chunk i of PackedChunks (null: zero).
 template <class M, class Ops>
 __device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * SliceRows<M>::kRows],
                                             typename M::Element* a, typename M::Element* b, const Ops& ops) {
@@ -533,25 +535,27 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
         gemm::pack_weight<T, MATH::kPackRoundsTf32>(w, packed_w, grad_input, DECONV_GEOMETRY_ARGS);               \
     }
 
+// The tensor-core maths need compute capability 8.0 (CUDECONV_NO_MMA, gemm_math.cuh): an sm_70 or
+// sm_75 module holds the f32 and f64 GEMMs (and the split reduces) only.
 #if CUDECONV_WANTS(F32)
 DECONV_GEMM_ENTRY_POINTS(f32, float, gemm::F32Math)
 #endif
 #if CUDECONV_WANTS(F64)
 DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
 #endif
-#if CUDECONV_WANTS(TF32)
+#if CUDECONV_WANTS(TF32) && !defined(CUDECONV_NO_MMA)
 DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
 DECONV_GEMM_PACK_WEIGHT(tf32, float, gemm::Tf32Math<false>)
 #endif
-#if CUDECONV_WANTS(TF32X3)
+#if CUDECONV_WANTS(TF32X3) && !defined(CUDECONV_NO_MMA)
 DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
 DECONV_GEMM_PACK_WEIGHT(tf32x3, float, gemm::Tf32Math<true>)
 #endif
-#if CUDECONV_WANTS(F16)
+#if CUDECONV_WANTS(F16) && !defined(CUDECONV_NO_MMA)
 DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
 DECONV_GEMM_PACK_WEIGHT(f16, __half, gemm::F16Math)
 #endif
-#if CUDECONV_WANTS(BF16)
+#if CUDECONV_WANTS(BF16) && !defined(CUDECONV_NO_MMA)
 DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
 DECONV_GEMM_PACK_WEIGHT(bf16, __nv_bfloat16, gemm::Bf16Math)
 #endif

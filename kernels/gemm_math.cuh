@@ -22,9 +22,27 @@
 #define GEMM_PACK_ROW_BYTES 32
 #endif
 
+// cp.async and mma.sync arrive with compute capability 8.0. Below it (sm_70, sm_75) a module holds
+// the FFMA and DFMA maths only (deconv_gemm.cu leaves the tensor-core entry points out), and they
+// stage their element-wise operands through registers, as the 16-bit maths do on every GPU: loaded
+// before the multiply of the current slice, stored to shared memory after it. The same arithmetic
+// in the same order, so the results are bitwise those of the cp.async path. -DCUDECONV_NO_CP_ASYNC
+// asks for the register path on any target (the emulator's tests of it).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define CUDECONV_NO_MMA
+#ifndef CUDECONV_NO_CP_ASYNC
+#define CUDECONV_NO_CP_ASYNC
+#endif
+#endif
+
 namespace gemm {
 
 constexpr int kThreads = 256;
+#ifdef CUDECONV_NO_CP_ASYNC
+constexpr bool kHasCpAsync = false;
+#else
+constexpr bool kHasCpAsync = true;
+#endif
 
 enum class Pass { Forward, GradInput };  // grad_weight has an iterator of its own
 
@@ -37,7 +55,7 @@ struct SimtMath {
     typedef T Element;
     typedef T Accumulator;
     static constexpr int BM = Tile, BN = Tile, BK = 8, PAD = 16 / sizeof(T) * 2;
-    static constexpr bool kAsync = true;
+    static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
     static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
     static constexpr int kMinBlocks = 2;  // blocks per SM the registers must allow (<= 128 per thread)
     static constexpr int kAccumulators = PerThread * PerThread;

@@ -82,13 +82,18 @@ def test_descriptor_refuses_bad_fields_and_backends_refuse_non_descriptors():
     assert KernelBackend("emulator", np, None, lambda: "cpu").device_descriptor() == H100_SXM
 
 
-def test_an_older_gpu_takes_the_direct_kernels():
+def test_an_older_gpu_takes_the_direct_kernels_for_the_tensor_core_maths():
+    """Compute capability 7.5 runs the FFMA and DFMA GEMMs (register-staged, no cp.async) but not
+    the tensor-core ones."""
     turing = dataclasses.replace(H100_SXM, name="sm_75", compute_capability=(7, 5))
     impl = KernelBackend("emulator", np, None, lambda: "cpu", device=turing)
     geom = make_geometry(2, (2, 64, 8, 8), (64, 32, 4, 4), 2, 1, 0, 1, 1)
-    assert impl.kernel_path(geom, "forward", "auto", np.float32, "fp32").kind == "direct"
-    with pytest.raises(ValueError, match=r"compute capability 7\.5; the GEMM kernels need 8\.0"):
-        impl.kernel_path(geom, "forward", "gemm", np.float32, "fp32")
+    assert impl.kernel_path(geom, "forward", "auto", np.float32, "fp32").kind == "gemm"
+    assert impl.kernel_path(geom, "forward", "auto", np.float64, "fp32").kind == "gemm"
+    assert impl.kernel_path(geom, "forward", "auto", np.float32, "tf32").kind == "direct"
+    assert impl.kernel_path(geom, "forward", "auto", np.float16, "fp32").kind == "direct"
+    with pytest.raises(ValueError, match=r"compute capability 7\.5; the tf32 GEMM kernels need 8\.0"):
+        impl.kernel_path(geom, "forward", "gemm", np.float32, "tf32")
     assert KernelBackend("emulator", np, None, lambda: "cpu").kernel_path(
         geom, "forward", "auto", np.float32, "fp32").kind == "gemm"
 

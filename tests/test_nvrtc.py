@@ -1,6 +1,6 @@
 """Every CUDA source compiles with NVRTC — the compiler CuPy runs on the user's machine — exactly as
 the launch layer hands it over: headers inlined, the launch layer's own options, one module per
-math (``-DCUDECONV_MATH``), for sm_80 and sm_90. No GPU is needed to compile, so this runs in CI:
+math (``-DCUDECONV_MATH``), for sm_80 and sm_90 (the GEMM also for sm_75 and sm_70). No GPU is needed to compile, so this runs in CI:
 inline PTX, headers, C++ or static shared memory that ptxas refuses fail here rather than on a
 user's first launch. And a first float32 training step compiles in at most two seconds of CPU time."""
 import ctypes
@@ -99,6 +99,33 @@ def test_the_modules_of_a_source_together_hold_every_entry_point(source):
     for math_name in MODULE_MATHS:
         split |= entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))[2])
     assert split == everything
+
+
+def nvrtc_architectures():
+    """The sm_XY this NVRTC can compile for (CUDA 13 dropped sm_70)."""
+    count = ctypes.c_int()
+    assert NVRTC.nvrtcGetNumSupportedArchs(ctypes.byref(count)) == 0
+    archs = (ctypes.c_int * count.value)()
+    assert NVRTC.nvrtcGetSupportedArchs(archs) == 0
+    return {f"sm_{arch}" for arch in archs}
+
+
+@pytest.mark.parametrize("arch", ["sm_70", "sm_75"])
+@pytest.mark.parametrize("math_name", MODULE_MATHS)
+def test_the_gemm_modules_of_older_gpus_hold_the_ffma_and_dfma_gemms_only(math_name, arch):
+    """Compute capability 7.x has no cp.async or mma.sync: deconv_gemm.cu compiles there with the
+    f32 and f64 GEMMs (operands staged through registers), and its tensor-core modules hold the
+    split reduce only."""
+    _require_nvrtc()
+    if arch not in nvrtc_architectures():
+        pytest.skip(f"this NVRTC cannot compile for {arch}")
+    status, log, ptx = nvrtc_compile(kernel_source("deconv_gemm.cu"), "deconv_gemm.cu",
+                                     launch_options(arch, math_name))
+    assert status == 0, f"NVRTC failed on deconv_gemm.cu for {math_name} on {arch}:\n{log}"
+    expected = {f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
+    if math_name in ("f32", "f64"):
+        expected |= {f"deconv_{pass_}_gemm_{math_name}" for pass_ in ("forward", "grad_input", "grad_weight")}
+    assert entry_points(ptx) == expected
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -27,6 +27,7 @@ _ATTRIBUTES = {
 }
 REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in units of 256 (sm_50 and later)
 SHARED_ALLOCATION_UNIT = 128    # shared memory to a block in units of 128 bytes (sm_80 and later)
+SHARED_ALLOCATION_UNIT_SM7X = 256  # and of 256 bytes on compute capability 7.x (V100, T4)
 MAX_REGISTERS_PER_THREAD = 255
 
 
@@ -107,8 +108,8 @@ def resident_blocks(device: DeviceDescriptor, kernel: KernelResources) -> int:
     warps = -(-kernel.threads // 32)
     registers_per_warp = -(-kernel.registers_per_thread * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
     by_registers = device.registers_per_sm // (registers_per_warp * warps) if registers_per_warp else device.max_blocks_per_sm
-    shared = -(-(kernel.shared_bytes + device.reserved_shared_memory_per_block) // SHARED_ALLOCATION_UNIT) \
-        * SHARED_ALLOCATION_UNIT
+    unit = SHARED_ALLOCATION_UNIT if device.capability >= 80 else SHARED_ALLOCATION_UNIT_SM7X
+    shared = -(-(kernel.shared_bytes + device.reserved_shared_memory_per_block) // unit) * unit
     by_shared = device.shared_memory_per_sm // shared if shared else device.max_blocks_per_sm
     return max(1, min(device.max_blocks_per_sm, device.max_threads_per_sm // (32 * warps), by_registers, by_shared))
 

@@ -36,6 +36,10 @@ GEMM_PACK_ROW_BYTES = 32
 GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
 GEMM_MIN_BLOCKS = {"f32": 2, "f64": 2, "tf32": 2, "tf32x3": 1, "f16": 1, "bf16": 1}
 GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
+# The compute capability (10·major + minor) each math's GEMM needs: FFMA and DFMA run from 7.0,
+# staging their operands through registers where cp.async is missing (kernels/gemm_math.cuh); the
+# tensor-core maths need mma.sync and cp.async, 8.0.
+GEMM_MIN_COMPUTE_CAPABILITY = {"f32": 70, "f64": 70, "tf32": 80, "tf32x3": 80, "f16": 80, "bf16": 80}
 # Split K (forward, grad_input, grad_weight): grad_weight's K (N·input positions) is long and its
 # grid short, so it splits until the grid holds SPLIT_TARGET_WAVES waves, and on (up to twice that
 # count) until its last wave is SPLIT_MIN_WAVE_FILL full — 544 blocks on 264 slots would leave the

@@ -37,10 +37,10 @@ from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, ch
 from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
                                 wave)
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
-    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES, GEMM_PACKED_MATHS, GEMM_SLICE_K, GEMM_TILE,
-    GEMM_TILE_DFMA, GEMM_TILE_FFMA, GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
-    SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_resources, gemm_sides, gemm_splits, packed_weight_elements,
-    split_limit)
+    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
+    GEMM_PACKED_MATHS, GEMM_SLICE_K, GEMM_TILE, GEMM_TILE_DFMA, GEMM_TILE_FFMA, GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y,
+    SPLIT_MIN_K, SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_resources, gemm_sides,
+    gemm_splits, packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), the
@@ -67,7 +67,6 @@ GEMM_MIN_N_CHANNELS = 16
 # Slabs of the parallel reductions (grad_bias, depthwise grad_weight): at least 16 values per thread.
 GRAD_BIAS_MIN_VALUES_PER_THREAD = 16
 DEPTHWISE_MIN_BLOCKS = 2    # its __launch_bounds__ (DECONV_BLOCK, 2)
-MIN_GEMM_COMPUTE_CAPABILITY = 80  # mma.sync on tf32, cp.async
 MAX_GRID_X = INT32_MAX
 
 _SUFFIX = {np.dtype(np.float16): "f16", BFLOAT16: "bf16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -324,9 +323,10 @@ class KernelBackend:
         if splits is None:
             splits = gemm_splits(geom, pass_, math_name, device)
         grid, reason = gemm_grid(geom, pass_, math_name, splits)
-        if device.capability < MIN_GEMM_COMPUTE_CAPABILITY:
+        needed = GEMM_MIN_COMPUTE_CAPABILITY[math_name]
+        if device.capability < needed:
             reason = (f"the GPU has compute capability {device.compute_capability[0]}.{device.compute_capability[1]}; "
-                      f"the GEMM kernels need 8.0 (mma.sync on tf32, cp.async)")
+                      f"the {math_name} GEMM kernels need {needed // 10}.{needed % 10} (mma.sync, cp.async)")
         if algorithm == "gemm":
             if reason:
                 raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
@@ -402,7 +402,7 @@ class KernelBackend:
         paths = [self.kernel_path(geom, pass_, "auto", dtype, precision, device=device)]
         math_name = gemm_math(dtype, precision)
         grid, _ = gemm_grid(geom, pass_, math_name)
-        if grid is not None and device.capability >= MIN_GEMM_COMPUTE_CAPABILITY:
+        if grid is not None and device.capability >= GEMM_MIN_COMPUTE_CAPABILITY[math_name]:
             heuristic, limit = gemm_splits(geom, pass_, math_name, device), split_limit(geom, pass_, math_name, grid[2])
             paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, splits, device)
                       for splits in (heuristic, heuristic // 2, 2 * heuristic, 1) if 1 <= splits <= limit]
