@@ -199,12 +199,15 @@ def on_arrays_device(*names):
     """Decorates a KernelBackend method so that it runs inside ``on_device`` of its arguments
     ``names`` (allocations and launches on their device)."""
     def decorate(method):
-        signature = inspect.signature(method)
+        # Where each named argument stands among the positional ones after self, found once: the
+        # wrapper runs on every launch-layer call, so it only indexes.
+        positions = [list(inspect.signature(method).parameters).index(name) - 1 for name in names]
 
         @functools.wraps(method)
         def run(self, *args, **kwargs):
-            arguments = signature.bind(self, *args, **kwargs).arguments
-            with self.on_device(**{name: arguments.get(name) for name in names}):
+            arrays = {name: args[position] if position < len(args) else kwargs.get(name)
+                      for name, position in zip(names, positions)}
+            with self.on_device(**arrays):
                 return method(self, *args, **kwargs)
         return run
     return decorate
@@ -427,11 +430,7 @@ class KernelBackend:
         copies of ``out`` in the accumulation type, from the array module's pool, and
         deconv_gemm_split_reduce_* adds them in split order into ``out`` (and the forward's
         ``bias``, once)."""
-        accumulator = compute_dtype(out.dtype)
-        if path.parts == 1:  # the workspace argument is never read: any array of its type
-            workspace = out if out.dtype == accumulator else self._placeholder_float32()
-        else:
-            workspace = self._output((path.parts,) + out.shape, accumulator)
+        workspace = self._partials(path.parts, out)
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      tuple(operands) + (out, workspace, np.int32(path.parts)) + geometry_args(geom))
         if path.parts > 1:
@@ -440,6 +439,16 @@ class KernelBackend:
                          (min(ceil_div(out.size, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                          (workspace, out, np.int32(path.parts), np.int64(out.size), out if bias is None else bias,
                           np.int32(bias is not None), np.int32(channels), np.int32(spatial)))
+
+    def _partials(self, parts: int, out):
+        """The workspace of a reduction split into ``parts``: that many copies of ``out`` in its
+        accumulation type (float32; float64 for float64), added in order afterwards. One part
+        writes ``out`` itself and never reads the workspace argument: any array of its type
+        stands in."""
+        accumulator = compute_dtype(out.dtype)
+        if parts > 1:
+            return self._output((parts,) + out.shape, accumulator)
+        return out if out.dtype == accumulator else self._placeholder_float32()
 
     def _gemm_weight(self, path: KernelPath, weight, geom: ConvTransposeGeometry, pass_: str):
         """The weight as the forward's or grad_input's GEMM of ``path`` reads it: packed by
@@ -539,8 +548,7 @@ class KernelBackend:
         filter elements; with several slabs into partial[slab] (then added in slab order)."""
         suffix, slabs = _SUFFIX[x.dtype], path.parts
         total = geom.batch * math.prod(geom.in_size)
-        partial = (self._output((slabs,) + geom.weight_shape, compute_dtype(x.dtype)) if slabs > 1
-                   else grad_weight if x.dtype == compute_dtype(x.dtype) else self._placeholder_float32())
+        partial = self._partials(slabs, grad_weight)
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
                      (grad_output, x, grad_weight, partial, np.int32(slabs), np.int32(ceil_div(total, slabs)))
                      + geometry_args(geom))
