@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import secrets
 import statistics
 import time
 import warnings
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import write_atomically
 from ._loader import kernel_source
 from .backends.gemm_plan import GEMM_OUTPUT_SHAPE
 
@@ -214,14 +214,9 @@ class CacheFile:
             with self._locked():
                 entries = {key: entry for key, entry in self.read().items() if not stale(key)}
                 entries = {**new_entries, **entries}
-                temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-                try:
-                    temporary.write_text(json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION,
-                                                     "device": self.device, "entries": entries}, indent=1))
-                    os.replace(temporary, self.path)
-                finally:
-                    if temporary.exists():
-                        temporary.unlink()
+                text = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "device": self.device,
+                                   "entries": entries}, indent=1)
+                write_atomically(self.path, lambda file: file.write(text.encode()))
                 return entries
         except OSError as exc:
             self._warn(f"cannot be written ({type(exc).__name__}: {exc}); choices kept in this process only")

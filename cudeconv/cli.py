@@ -16,6 +16,7 @@ import numpy as np
 from . import __version__, backends
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import float_dtype
+from ._files import write_atomically
 from ._precision import PRECISIONS
 from .autotune import BUDGET_SECONDS
 from .cases import QUICK, QUICK_EMULATOR
@@ -108,11 +109,10 @@ def _print_caches():
           f"(CuPy's; $CUPY_CACHE_DIR moves it; `cudeconv warmup` fills it)")
     try:
         usage = cache_usage()
-    except ValueError as exc:  # a malformed $CUDECONV_EMULATOR_CACHE_MAX
+        print(f"  emulator  {usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.builds} builds, at most "
+              f"{usage.limit / 2**20:.0f} MiB ($CUDECONV_EMULATOR_CACHE, $CUDECONV_EMULATOR_CACHE_MAX)")
+    except ValueError as exc:  # a malformed $CUDECONV_EMULATOR_CACHE_MAX: said, and the other caches still shown
         print(f"  emulator  {exc}")
-        return
-    print(f"  emulator  {usage.path}: {usage.bytes / 2**20:.1f} MiB in {usage.builds} builds, at most "
-          f"{usage.limit / 2**20:.0f} MiB ($CUDECONV_EMULATOR_CACHE, $CUDECONV_EMULATOR_CACHE_MAX)")
     from .autotune import cache_dir
 
     tuned_bytes, tuned_files = directory_bytes(cache_dir())
@@ -307,16 +307,10 @@ def _bench(args, parser) -> int:
 
 
 def _write_json_atomically(path, data):
-    """Strict JSON to a temporary file beside ``path`` (this process's own), then renamed over it:
-    a reader, or a run killed while writing, never sees half a file."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w") as out:
-            json.dump(_strict_json(data), out, indent=1, allow_nan=False)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """Strict JSON, through a temporary file renamed over ``path``: a reader, or a run killed
+    while writing, never sees half a file."""
+    text = json.dumps(_strict_json(data), indent=1, allow_nan=False)
+    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def _demo(args, parser) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import secrets
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import backends
 from ._dtypes import BFLOAT16, float_dtype
+from ._files import write_atomically
 from ._geometry import check_hyperparameters, is_int, output_padding_for, spatial_tuple
 from ._interop import as_backend_array, take_arrays
 from ._precision import ALGORITHMS, backward_algorithm, check_algorithm, check_precision
@@ -84,38 +84,6 @@ def _checkpoint_path(path) -> str:
         return os.fsdecode(path)
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
-
-
-def _write_atomically(path: str, write):
-    """Call ``write(file)`` on a new file beside ``path``, fsync it, rename it over ``path`` and
-    fsync the directory: ``path`` is always either the old file or the complete new one."""
-    path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
-    directory = os.path.dirname(path)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    # O_EXCL: never write into someone else's file; mode 0o666 lets the umask set the permissions a
-    # plain new file would get.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    if os.name == "posix":  # make the rename itself durable; Windows cannot open a directory
-        try:
-            directory_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(directory_fd)
-            finally:
-                os.close(directory_fd)
-        except OSError:  # some file systems cannot fsync a directory; the new file is in place anyway
-            pass
 
 
 # What a damaged or foreign archive raises from zipfile, zlib and numpy's .npy header parser
@@ -288,7 +256,7 @@ class _ConvTransposeNd:
         for name in self._state_names():
             array = backends.get("numpy").asarray(getattr(self, name).data)
             state[name] = array.astype(np.float32) if array.dtype == BFLOAT16 else array
-        _write_atomically(path, lambda file: np.savez(file, **state))
+        write_atomically(path, lambda file: np.savez(file, **state))
 
     def load(self, path):
         """Read a checkpoint written by :meth:`save` from exactly ``path`` (never unpickles).
