@@ -79,26 +79,25 @@ def run_layer(backend_name):
         cudeconv.conv_transpose2d_backward(to_backend(np.ones(y.shape, dtype)), x, w, **settings)
 
 
+class ProfilingBackend(KernelBackend):
+    """An emulator backend whose modules count memory traffic; keeps (entry, profile) per launch."""
+
+    def __init__(self):
+        super().__init__("emulator", np, lambda code, options=(): emulator.RawModule(code, options, profile=True),
+                         lambda: "cpu-profile", module_per_math=False)
+        self.profiles = []
+
+    def _launch(self, path, entry, grid, block, args):
+        super()._launch(path, entry, grid, block, args)
+        self.profiles.append((entry, self.module(path.source, path.math).get_function(entry).last_profile))
+
+
 def profiled_launches():
     """Runs the small layer on a profiling emulator; returns [(entry, profile)] for each GEMM launch
     (split reduces included), in launch order."""
-    backend = KernelBackend("emulator", np, lambda code, options=(): emulator.RawModule(code, options, profile=True),
-                            lambda: "cpu-profile", module_per_math=False)
-    launches = []
-    launch = KernelBackend._launch
-
-    def recording(self, path, entry, grid, block, args):
-        launch(self, path, entry, grid, block, args)
-        if "gemm" in entry:
-            launches.append((entry, self.module(path.source, path.math).get_function(entry).last_profile))
-
-    KernelBackend._launch = recording
-    try:
-        with backends.substituted("emulator", backend):
-            run_layer("emulator")
-    finally:
-        KernelBackend._launch = launch
-    return launches
+    with backends.substituted("emulator", ProfilingBackend()) as backend:
+        run_layer("emulator")
+    return [(entry, profile) for entry, profile in backend.profiles if "gemm" in entry]
 
 
 def phase_taps(geom, phase):

@@ -26,6 +26,9 @@ from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
 from cudeconv.backends.kernel_backend import KernelBackend, module_options
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import profile_gemm  # noqa: E402  (a script, not part of the package)
+
 # 2-d, groups 2 (13 input and 19 output channels per group: rows that need padding), 3 × 2 kernel
 GROUPED = make_geometry(2, (2, 26, 4, 5), (26, 19, 3, 2), (2, 1), (1, 0), (1, 0), 2, (1, 2))
 PACKED_MATHS = [(np.float32, "tf32", "tf32"), (np.float32, "tf32x3", "tf32x3"), (np.float16, "fp32", "f16"),
@@ -103,21 +106,6 @@ def test_only_the_tensor_core_maths_define_a_packing():
 
 # -- the emulator's memory-traffic profile --------------------------------------------------------
 
-class ProfilingBackend(KernelBackend):
-    """An emulator backend whose modules count memory traffic; keeps (entry, profile) per launch."""
-
-    def __init__(self):
-        from cudeconv import emulator
-
-        super().__init__("emulator", np, lambda code, options=(): emulator.RawModule(code, options, profile=True),
-                         lambda: "cpu-profile", module_per_math=False)
-        self.profiles = []
-
-    def _launch(self, path, entry, grid, block, args):
-        super()._launch(path, entry, grid, block, args)
-        self.profiles.append((entry, self.module(path.source, path.math).get_function(entry).last_profile))
-
-
 def line_of(snippet):
     """``file:N`` of the one line of the GEMM's source or its headers holding ``snippet``."""
     places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("*gemm*.cu*"))
@@ -149,7 +137,7 @@ def test_the_weight_operand_reads_whole_sectors(dtype, precision, math_name):
     rng = np.random.default_rng(0)
     x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
     grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
-    impl = ProfilingBackend()
+    impl = profile_gemm.ProfilingBackend()
     impl.forward(x, weight, None, geom, "gemm", precision, 1)
     impl.grad_input(grad_output, weight, geom, "gemm", precision, 1)
     entries = [entry for entry, _ in impl.profiles]
@@ -172,8 +160,7 @@ def test_the_weight_operand_reads_whole_sectors(dtype, precision, math_name):
 # -- SASS ------------------------------------------------------------------------------------------
 
 def _sass_report():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import sass_report  # a script, not part of the package
+    import sass_report  # a script (scripts/ is on the path, above)
 
     return sass_report
 
