@@ -148,8 +148,10 @@ def _cpu_seconds():
 def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
     """The cold start: everything a float32 fp32 forward + backward + SGD step of a GEMM-sized layer
     needs, as the launch layer asks for it, compiled for sm_90 — CPU time, not wall time, so other
-    load on the machine counts little (about 1.5 s on an idle 2-core CI machine, 2.2-2.6 s with the
-    second core busy, hence the least of three)."""
+    load on the machine counts little. It is close to the bound: about 1.8-1.9 s at the floor on the
+    2-core CI machine after split K entered the f32 GEMM, single runs scattering ±20 %, hence the
+    least of five.
+    """
     _require_nvrtc()
     impl = KernelBackend("cold-start", np, None, lambda: "unused")
     geom = make_geometry(ndim=2, input_shape=(8, 64, 16, 16), weight_shape=(64, 32, 4, 4), stride=2, padding=1,
@@ -159,7 +161,7 @@ def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
     modules = {(path.source, path.math) for path in paths} | {("sgd.cu", "f32")}
     assert all(math_name == "f32" for _, math_name in modules)
     attempts = []
-    for _ in range(3):  # the least of three: other processes' load only ever adds CPU time (caches, SMT)
+    for _ in range(5):  # the least of five: load and noise only ever add CPU time (caches, SMT, frequency)
         start = _cpu_seconds()
         for source, math_name in sorted(modules):
             status, log, _ = nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))
