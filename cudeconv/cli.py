@@ -131,8 +131,9 @@ def _warmup(args, parser) -> int:
     dtypes = args.dtype or ["float32"]
     precisions = args.precision or ["fp32"]
 
-    def progress(source, math_name):
-        print(f"  {source} [{math_name or 'every math'}]", flush=True)
+    def progress(source, math_name, gemm_pass, tile):
+        kernel = f" {gemm_pass} {tile[0]}x{tile[1]}" if gemm_pass else ""
+        print(f"  {source} [{math_name or 'every math'}{kernel}]", flush=True)
 
     start = time.perf_counter()
     print(f"compiling for {backend_name} ({', '.join(dtypes)}; precision {', '.join(precisions)}):")

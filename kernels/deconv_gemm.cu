@@ -60,27 +60,34 @@
 namespace gemm {
 
 // ---------------------------------------------------------------------------------------------
-// Operand staging. This thread's elements of a gathered slice are the rows k = threadIdx.x / BM +
-// r·kStep (r < kRows) at column threadIdx.x % BM, of A and of grad_weight's B alike (every tile is
-// square); the operand iterator says where each comes from (or null: zero).
+// Operand staging. This thread's elements of a gathered slice of an operand `Columns` wide (A: BM,
+// grad_weight's B and the unpacked weight: BN) are the rows k = threadIdx.x / Columns + r·kStep
+// (r < kRows) at column threadIdx.x % Columns; the operand iterator says where each comes from (or
+// null: zero).
 
-template <class M>
+template <class M, int Columns>
 struct SliceRows {
-    static_assert(M::BM == M::BN && kThreads % M::BM == 0, "square tiles that the block's threads divide");
-    static constexpr int kRows = M::BK * M::BM / kThreads, kStep = kThreads / M::BM;
-    __device__ static __forceinline__ int k(int r) { return threadIdx.x / M::BM + r * kStep; }
-    __device__ static __forceinline__ int column() { return threadIdx.x % M::BM; }
+    static_assert(kThreads % Columns == 0 && M::BK * Columns % kThreads == 0, "rows the block's threads divide");
+    static constexpr int kRows = M::BK * Columns / kThreads, kStep = kThreads / Columns;
+    __device__ static __forceinline__ int k(int r) { return threadIdx.x / Columns + r * kStep; }
+    __device__ static __forceinline__ int column() { return threadIdx.x % Columns; }
 };
+template <class M> using RowsA = SliceRows<M, M::BM>;
+template <class M> using RowsB = SliceRows<M, M::BN>;
 
 // The packed weight's B slice (Ops::kPackedB) in 16-byte chunks of consecutive N channels: a
 // row of the k-major slice is BN / kWidth chunks, taken by consecutive threads (whole sectors per
 // request, each quarter warp's 128 bytes in distinct banks); this thread's chunks are the rows
-// threadIdx.x / kPerRow + i·kRowStep (i < kChunks), at column column().
+// threadIdx.x / kPerRow + i·kRowStep (i < kChunks), at column column(). A narrow tile's slice has
+// fewer chunks than the block has threads: only the first BK·kPerRow threads copy (active()).
 template <class M>
 struct PackedChunks {
     static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BN / kWidth;
-    static constexpr int kRowStep = kThreads / kPerRow, kChunks = M::BK / kRowStep;
-    static_assert(kThreads % kPerRow == 0 && M::BK % kRowStep == 0, "every chunk of the slice, once");
+    static constexpr int kCount = M::BK * kPerRow, kRowStep = kThreads / kPerRow;
+    static constexpr int kChunks = kCount >= kThreads ? kCount / kThreads : 1;
+    static_assert(kThreads % kPerRow == 0 && (kCount % kThreads == 0 || kThreads % kCount == 0),
+                  "every chunk of the slice, once");
+    __device__ static __forceinline__ bool active() { return kCount >= kThreads || (int)threadIdx.x < kCount; }
     __device__ static __forceinline__ int k(int i) { return threadIdx.x / kPerRow + i * kRowStep; }
     __device__ static __forceinline__ int column() { return threadIdx.x % kPerRow * kWidth; }
 };
@@ -88,70 +95,86 @@ struct PackedChunks {
 __device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
 __device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
 
+// This thread's staged registers: A's rows, then (unless the weight arrives packed) B's.
+template <class M, class Ops>
+struct Staged {
+    static constexpr int kCount = RowsA<M>::kRows + (Ops::kPackedB ? 0 : RowsB<M>::kRows);
+};
+
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
 // packed weight (16-byte chunks) and, in float and double, element by element for the rest; the
 // element-wise operands (A, and grad_weight's B) of the maths without kAsync (16-bit, and float and
 // double without cp.async) are loaded into `staged`, for store_staged once the multiply is done.
-// The iterator describes this thread's rows in order: first_row(), then next_row(previous); its
-// b_chunk(i) is chunk i of PackedChunks (null: zero).
+// The iterator describes this thread's rows of each operand in order: a_first(), then
+// a_next(previous) (b_first, b_next for B); its b_chunk(i) is chunk i of PackedChunks (null: zero).
 template <class M, class Ops>
-__device__ __forceinline__ void fetch_slice(typename M::Element staged[2 * SliceRows<M>::kRows],
+__device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M, Ops>::kCount],
                                             typename M::Element* a, typename M::Element* b, const Ops& ops) {
     typedef typename M::Element T;
-    typedef SliceRows<M> Rows;
-    auto row = ops.first_row();
+    auto row = ops.a_first();
 #pragma unroll
-    for (int r = 0; r < Rows::kRows; ++r) {
-        if (r) row = ops.next_row(row);
-        const T* from_a = ops.a_source(row);
+    for (int r = 0; r < RowsA<M>::kRows; ++r) {
+        if (r) row = ops.a_next(row);
+        const T* from = ops.a_source(row);
         if constexpr (M::kAsync) {
-            async_copy(a + M::a_offset(Rows::k(r), Rows::column()), from_a ? from_a : ops.any_a, from_a ? (int)sizeof(T) : 0);
+            async_copy(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), from ? from : ops.any_a,
+                       from ? (int)sizeof(T) : 0);
         } else {
-            staged[r] = from_a ? __ldg(from_a) : T(0.0f);
-        }
-        if constexpr (!Ops::kPackedB) {
-            const T* from_b = ops.b_source(row);
-            if constexpr (M::kAsync) {
-                async_copy(b + M::b_offset(Rows::k(r), Rows::column()), from_b ? from_b : ops.any_b,
-                           from_b ? (int)sizeof(T) : 0);
-            } else {
-                staged[Rows::kRows + r] = from_b ? __ldg(from_b) : T(0.0f);
-            }
+            staged[r] = from ? __ldg(from) : T(0.0f);
         }
     }
-    if constexpr (Ops::kPackedB) {
-        typedef PackedChunks<M> Chunks;
+    if constexpr (!Ops::kPackedB) {
+        auto b_row = ops.b_first();
 #pragma unroll
-        for (int i = 0; i < Chunks::kChunks; ++i) {
-            const T* from = ops.b_chunk(i);
-            cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+        for (int r = 0; r < RowsB<M>::kRows; ++r) {
+            if (r) b_row = ops.b_next(b_row);
+            const T* from = ops.b_source(b_row);
+            if constexpr (M::kAsync) {
+                async_copy(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), from ? from : ops.any_b,
+                           from ? (int)sizeof(T) : 0);
+            } else {
+                staged[RowsA<M>::kRows + r] = from ? __ldg(from) : T(0.0f);
+            }
+        }
+    } else {
+        typedef PackedChunks<M> Chunks;
+        if (Chunks::active()) {
+#pragma unroll
+            for (int i = 0; i < Chunks::kChunks; ++i) {
+                const T* from = ops.b_chunk(i);
+                cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+            }
         }
     }
     if constexpr (M::kAsync || Ops::kPackedB) cp_async_commit();  // run_gemm's kCopies
 }
 template <class M, class Ops>
-__device__ __forceinline__ void store_staged(const typename M::Element staged[2 * SliceRows<M>::kRows],
+__device__ __forceinline__ void store_staged(const typename M::Element staged[Staged<M, Ops>::kCount],
                                              typename M::Element* a, typename M::Element* b) {
-    typedef SliceRows<M> Rows;
     if constexpr (!M::kAsync) {
 #pragma unroll
-        for (int r = 0; r < Rows::kRows; ++r) {
-            a[M::a_offset(Rows::k(r), Rows::column())] = staged[r];
-            if constexpr (!Ops::kPackedB) b[M::b_offset(Rows::k(r), Rows::column())] = staged[Rows::kRows + r];
+        for (int r = 0; r < RowsA<M>::kRows; ++r) a[M::a_offset(RowsA<M>::k(r), RowsA<M>::column())] = staged[r];
+        if constexpr (!Ops::kPackedB) {
+#pragma unroll
+            for (int r = 0; r < RowsB<M>::kRows; ++r)
+                b[M::b_offset(RowsB<M>::k(r), RowsB<M>::column())] = staged[RowsA<M>::kRows + r];
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The core: C tile = Σ over the iterator's slices of A·B, double-buffered, then the epilogue.
-// Ops: steps (slices), begin() / advance() (the next slice), kPackedB (B is the packed weight),
-// first_row() / next_row(row) (this thread's rows of the slice, in order), a_source(row) and,
-// unless kPackedB, b_source(row) (null: zero), else b_chunk(i), any_a / any_b (valid, 16-byte
-// aligned addresses for zero-filled copies), row_offset(row) / column_offset(col) (-1 outside C)
-// and store(row offset, column offset, column, value).
+// Ops: steps (slices), begin() / advance() (the first / next slice), kPackedB (B is the packed
+// weight), a_first() / a_next(row) and b_first() / b_next(row) (this thread's rows of each operand's
+// slice, in order), a_source(row) and, unless kPackedB, b_source(row) (null: zero), else
+// b_chunk(i), any_a / any_b (valid, 16-byte aligned addresses for zero-filled copies),
+// row_offset(row) / column_offset(col) (-1 outside C) and store(row offset, column offset, column,
+// value).
 // Each step issues the next slice's copies (and loads), multiplies the current one, stores the
 // staged registers, waits for its own copies, and one barrier makes the next slice visible to
-// all and frees the current one for refilling.
+// all and frees the current one for refilling. (A single loop with one fetch site, the first slice
+// fetched in its first iteration, is less code but costs the 128×128 FFMA tiles spills at their
+// 128-register bound.)
 
 template <class M, class Ops>
 __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
@@ -163,7 +186,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
 #pragma unroll
     for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
 
-    T staged[2 * SliceRows<M>::kRows];
+    T staged[Staged<M, Ops>::kCount];
     constexpr bool kCopies = M::kAsync || Ops::kPackedB;  // any cp.async to wait for
     const int steps = ops.steps;
     if (steps > 0) {
@@ -223,7 +246,6 @@ template <Pass P, class M>
 struct ConvOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    typedef SliceRows<M> Rows;
     Problem<P> p;
     static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
     typedef PackedChunks<M> Chunks;
@@ -258,7 +280,7 @@ struct ConvOperands {
         src_spatial = p.src_ext[0] * p.src_ext[1] * p.src_ext[2];
         dst_spatial = p.dst_ext[0] * p.dst_ext[1] * p.dst_ext[2];
         partial = workspace + split * ((long long)g.N * p.dst_channels * dst_spatial);
-        const int m = block_m + Rows::column();
+        const int m = block_m + RowsA<M>::column();
         src_row = nullptr;
         q[0] = q[1] = q[2] = 0;
         if (m < p.m_size) {
@@ -273,7 +295,7 @@ struct ConvOperands {
             w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T>() + j : nullptr;
         } else {
             b_stride_c = b.stride_c;
-            const int j = block_n + Rows::column();
+            const int j = block_n + RowsB<M>::column();
             w_column = j < p.nc ? w + p.group * b.group_elements + (long long)j * b.stride_j : nullptr;
         }
     }
@@ -301,8 +323,10 @@ struct ConvOperands {
         }
     }
     // a row of the slice is a channel c
-    __device__ __forceinline__ int first_row() const { return c0 + Rows::k(0); }
-    __device__ __forceinline__ int next_row(int c) const { return c + Rows::kStep; }
+    __device__ __forceinline__ int a_first() const { return c0 + RowsA<M>::k(0); }
+    __device__ __forceinline__ int a_next(int c) const { return c + RowsA<M>::kStep; }
+    __device__ __forceinline__ int b_first() const { return c0 + RowsB<M>::k(0); }
+    __device__ __forceinline__ int b_next(int c) const { return c + RowsB<M>::kStep; }
     __device__ __forceinline__ const T* a_source(int c) const {
         return a_position >= 0 && c < p.kc ? src_row + (long long)c * src_spatial + a_position : nullptr;
     }
@@ -376,8 +400,9 @@ template <class M>
 struct WeightGradOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    typedef SliceRows<M> Rows;
     static constexpr bool kPackedB = false;
+    // A's and B's rows of a slice coincide on square tiles: one cursor serves both
+    static constexpr bool kOneCursor = M::BM == M::BN;
     const Geometry& g;
     const T* any_a;
     const T* any_b;
@@ -388,7 +413,7 @@ struct WeightGradOperands {
     const T* go_column;      // grad_output[0, group·cout_g + co, 0]; null past the last column
     int offset[3];           // of this thread's tap: position = i·stride + offset, per dim
     long long x_sample, go_sample;  // elements between samples
-    Cursor cursor;           // position of this thread's first row of the current slice
+    Cursor a_cursor, b_cursor;  // positions of this thread's first row of the current slice, per operand
 
     __device__ __forceinline__ WeightGradOperands(const Geometry& g_, const T* x, const T* grad_output, T* grad_weight_,
                                                   A* workspace_, int splits_, int block_m, int block_n)
@@ -405,9 +430,9 @@ struct WeightGradOperands {
         steps = split_begin(split + 1, slices, splits) - first;
         x_sample = (long long)g.C_in * in_spatial;
         go_sample = (long long)g.C_out * out_spatial;
-        const int ci = block_m + Rows::column();
+        const int ci = block_m + RowsA<M>::column();
         x_row = ci < cin_g ? x + ((long long)group * cin_g + ci) * in_spatial : nullptr;
-        const int j = block_n + Rows::column();
+        const int j = block_n + RowsB<M>::column();
         go_column = nullptr;
         if (j < columns) {
             const int co = j / taps;
@@ -416,20 +441,36 @@ struct WeightGradOperands {
             for (int d = 0; d < 3; ++d) offset[d] = k[d] * g.dil[d] - g.pad[d];
             go_column = grad_output + ((long long)group * cout_g + co) * out_spatial;
         }
-        // the first row of slice `first`: position first·BK + k(0) = n·in_spatial + flat
-        const long long start = (long long)first * M::BK + Rows::k(0);
-        cursor.n = (int)(start / in_spatial);
-        cursor.flat = (int)(start % in_spatial);
-        unflatten3(cursor.flat, g.in, cursor.i);
+        a_cursor = start_of((long long)first * M::BK + RowsA<M>::k(0));
+        if constexpr (!kOneCursor) b_cursor = start_of((long long)first * M::BK + RowsB<M>::k(0));
+    }
+    // the cursor at (sample, position) number `flat` = n·in_spatial + position
+    __device__ __forceinline__ Cursor start_of(long long flat) const {
+        Cursor c;
+        c.n = (int)(flat / in_spatial);
+        c.flat = (int)(flat % in_spatial);
+        unflatten3(c.flat, g.in, c.i);
+        return c;
     }
 
     __device__ __forceinline__ void begin() {}
-    __device__ __forceinline__ void advance() { cursor.advance(M::BK, g.in, in_spatial); }
+    __device__ __forceinline__ void advance() {
+        a_cursor.advance(M::BK, g.in, in_spatial);
+        if constexpr (!kOneCursor) b_cursor.advance(M::BK, g.in, in_spatial);
+    }
 
     // a row of the slice is a (sample, input position): the cursor, moved on by kStep per row
-    __device__ __forceinline__ Cursor first_row() const { return cursor; }
-    __device__ __forceinline__ Cursor next_row(Cursor c) const {
-        c.advance(Rows::kStep, g.in, in_spatial);
+    __device__ __forceinline__ Cursor a_first() const { return a_cursor; }
+    __device__ __forceinline__ Cursor a_next(Cursor c) const {
+        c.advance(RowsA<M>::kStep, g.in, in_spatial);
+        return c;
+    }
+    __device__ __forceinline__ Cursor b_first() const {
+        if constexpr (kOneCursor) return a_cursor;
+        else return b_cursor;
+    }
+    __device__ __forceinline__ Cursor b_next(Cursor c) const {
+        c.advance(RowsB<M>::kStep, g.in, in_spatial);
         return c;
     }
     __device__ __forceinline__ const T* a_source(const Cursor& c) const {
@@ -508,56 +549,134 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 // ---------------------------------------------------------------------------------------------
 // Entry points
 
-#define DECONV_GEMM_ENTRY_POINTS(MATH_NAME, T, MATH)                                                              \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
-        deconv_forward_gemm_##MATH_NAME(const T* x, const T* w, const T* bias, int has_bias, T* y,                \
-                                        MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {       \
-        gemm::conv_gemm<gemm::Pass::Forward, MATH>(x, w, bias, has_bias, y, workspace, splits,                    \
-                                                   DECONV_GEOMETRY_ARGS);                                         \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
-        deconv_grad_input_gemm_##MATH_NAME(const T* grad_output, const T* w, T* grad_input,                       \
-                                           MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {    \
-        gemm::conv_gemm<gemm::Pass::GradInput, MATH>(grad_output, w, nullptr, 0, grad_input, workspace, splits,   \
-                                                     DECONV_GEOMETRY_ARGS);                                       \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH::kMinBlocks)                                                \
-        deconv_grad_weight_gemm_##MATH_NAME(const T* x, const T* grad_output, T* grad_weight,                     \
-                                            MATH::Accumulator* workspace, int splits, DECONV_GEOMETRY_PARAMS) {   \
-        gemm::weight_grad_gemm<MATH>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS);       \
+// deconv_<pass>_gemm_<math>_<BM>x<BN>: one entry point per pass, math and tile of the menus
+// (gemm_math.cuh). MATH is the math's tile template.
+#define DECONV_GEMM_FORWARD(MATH_NAME, T, MATH, BM, BN)                                                           \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocks)                        \
+        deconv_forward_gemm_##MATH_NAME##_##BM##x##BN(const T* x, const T* w, const T* bias, int has_bias, T* y,  \
+                                                     MATH<BM, BN>::Accumulator* workspace, int splits,            \
+                                                     DECONV_GEOMETRY_PARAMS) {                                    \
+        gemm::conv_gemm<gemm::Pass::Forward, MATH<BM, BN>>(x, w, bias, has_bias, y, workspace, splits,            \
+                                                           DECONV_GEOMETRY_ARGS);                                 \
+    }
+#define DECONV_GEMM_GRAD_INPUT(MATH_NAME, T, MATH, BM, BN)                                                        \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocks)                        \
+        deconv_grad_input_gemm_##MATH_NAME##_##BM##x##BN(const T* grad_output, const T* w, T* grad_input,         \
+                                                        MATH<BM, BN>::Accumulator* workspace, int splits,         \
+                                                        DECONV_GEOMETRY_PARAMS) {                                 \
+        gemm::conv_gemm<gemm::Pass::GradInput, MATH<BM, BN>>(grad_output, w, nullptr, 0, grad_input, workspace,   \
+                                                             splits, DECONV_GEOMETRY_ARGS);                       \
+    }
+#define DECONV_GEMM_GRAD_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocks)                        \
+        deconv_grad_weight_gemm_##MATH_NAME##_##BM##x##BN(const T* x, const T* grad_output, T* grad_weight,       \
+                                                         MATH<BM, BN>::Accumulator* workspace, int splits,        \
+                                                         DECONV_GEOMETRY_PARAMS) {                                \
+        gemm::weight_grad_gemm<MATH<BM, BN>>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS); \
     }
 
 // The packing of the maths that read the weight packed (kPacksWeight), before their forward and grad_input.
-#define DECONV_GEMM_PACK_WEIGHT(MATH_NAME, T, MATH)                                                               \
+#define DECONV_GEMM_PACK_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_weight_##MATH_NAME(const T* w, T* packed_w, int grad_input, DECONV_GEOMETRY_PARAMS) {    \
-        static_assert(MATH::kPacksWeight, "a math whose GEMMs read the packed weight");                           \
-        gemm::pack_weight<T, MATH::kPackRoundsTf32>(w, packed_w, grad_input, DECONV_GEOMETRY_ARGS);               \
+        static_assert(MATH<BM, BN>::kPacksWeight, "a math whose GEMMs read the packed weight");                   \
+        gemm::pack_weight<T, MATH<BM, BN>::kPackRoundsTf32>(w, packed_w, grad_input, DECONV_GEOMETRY_ARGS);       \
     }
 
-// The tensor-core maths need compute capability 8.0 (CUDECONV_NO_MMA, gemm_math.cuh): an sm_70 or
-// sm_75 module holds the f32 and f64 GEMMs (and the split reduces) only.
+// The maths this module holds (CUDECONV_WANTS, module_select.cuh): ENTRY(name, storage type, tile
+// template, BM, BN) for each. The tensor-core maths need compute capability 8.0 (CUDECONV_NO_MMA,
+// gemm_math.cuh): an sm_70 or sm_75 module holds the f32 and f64 GEMMs (and the split reduces) only.
 #if CUDECONV_WANTS(F32)
-DECONV_GEMM_ENTRY_POINTS(f32, float, gemm::F32Math)
+#define GEMM_F32(ENTRY, BM, BN) ENTRY(f32, float, gemm::F32Math, BM, BN)
+#else
+#define GEMM_F32(ENTRY, BM, BN)
 #endif
 #if CUDECONV_WANTS(F64)
-DECONV_GEMM_ENTRY_POINTS(f64, double, gemm::F64Math)
+#define GEMM_F64(ENTRY, BM, BN) ENTRY(f64, double, gemm::F64Math, BM, BN)
+#else
+#define GEMM_F64(ENTRY, BM, BN)
 #endif
 #if CUDECONV_WANTS(TF32) && !defined(CUDECONV_NO_MMA)
-DECONV_GEMM_ENTRY_POINTS(tf32, float, gemm::Tf32Math<false>)
-DECONV_GEMM_PACK_WEIGHT(tf32, float, gemm::Tf32Math<false>)
+#define GEMM_TF32(ENTRY, BM, BN) ENTRY(tf32, float, gemm::Tf32MathTile, BM, BN)
+#else
+#define GEMM_TF32(ENTRY, BM, BN)
 #endif
 #if CUDECONV_WANTS(TF32X3) && !defined(CUDECONV_NO_MMA)
-DECONV_GEMM_ENTRY_POINTS(tf32x3, float, gemm::Tf32Math<true>)
-DECONV_GEMM_PACK_WEIGHT(tf32x3, float, gemm::Tf32Math<true>)
+#define GEMM_TF32X3(ENTRY, BM, BN) ENTRY(tf32x3, float, gemm::Tf32x3MathTile, BM, BN)
+#else
+#define GEMM_TF32X3(ENTRY, BM, BN)
 #endif
 #if CUDECONV_WANTS(F16) && !defined(CUDECONV_NO_MMA)
-DECONV_GEMM_ENTRY_POINTS(f16, __half, gemm::F16Math)
-DECONV_GEMM_PACK_WEIGHT(f16, __half, gemm::F16Math)
+#define GEMM_F16(ENTRY, BM, BN) ENTRY(f16, __half, gemm::F16Math, BM, BN)
+#else
+#define GEMM_F16(ENTRY, BM, BN)
 #endif
 #if CUDECONV_WANTS(BF16) && !defined(CUDECONV_NO_MMA)
-DECONV_GEMM_ENTRY_POINTS(bf16, __nv_bfloat16, gemm::Bf16Math)
-DECONV_GEMM_PACK_WEIGHT(bf16, __nv_bfloat16, gemm::Bf16Math)
+#define GEMM_BF16(ENTRY, BM, BN) ENTRY(bf16, __nv_bfloat16, gemm::Bf16Math, BM, BN)
+#else
+#define GEMM_BF16(ENTRY, BM, BN)
+#endif
+// The FFMA and tensor-core maths share their menus; DFMA has its own.
+#define GEMM_MAIN_MENU(ENTRY, BM, BN) \
+    GEMM_F32(ENTRY, BM, BN) GEMM_TF32(ENTRY, BM, BN) GEMM_TF32X3(ENTRY, BM, BN) GEMM_F16(ENTRY, BM, BN) GEMM_BF16(ENTRY, BM, BN)
+
+// The packing, in the modules of the forward and grad_input (grad_weight reads no weight); the same
+// for every tile (rows padded to a sector, whatever BN).
+#if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
+GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+#endif
+
+// The menus (gemm_math.cuh), each entry point kept where CUDECONV_WANTS_GEMM(pass, BM, BN) says so.
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 128, 128)
+GEMM_MAIN_MENU(DECONV_GEMM_FORWARD, 128, 128)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 128, 64)
+GEMM_MAIN_MENU(DECONV_GEMM_FORWARD, 128, 64)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 64, 64)
+GEMM_MAIN_MENU(DECONV_GEMM_FORWARD, 64, 64)
+GEMM_F64(DECONV_GEMM_FORWARD, 64, 64)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 128, 32)
+GEMM_MAIN_MENU(DECONV_GEMM_FORWARD, 128, 32)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 64, 32)
+GEMM_F64(DECONV_GEMM_FORWARD, 64, 32)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_INPUT, 128, 128)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_INPUT, 128, 128)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_INPUT, 128, 64)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_INPUT, 128, 64)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_INPUT, 64, 64)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_INPUT, 64, 64)
+GEMM_F64(DECONV_GEMM_GRAD_INPUT, 64, 64)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_INPUT, 128, 32)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_INPUT, 128, 32)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_INPUT, 64, 32)
+GEMM_F64(DECONV_GEMM_GRAD_INPUT, 64, 32)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 128, 128)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_WEIGHT, 128, 128)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 64, 128)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_WEIGHT, 64, 128)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 64, 64)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_WEIGHT, 64, 64)
+GEMM_F64(DECONV_GEMM_GRAD_WEIGHT, 64, 64)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 32, 128)
+GEMM_MAIN_MENU(DECONV_GEMM_GRAD_WEIGHT, 32, 128)
+#endif
+#if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 32, 64)
+GEMM_F64(DECONV_GEMM_GRAD_WEIGHT, 32, 64)
 #endif
 
 #define DECONV_GEMM_SPLIT_REDUCE(SUFFIX, T)                                                                       \

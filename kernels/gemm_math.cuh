@@ -1,6 +1,7 @@
 // gemm_math.cuh — the implicit GEMM's math policies (deconv_gemm.cu): for each arithmetic (FFMA,
-// DFMA, TF32 and 3×TF32 tensor cores, FP16/BF16 tensor cores) its tile shape, how its operand
-// slices are staged in shared memory and how one slice is multiplied into the accumulators.
+// DFMA, TF32 and 3×TF32 tensor cores, FP16/BF16 tensor cores) and C tile shape BM × BN (template
+// parameters: deconv_gemm.cu instantiates each math's menu of tiles), how its operand slices are
+// staged in shared memory and how one slice is multiplied into the accumulators.
 #pragma once
 #include "deconv_common.cuh"
 #include "mma.cuh"
@@ -8,15 +9,6 @@
 
 #ifndef GEMM_MAX_TAPS
 #define GEMM_MAX_TAPS 256
-#endif
-#ifndef GEMM_TILE_FFMA
-#define GEMM_TILE_FFMA 128
-#endif
-#ifndef GEMM_TILE_DFMA
-#define GEMM_TILE_DFMA 64
-#endif
-#ifndef GEMM_TILE_MMA
-#define GEMM_TILE_MMA 128
 #endif
 #ifndef GEMM_PACK_ROW_BYTES
 #define GEMM_PACK_ROW_BYTES 32
@@ -49,63 +41,68 @@ enum class Pass { Forward, GradInput };  // grad_weight has an iterator of its o
 // ---------------------------------------------------------------------------------------------
 // Math policies: tile shape, operand staging and the multiply of one shared-memory slice.
 
-// SIMT FMA: a (BM/TM) × (BN/TN) grid of threads, each TM × TN outputs.
-template <typename T, int Tile, int PerThread>
+// SIMT FMA: a (BM/TM) × (BN/TN) grid of threads, each TM × TN outputs. MinBlocks: the blocks per SM
+// __launch_bounds__ asks the registers to allow (65536 / (256·MinBlocks) per thread at most).
+template <typename T, int Tile_M, int Tile_N, int TM, int TN, int MinBlocks>
 struct SimtMath {
     typedef T Element;
     typedef T Accumulator;
-    static constexpr int BM = Tile, BN = Tile, BK = 8, PAD = 16 / sizeof(T) * 2;
+    static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
     static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
-    static constexpr int kMinBlocks = 2;  // blocks per SM the registers must allow (<= 128 per thread)
-    static constexpr int kAccumulators = PerThread * PerThread;
-    static constexpr int kThreadsN = BN / PerThread;
-    static_assert((BM / PerThread) * (BN / PerThread) == kThreads, "one thread per PerThread × PerThread outputs");
-    // k-major slices: a thread's PerThread rows (columns) of one k are contiguous (vector loads)
+    static constexpr int kMinBlocks = MinBlocks;
+    static constexpr int kAccumulators = TM * TN;
+    static constexpr int kThreadsN = BN / TN;
+    static_assert((BM / TM) * (BN / TN) == kThreads, "one thread per TM × TN outputs");
+    // k-major slices: a thread's TM rows (TN columns) of one k are contiguous (vector loads)
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
 
     // Output (row, column) of accumulator i in the tile.
-    __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * PerThread + i / PerThread; }
-    __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * PerThread + i % PerThread; }
+    __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * TM + i / TN; }
+    __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * TN + i % TN; }
 
     template <bool kPackedB>  // always false: this math reads the weight unpacked
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
-        const int row0 = (threadIdx.x / kThreadsN) * PerThread, col0 = (threadIdx.x % kThreadsN) * PerThread;
+        const int row0 = (threadIdx.x / kThreadsN) * TM, col0 = (threadIdx.x % kThreadsN) * TN;
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
-            T a_values[PerThread], b_values[PerThread];
+            T a_values[TM], b_values[TN];
 #pragma unroll
-            for (int i = 0; i < PerThread; ++i) a_values[i] = a[a_offset(k, row0 + i)];
+            for (int i = 0; i < TM; ++i) a_values[i] = a[a_offset(k, row0 + i)];
 #pragma unroll
-            for (int j = 0; j < PerThread; ++j) b_values[j] = b[b_offset(k, col0 + j)];
+            for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(k, col0 + j)];
 #pragma unroll
-            for (int i = 0; i < PerThread; ++i)
+            for (int i = 0; i < TM; ++i)
 #pragma unroll
-                for (int j = 0; j < PerThread; ++j) acc[i * PerThread + j] = fma(a_values[i], b_values[j], acc[i * PerThread + j]);
+                for (int j = 0; j < TN; ++j) acc[i * TN + j] = fma(a_values[i], b_values[j], acc[i * TN + j]);
         }
     }
 };
 
-// Tensor cores: 8 warps as 4 (rows) × 2 (columns), each a 32 × 64 tile of 2 × 8 mma tiles of 16 × 8.
-// Accumulator index ((i·8 + j)·4 + r): mma tile (i, j), register r of the PTX C/D layout.
-template <typename T, int StepK, int SliceK, int Pad>
+// Tensor cores: 8 warps as WarpsM (rows) × WarpsN (columns) — 4 × 2 for 128-row tiles, else 2 × 4
+// — each a warp tile of WM × WN = MI × NJ mma tiles of 16 × 8. Accumulator index ((i·NJ + j)·4 + r):
+// mma tile (i, j), register r of the PTX C/D layout.
+template <typename T, int Tile_M, int Tile_N, int SliceK, int Pad>
 struct MmaTiles {
     typedef T Element;
     typedef float Accumulator;
-    static constexpr int BM = GEMM_TILE_MMA, BN = GEMM_TILE_MMA, BK = SliceK, PAD = Pad;
-    static constexpr int kAccumulators = 2 * 8 * 4;
-    static_assert(BM == 128 && BN == 128 && kThreads == 256, "8 warps as 4 × 2 warp tiles of 32 × 64");
-    __device__ static __forceinline__ int warp_row() { return (threadIdx.x / 32 / 2) * 32; }
-    __device__ static __forceinline__ int warp_col() { return (threadIdx.x / 32 % 2) * 64; }
+    static constexpr int BM = Tile_M, BN = Tile_N, BK = SliceK, PAD = Pad;
+    static constexpr int WarpsM = BM >= 128 ? 4 : 2, WarpsN = kThreads / 32 / WarpsM;
+    static constexpr int WM = BM / WarpsM, WN = BN / WarpsN, MI = WM / 16, NJ = WN / 8;
+    static constexpr int kAccumulators = MI * NJ * 4;
+    static_assert(MI >= 1 && NJ >= 2 && NJ % 2 == 0 && MI * 16 == WM && NJ * 8 == WN,
+                  "warp tiles of whole 16 × 8 mma tiles, an even number of them across (B by pairs)");
+    __device__ static __forceinline__ int warp_row() { return (threadIdx.x / 32 / WarpsN) * WM; }
+    __device__ static __forceinline__ int warp_col() { return (threadIdx.x / 32 % WarpsN) * WN; }
     __device__ static __forceinline__ int row_of(int i) {
         const int lane = threadIdx.x % 32;
-        return warp_row() + (i / 32) * 16 + (lane >> 2) + ((i % 4) >= 2 ? 8 : 0);
+        return warp_row() + (i / (4 * NJ)) * 16 + (lane >> 2) + ((i % 4) >= 2 ? 8 : 0);
     }
     __device__ static __forceinline__ int col_of(int i) {
         const int lane = threadIdx.x % 32;
-        return warp_col() + (i / 4 % 8) * 8 + 2 * (lane % 4) + (i % 2);
+        return warp_col() + (i / 4 % NJ) * 8 + 2 * (lane % 4) + (i % 2);
     }
 };
 
@@ -114,15 +111,25 @@ struct MmaTiles {
 // m-major rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads fall in
 // distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
 // ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile. B slices are k-major, as the packed
-// weight's 16-byte chunks land, rows of 128 + 8 floats: b0 and b1 are one 4-byte load each, and
-// the warp's 32 loads (rows t, columns g) hit banks 8t + g, all distinct. The packed weight is
+// weight's 16-byte chunks land, rows of BN + 8 floats (BN + 8 ≡ 8 mod 32 for every BN of the menu):
+// b0 and b1 are one 4-byte load each, and the warp's 32 loads (rows t, columns g) hit banks 8t + g,
+// all distinct. The packed weight is
 // already TF32 (rounded in the packing): only tf32x3 splits it, and grad_weight's B is rounded here.
-template <bool Split3>
-struct Tf32Math : MmaTiles<float, 8, 16, 4> {
+template <bool Split3, int Tile_M, int Tile_N, int MinBlocks>
+struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
+    typedef MmaTiles<float, Tile_M, Tile_N, 16, 4> Tiles;
+    using Tiles::BM;
+    using Tiles::BN;
+    using Tiles::BK;
+    using Tiles::PAD;
+    using Tiles::MI;
+    using Tiles::NJ;
+    using Tiles::kAccumulators;
+    using Tiles::warp_row;
+    using Tiles::warp_col;
     static constexpr bool kAsync = true;
     static constexpr bool kPacksWeight = true, kPackRoundsTf32 = !Split3;
-    // 2 blocks per SM (<= 128 registers) for tf32; 3×TF32 keeps twice the fragments and takes one
-    static constexpr int kMinBlocks = Split3 ? 1 : 2;
+    static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kRowB = BN + 8;
     static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BK * kRowB;
     __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
@@ -141,26 +148,26 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
         for (int k = 0; k < BK; k += 8) {
-            unsigned a_big[2][4], a_small[2][4], b_big[8][2], b_small[8][2];
+            unsigned a_big[MI][4], a_small[MI][4], b_big[NJ][2], b_small[NJ][2];
             // A: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7), (rows 8-15, k 4-7)
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
+            for (int i = 0; i < MI; ++i) {
                 ldmatrix_x4(a_big[i], a + a_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
                 round(a_big[i], 4, a_small[i]);
             }
             // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
+            for (int j = 0; j < NJ; ++j) {
                 const float* b0 = b + b_offset(k + lane % 4, col0 + j * 8 + lane / 4);
                 b_big[j][0] = __float_as_uint(b0[0]);
                 b_big[j][1] = __float_as_uint(b0[4 * kRowB]);
                 if (Split3 || !kPackedB) round(b_big[j], 2, b_small[j]);
             }
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < MI; ++i)
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    float* c = acc + (i * 8 + j) * 4;
+                for (int j = 0; j < NJ; ++j) {
+                    float* c = acc + (i * NJ + j) * 4;
                     if (Split3) {  // the small products first: they would vanish next to the big one
                         mma_m16n8k8_tf32(c, a_small[i], b_big[j], c);
                         mma_m16n8k8_tf32(c, a_big[i], b_small[j], c);
@@ -171,8 +178,9 @@ struct Tf32Math : MmaTiles<float, 8, 16, 4> {
     }
 };
 
-// FP16 and BF16: fragments by ldmatrix.trans from the k-major slices (rows of 136 halves: 272
-// bytes, so the 8 rows one ldmatrix reads fall in distinct banks). A (m16n8k16): matrices (k 0-7,
+// FP16 and BF16: fragments by ldmatrix.trans from the k-major slices (rows of tile + 8 halves: 272,
+// 144 or 80 bytes, an odd number of 16-byte units, so the 8 rows one ldmatrix reads fall in
+// distinct banks). A (m16n8k16): matrices (k 0-7,
 // m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n)
 // = b0, b1. The two types share the layout (16-bit elements); only the mma instruction differs.
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
@@ -184,9 +192,11 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], co
     mma_m16n8k16_bf16(d, a, b, c);
 }
 
-template <typename T16>
-struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
-    typedef MmaTiles<T16, 16, 32, 8> Tiles;
+template <typename T16, int Tile_M, int Tile_N, int MinBlocks>
+struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
+    typedef MmaTiles<T16, Tile_M, Tile_N, 32, 8> Tiles;
+    using Tiles::MI;
+    using Tiles::NJ;
     using Tiles::BM;
     using Tiles::BN;
     using Tiles::BK;
@@ -196,7 +206,7 @@ struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
     using Tiles::warp_col;
     static constexpr bool kAsync = false;
     static constexpr bool kPacksWeight = true, kPackRoundsTf32 = false;
-    static constexpr int kMinBlocks = 1;  // the staged registers of the next slice: ~170 registers
+    static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
@@ -206,12 +216,12 @@ struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
         for (int k = 0; k < BK; k += 16) {
-            unsigned a_frag[2][4], b_frag[8][2];
+            unsigned a_frag[MI][4], b_frag[NJ][2];
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < MI; ++i)
                 ldmatrix_x4_trans(a_frag[i], a + a_offset(k + lane % 8 + (lane / 16) * 8, row0 + i * 16 + (lane / 8 % 2) * 8));
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
+            for (int j = 0; j < NJ; j += 2) {
                 unsigned pair[4];
                 ldmatrix_x4_trans(pair, b + b_offset(k + lane % 16, col0 + j * 8 + (lane / 16) * 8));
                 b_frag[j][0] = pair[0];
@@ -220,17 +230,51 @@ struct Mma16Math : MmaTiles<T16, 16, 32, 8> {
                 b_frag[j + 1][1] = pair[3];
             }
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < MI; ++i)
 #pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    mma_m16n8k16(acc + (i * 8 + j) * 4, a_frag[i], b_frag[j], acc + (i * 8 + j) * 4, a);
+                for (int j = 0; j < NJ; ++j)
+                    mma_m16n8k16(acc + (i * NJ + j) * 4, a_frag[i], b_frag[j], acc + (i * NJ + j) * 4, a);
         }
     }
 };
 
-typedef Mma16Math<__half> F16Math;
-typedef Mma16Math<__nv_bfloat16> Bf16Math;
-typedef SimtMath<float, GEMM_TILE_FFMA, 8> F32Math;
-typedef SimtMath<double, GEMM_TILE_DFMA, 4> F64Math;
+// ---------------------------------------------------------------------------------------------
+// The menus of tiles (deconv_gemm.cu instantiates each; gemm_plan.py's GEMM_TILES mirrors them):
+//   FFMA and the tensor cores: forward and grad_input 128×128, 128×64, 64×64 and 128×32 (N, the
+//     output channels of a group, narrow); grad_weight 128×128, 64×128, 64×64 and 32×128 (M,
+//     C_in/groups, narrow)
+//   DFMA: forward and grad_input 64×64 and 64×32; grad_weight 64×64 and 32×64
+// MinBlocks grows as the accumulators shrink, so a small tile's block takes fewer registers and
+// more of them share an SM (the wave gemm_plan.py sizes grids by).
+
+// FFMA: 8 × 8 outputs per thread on 128×128, 8 × 4 / 4 × 8 on the half tiles, 4 × 4 on the rest.
+template <int BM, int BN>
+struct FfmaShape {
+    static constexpr int TM = BM == 128 && BN >= 64 ? 8 : 4, TN = BM * BN / kThreads / TM;
+    static constexpr int kMinBlocks = TM * TN >= 64 ? 2 : TM * TN >= 32 ? 3 : 4;
+};
+template <int BM, int BN>
+using F32Math = SimtMath<float, BM, BN, FfmaShape<BM, BN>::TM, FfmaShape<BM, BN>::TN, FfmaShape<BM, BN>::kMinBlocks>;
+template <int BM, int BN>
+using F64Math = SimtMath<double, BM, BN, BM >= 64 ? 4 : 2, BM * BN / kThreads / (BM >= 64 ? 4 : 2), 2>;
+
+// Tensor cores, by accumulators per thread (BM·BN / 256): tf32 2 blocks per SM at 64 (<= 128
+// registers), 3 below; 3×TF32 keeps twice the fragments: 1, 2, 3; FP16/BF16 stage their A slice
+// (and grad_weight's B) through registers: 1 at 64, 2 below.
+template <int BM, int BN>
+struct MmaBlocks {
+    static constexpr int kAccumulators = BM * BN / kThreads;
+    static constexpr int kTf32 = kAccumulators >= 64 ? 2 : 3;
+    static constexpr int kTf32x3 = kAccumulators >= 64 ? 1 : kAccumulators >= 32 ? 2 : 3;
+    static constexpr int k16 = kAccumulators >= 64 ? 1 : 2;
+};
+template <int BM, int BN>
+using Tf32MathTile = Tf32Math<false, BM, BN, MmaBlocks<BM, BN>::kTf32>;
+template <int BM, int BN>
+using Tf32x3MathTile = Tf32Math<true, BM, BN, MmaBlocks<BM, BN>::kTf32x3>;
+template <int BM, int BN>
+using F16Math = Mma16Math<__half, BM, BN, MmaBlocks<BM, BN>::k16>;
+template <int BM, int BN>
+using Bf16Math = Mma16Math<__nv_bfloat16, BM, BN, MmaBlocks<BM, BN>::k16>;
 
 }  // namespace gemm

@@ -7,6 +7,11 @@
 // the SASS report) every entry point is compiled.
 //
 //   CUDECONV_WANTS(NAME)            1 when this module holds the entry points of math NAME
+//   CUDECONV_WANTS_GEMM(P, BM, BN)  1 when it holds deconv_gemm.cu's GEMM of pass P (CUDECONV_PASS_*)
+//                                   and tile BM × BN: -DCUDECONV_GEMM_PASS=<1|2|3> and
+//                                   -DCUDECONV_GEMM_TILE=<BM·1000 + BN> make a module of one GEMM
+//                                   kernel per math (with its split reduce and weight packing), so
+//                                   the menu of tiles costs a first call nothing; 0 or absent: all
 //   CUDECONV_FOR_EACH_DTYPE(M)      M(suffix, storage type) for each storage type this module holds;
 //                                   float32 storage also serves the float32 GEMM maths tf32/tf32x3
 //                                   (their split-K reduce is the float32 one)
@@ -24,6 +29,19 @@
 #endif
 
 #define CUDECONV_WANTS(NAME) (CUDECONV_MATH == 0 || CUDECONV_MATH == CUDECONV_MATH_##NAME)
+
+#define CUDECONV_PASS_FORWARD 1
+#define CUDECONV_PASS_GRAD_INPUT 2
+#define CUDECONV_PASS_GRAD_WEIGHT 3
+#ifndef CUDECONV_GEMM_PASS
+#define CUDECONV_GEMM_PASS 0  // every pass
+#endif
+#ifndef CUDECONV_GEMM_TILE
+#define CUDECONV_GEMM_TILE 0  // every tile
+#endif
+#define CUDECONV_WANTS_GEMM(PASS, BM, BN)                                 \
+    ((CUDECONV_GEMM_PASS == 0 || CUDECONV_GEMM_PASS == (PASS)) &&         \
+     (CUDECONV_GEMM_TILE == 0 || CUDECONV_GEMM_TILE == (BM) * 1000 + (BN)))
 
 #if CUDECONV_WANTS(F16)
 #define CUDECONV_DTYPE_F16(M) M(f16, __half)

@@ -5,7 +5,8 @@ The kernels are driven the way users reach them (functional API and layers, with
 precision and dtype that select each path): for float16, bfloat16, float32 and float64 the direct
 gather and scatter forwards (with the bias fill), the direct backward (grad_input, grad_weight,
 one-block-per-channel grad_bias), the implicit GEMMs of every math (forward, grad_input and a
-split-K grad_weight with its reduce), the depthwise kernels with the slab grad_bias and its
+split-K grad_weight with its reduce), every other tile of the GEMMs' menus (through the launch
+layer, which pins a tile where the public API lets the heuristic choose), the depthwise kernels with the slab grad_bias and its
 combine, and an SGD step (momentum, Nesterov, weight decay). Every result is compared with the
 NumPy backend in float64, so a wrong answer fails the run, not only a memory error.
 
@@ -29,7 +30,8 @@ import numpy as np
 import cudeconv
 from cudeconv import backends
 from cudeconv._dtypes import BFLOAT16, LOW_PRECISION, unit_roundoff
-from cudeconv.backends.kernel_backend import KernelBackend
+from cudeconv._geometry import make_geometry
+from cudeconv.backends.kernel_backend import GEMM_PASSES, GEMM_TILES, KernelBackend, gemm_math
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sass_report  # a script beside this one (hence the path above), not part of the package
@@ -109,6 +111,30 @@ def convolutions(backend, ndim, x, w, b, settings, runs, rng):
                 check(f"{label} {name}", got, ref, limit)
 
 
+def gemm_tiles(backend, dtype, precisions, rng):
+    """Each pass of the GEMM on every tile of its math's menu, split in three, on a grouped 2-d
+    problem whose tiles are partial on both sides, against float64 NumPy."""
+    impl = backends.get(backend)
+    geom = make_geometry(2, (2, 12, 6, 7), (12, 20, 3, 3), (2, 2), (1, 1), (1, 0), 2, (1, 1))
+    x, w, b, gy = (rng.standard_normal(shape).astype(dtype) for shape in
+                   (geom.input_shape, geom.weight_shape, (geom.out_channels,), geom.output_shape))
+    reference = backends.get("numpy")
+    up = [a.astype(np.float64) for a in (x, w, b, gy)]
+    grad_input, grad_weight, _ = reference.backward(up[3], up[0], up[1], geom, need_bias=False)
+    expected = {"forward": reference.forward(up[0], up[1], up[2], geom), "grad_input": grad_input,
+                "grad_weight": grad_weight}
+    x, w, b, gy = (impl.asarray(a) for a in (x, w, b, gy))
+    run = {"forward": lambda **kw: impl.forward(x, w, b, geom, "gemm", **kw),
+           "grad_input": lambda **kw: impl.grad_input(gy, w, geom, "gemm", **kw),
+           "grad_weight": lambda **kw: impl.grad_weight(gy, x, geom, "gemm", **kw)}
+    for precision in precisions:
+        for pass_ in GEMM_PASSES:
+            for tile in GEMM_TILES[gemm_math(dtype, precision)][pass_]:
+                got = run[pass_](precision=precision, splits=3, tile=tile)
+                check(f"tile {tile[0]}x{tile[1]} {np.dtype(dtype).name} {precision} {pass_}", got, expected[pass_],
+                      tolerance(dtype, precision))
+
+
 def sgd_steps(backend, dtype, rng):
     """Two training steps of a layer with SGD (momentum, Nesterov, weight decay) against the NumPy backend."""
     layers = [cudeconv.ConvTranspose2d(4, 4, 3, stride=2, dtype=dtype, backend=name, seed=0)
@@ -140,6 +166,7 @@ def run_everything(backend):
         x, w = (rng.standard_normal(s).astype(dtype) for s in DEPTHWISE_SHAPES)
         b = rng.standard_normal(w.shape[1] * DEPTHWISE["groups"]).astype(dtype)
         convolutions(backend, 2, x, w, b, DEPTHWISE, [("auto", "fp32", True)], rng)
+        gemm_tiles(backend, dtype, maths, rng)
         sgd_steps(backend, dtype, rng)
 
 

@@ -20,7 +20,7 @@ three times, plus its split reduce and a launch:
   - *issue*: slices × 8 warps × the SASS main loop's instructions (``loop`` of sass_report, one K
     slice per iteration) ÷ 4 schedulers ÷ ``ISSUE_EFFICIENCY[pass]``. The FFMA (f32) are among
     those instructions and a scheduler issues one per cycle to 32 FP32 lanes: no separate term;
-  - *tensor*: the block's executed multiply-adds (tile² × BK per slice) ÷ the SM's mma.sync rate
+  - *tensor*: the block's executed multiply-adds (BM·BN × BK per slice) ÷ the SM's mma.sync rate
     (the math's dense peak ÷ (2 × SMs × clock) × ``MMA_SYNC_FRACTION``);
   - *shared*: the bytes the block moves through shared memory (emulator profile) ÷ 128 B per
     cycle — bytes, not the profile's wavefronts, which count the source's scalar accesses where
@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import profile_gemm  # noqa: E402  (a script beside this one)
 from cudeconv.backends.device_descriptor import H100_SXM, resident_blocks, with_sm_count  # noqa: E402
 from cudeconv.backends.gemm_plan import (  # noqa: E402
-    GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_THREADS, GEMM_TILE, gemm_resources,
+    GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_THREADS, gemm_resources,
 )  # noqa: E402
 from cudeconv.backends.kernel_backend import KernelBackend  # noqa: E402
 from cudeconv.cases import SUITE  # noqa: E402
@@ -88,11 +88,10 @@ MEMORY_EFFICIENCY = 0.7
 LAUNCH_FLOOR_MS = 0.005
 
 
-def executed_macs(geom, pass_, math_name):
-    """Multiply-adds the GEMM executes, with its tile padding in M, N and K."""
-    tile, slice_k = GEMM_TILE[math_name], GEMM_SLICE_K[math_name]
-    return sum(tiles * slices for tiles, slices in profile_gemm.tile_work(geom, pass_, math_name)) \
-        * tile * tile * slice_k
+def executed_macs(geom, pass_, math_name, tile):
+    """Multiply-adds the GEMM executes on ``tile`` (BM, BN), with its tile padding in M, N and K."""
+    return sum(tiles * slices for tiles, slices in profile_gemm.tile_work(geom, pass_, math_name, tile)) \
+        * tile[0] * tile[1] * GEMM_SLICE_K[math_name]
 
 
 def compulsory_bytes(geom, pass_, itemsize):
@@ -117,14 +116,14 @@ def sass_rows(path=None):
     return {row["kernel"]: row for row in sass_report.report(sass_report.REPO / "kernels" / "deconv_gemm.cu")}
 
 
-def gemm_terms(spec, device, geom, pass_, math_name, sample, sass, itemsize):
+def gemm_terms(spec, device, geom, pass_, math_name, tile, sample, sass, itemsize):
     """The model's terms for one GEMM pass (see the module docstring), a dict of ms and counts."""
     clock = spec["clock_ghz"] * 1e9
     operands, shared = profile_gemm.scaled_traffic(sample)
     grid_tiles, grid_slices = sample["grid_work"]
     blocks = math.prod(sample["grid"])
-    resident = resident_blocks(device, gemm_resources(math_name, pass_, device))
-    tile, slice_k = GEMM_TILE[math_name], GEMM_SLICE_K[math_name]
+    resident = resident_blocks(device, gemm_resources(math_name, pass_, device, tile))
+    slice_k = GEMM_SLICE_K[math_name]
     loads = sum(c["sectors"] for c in operands.values() if c["kind"] == "load")
     stores = sum(c["sectors"] for c in operands.values() if c["kind"] == "store")
     per_block = lambda total: total / grid_tiles  # noqa: E731  (the average working block)
@@ -132,7 +131,7 @@ def gemm_terms(spec, device, geom, pass_, math_name, sample, sass, itemsize):
     tensor = 0.0
     if sass.get("HMMA"):
         mma_rate = spec[PEAK_OF[math_name]] * 1e12 / (2 * device.sm_count * clock) * MMA_SYNC_FRACTION
-        tensor = per_block(grid_slices) * tile * tile * slice_k * PRODUCTS.get(math_name, 1) / mma_rate
+        tensor = per_block(grid_slices) * tile[0] * tile[1] * slice_k * PRODUCTS.get(math_name, 1) / mma_rate
     pipes = {"issue": issue, "tensor": tensor, "shared": per_block(shared["bytes"]) / SHARED_BYTES_PER_CYCLE,
              "L1": per_block(loads + stores) / L1_SECTORS_PER_CYCLE}
     block_cycles = max(pipes.values()) + BLOCK_FILL_CYCLES
@@ -187,8 +186,9 @@ def predict(gpu, dtype, precision, samples, sass, device=None, cases=SUITE):
                 if sample is None or sample["entry"] != path.entry or sample["parts"] != path.parts:
                     raise ValueError(f"no traffic sample of {case.name} {pass_} as {path.entry} in {path.parts} "
                                      f"parts: profile it again (profile_gemm.py --suite)")
-                row.update(gemm_terms(spec, device, geom, pass_, path.math, sample, sass[path.entry], itemsize))
-                row["waste"] = executed_macs(geom, pass_, path.math) / useful
+                row.update(gemm_terms(spec, device, geom, pass_, path.math, path.tile, sample, sass[path.entry],
+                                      itemsize))
+                row["waste"] = executed_macs(geom, pass_, path.math, path.tile) / useful
             elif path.kind in ("depthwise", "slabs"):
                 row["expected_ms"] = max(2 * memory_ms, LAUNCH_FLOOR_MS)
             rows.append(row)

@@ -33,7 +33,7 @@ import numpy as np
 import cudeconv
 from cudeconv import backends, emulator
 from cudeconv.backends.device_descriptor import H100_SXM
-from cudeconv.backends.gemm_plan import GEMM_SLICE_K, GEMM_TILE, ceil_div
+from cudeconv.backends.gemm_plan import GEMM_SLICE_K, GEMM_TILES, ceil_div
 from cudeconv.backends.kernel_backend import KernelBackend
 from cudeconv.cases import SUITE
 
@@ -89,7 +89,8 @@ class ProfilingBackend(KernelBackend):
 
     def _launch(self, path, entry, grid, block, args):
         super()._launch(path, entry, grid, block, args)
-        self.profiles.append((entry, self.module(path.source, path.math).get_function(entry).last_profile))
+        self.profiles.append((entry, self.module(path.source, path.math, path.gemm_pass, path.tile)
+                              .get_function(entry).last_profile))
 
 
 def profiled_launches():
@@ -117,19 +118,20 @@ def split_share(split, slices, splits):
     return (split + 1) * slices // splits - split * slices // splits
 
 
-def tile_work(geom, pass_, math_name):
-    """[(tiles, slices per tile)] of the GEMM's grid before split K: per stride phase for the
-    forward (a phase's blocks past its rows leave at once), one entry for grad_input and
-    grad_weight; slices are the K loop's iterations (taps × channel slices, or N·positions / BK)."""
-    tile, bk = GEMM_TILE[math_name], GEMM_SLICE_K[math_name]
+def tile_work(geom, pass_, math_name, tile=None):
+    """[(tiles, slices per tile)] of the GEMM's grid on ``tile`` (BM, BN; None: the menu's widest)
+    before split K: per stride phase for the forward (a phase's blocks past its rows leave at once),
+    one entry for grad_input and grad_weight; slices are the K loop's iterations (taps × channel
+    slices, or N·positions / BK)."""
+    (rows, columns), bk = tile or GEMM_TILES[math_name][pass_][0], GEMM_SLICE_K[math_name]
     cin, cout = geom.in_channels_per_group, geom.out_channels_per_group
     if pass_ == "grad_weight":
-        return [(ceil_div(cin, tile) * ceil_div(cout * geom.taps, tile) * geom.groups,
+        return [(ceil_div(cin, rows) * ceil_div(cout * geom.taps, columns) * geom.groups,
                  ceil_div(geom.batch * math.prod(geom.in_size), bk))]
     if pass_ == "grad_input":
-        return [(ceil_div(geom.batch * math.prod(geom.in_size), tile) * ceil_div(cin, tile) * geom.groups,
+        return [(ceil_div(geom.batch * math.prod(geom.in_size), rows) * ceil_div(cin, columns) * geom.groups,
                  geom.taps * ceil_div(cout, bk))]
-    return [(ceil_div(phase_rows(geom, phase), tile) * ceil_div(cout, tile) * geom.groups,
+    return [(ceil_div(phase_rows(geom, phase), rows) * ceil_div(cout, columns) * geom.groups,
              phase_taps(geom, phase) * ceil_div(cin, bk)) for phase in np.ndindex(*geom.stride)]
 
 
@@ -188,7 +190,7 @@ class SampledBackend(KernelBackend):
     def _launch(self, path, entry, grid, block, args):
         if entry != path.entry:
             return
-        kernel = self.module(path.source, path.math).get_function(entry)
+        kernel = self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)
         kernel(self.box, block, args)
         self.sampled.append((path, entry, tuple(grid), kernel.last_profile))
 
@@ -230,10 +232,10 @@ def sampled_pass(geom, pass_, dtype, precision, device=H100_SXM):
                                       distinct=counts.get("dram_sectors", 0))
     requests, wavefronts, nbytes = (sum(profile[k].get(f, 0) for k in SHARED_KINDS)
                                     for f in ("requests", "wavefronts", "bytes"))
-    tiles = sum(t for t, _ in tile_work(geom, pass_, path.math))
+    tiles = sum(t for t, _ in tile_work(geom, pass_, path.math, path.tile))
     return dict(entry=entry, grid=list(grid), parts=path.parts,
                 sampled=list(sampled_work(geom, pass_, path.math, path.parts)),
-                grid_work=[tiles * path.parts, sum(t * s for t, s in tile_work(geom, pass_, path.math))],
+                grid_work=[tiles * path.parts, sum(t * s for t, s in tile_work(geom, pass_, path.math, path.tile))],
                 operands=operands, shared=dict(requests=requests, wavefronts=wavefronts, bytes=nbytes),
                 mma=profile.get("mma", {}))
 

@@ -10,23 +10,29 @@ from __future__ import annotations
 import math
 
 from .._geometry import ConvTransposeGeometry
-from .device_descriptor import DeviceDescriptor, KernelResources, launch_bound_registers, wave
+from .device_descriptor import DeviceDescriptor, KernelResources, launch_bound_registers, resident_blocks, wave
 
 GEMM_THREADS = 256  # kThreads of deconv_gemm.cu
 GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
-GEMM_TILE_FFMA, GEMM_TILE_DFMA, GEMM_TILE_MMA = 128, 64, 128  # square C tiles (rows = columns)
-GEMM_TILE = {"f32": GEMM_TILE_FFMA, "f64": GEMM_TILE_DFMA, "tf32": GEMM_TILE_MMA, "tf32x3": GEMM_TILE_MMA,
-             "f16": GEMM_TILE_MMA, "bf16": GEMM_TILE_MMA}
-# What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from deconv_gemm.cu:
-# K per shared-memory slice (BK), the bytes of the (A, B) slices (k-major BK × (tile + pad) for
-# f32 8 × 136 floats, f64 8 × 68 doubles, f16/bf16 32 × 136 halves, and tf32/tf32x3's B 16 × 136
-# floats; m-major tile × (BK + pad) for tf32/tf32x3's A, 128 × 20 floats), each double-buffered;
-# the forward and grad_input add their tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers:
-# the most __launch_bounds__(256, kMinBlocks) allows (kMinBlocks per math below; the SASS test
-# checks both against nvcc).
+GEMM_MATHS = ("f32", "f64", "tf32", "tf32x3", "f16", "bf16")
+GEMM_PASSES = ("forward", "grad_input", "grad_weight")
+# The menus of C tiles (rows BM × columns BN) per math and pass, as kernels/gemm_math.cuh and
+# deconv_gemm.cu instantiate them (entry points deconv_<pass>_gemm_<math>_<BM>x<BN>): the forward's
+# and grad_input's columns are the output channels of a group, so their narrow tile is narrow in
+# N; grad_weight's rows are C_in/groups, so its narrow tile is narrow in M. The first is the widest.
+_MAIN_MENU = {"forward": ((128, 128), (128, 64), (64, 64), (128, 32)),
+              "grad_input": ((128, 128), (128, 64), (64, 64), (128, 32)),
+              "grad_weight": ((128, 128), (64, 128), (64, 64), (32, 128))}
+_DFMA_MENU = {"forward": ((64, 64), (64, 32)), "grad_input": ((64, 64), (64, 32)),
+              "grad_weight": ((64, 64), (32, 64))}
+GEMM_TILES = {math_name: (_DFMA_MENU if math_name == "f64" else _MAIN_MENU) for math_name in GEMM_MATHS}
+# What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from gemm_math.cuh: K
+# per shared-memory slice (BK), and the (A, B) slices' shapes in elements — k-major BK × (side +
+# pad) for f32 (pad 8), f64 (pad 4), f16/bf16 (pad 8) and tf32/tf32x3's B (pad 8), m-major BM ×
+# (BK + 4) for tf32/tf32x3's A — each double-buffered; the forward and grad_input add their tap
+# table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256, MinBlocks)
+# allows (gemm_min_blocks; the SASS test checks both against nvcc).
 GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
-GEMM_SLICE_BYTES = {"f32": (8 * 136 * 4,) * 2, "f64": (8 * 68 * 8,) * 2, "tf32": (128 * 20 * 4, 16 * 136 * 4),
-                    "tf32x3": (128 * 20 * 4, 16 * 136 * 4), "f16": (32 * 136 * 2,) * 2, "bf16": (32 * 136 * 2,) * 2}
 # On the tensor-core maths the forward's and grad_input's B is the weight packed per pass
 # (deconv_gemm_pack_weight_*): per group, taps × (K channels) rows of the N channels, each row
 # padded to GEMM_PACK_ROW_BYTES (one 32-byte sector) so the GEMM reads it in aligned 16-byte
@@ -34,7 +40,6 @@ GEMM_SLICE_BYTES = {"f32": (8 * 136 * 4,) * 2, "f64": (8 * 68 * 8,) * 2, "tf32":
 GEMM_PACKED_MATHS = ("tf32", "tf32x3", "f16", "bf16")
 GEMM_PACK_ROW_BYTES = 32
 GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
-GEMM_MIN_BLOCKS = {"f32": 2, "f64": 2, "tf32": 2, "tf32x3": 1, "f16": 1, "bf16": 1}
 GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
 # The compute capability (10·major + minor) each math's GEMM needs: FFMA and DFMA run from 7.0,
 # staging their operands through registers where cp.async is missing (kernels/gemm_math.cuh); the
@@ -50,6 +55,13 @@ SPLIT_TARGET_WAVES = 2
 SPLIT_MIN_WAVE_FILL = 0.9
 SPLIT_MIN_K = 256
 SPLIT_WORKSPACE_CAP = 256 * 2**20
+# The tile heuristic's balance of arithmetic and operand traffic: how many multiply-adds an SM does
+# in the time it receives one operand element (from L2), per math, for an H100-class part — FFMA
+# 67 TFLOPS against about 5.5 TB/s of L2 for 132 SMs: ~24 per 4-byte element; DFMA half the rate
+# on twice the bytes; TF32 tensor cores about 7× FFMA's rate, 3×TF32 a third of that; FP16/BF16
+# twice TF32's rate on half the bytes. A block's time is then BM·BN·K / ratio + (BM + BN)·K.
+GEMM_FMA_PER_OPERAND = {"f32": 24, "f64": 6, "tf32": 180, "tf32x3": 60, "f16": 720, "bf16": 720}
+GEMM_OUTPUT_SHAPE = {"forward": "output_shape", "grad_input": "input_shape", "grad_weight": "weight_shape"}
 INT32_MAX = 2**31 - 1
 MAX_GRID_Y = 65535  # grid y and z
 
@@ -79,11 +91,39 @@ def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
     return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
 
 
-def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor) -> KernelResources:
+def gemm_slice_bytes(math_name: str, tile) -> tuple:
+    """Bytes of one (A, B) shared-memory slice of ``math_name``'s GEMM on ``tile`` (BM, BN)."""
+    rows, columns = tile
+    slice_k, element = GEMM_SLICE_K[math_name], GEMM_ELEMENT_BYTES[math_name]
+    if math_name in ("tf32", "tf32x3"):
+        return rows * (slice_k + 4) * element, slice_k * (columns + 8) * element
+    pad = 4 if math_name == "f64" else 8
+    return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
+
+
+def gemm_min_blocks(math_name: str, tile) -> int:
+    """The blocks per SM the tile's __launch_bounds__ asks the registers to allow (gemm_math.cuh):
+    by accumulators per thread (BM·BN / 256) — FFMA 2 at 64, 3 at 32, 4 below; DFMA 2; tf32 2 at
+    64, else 3; tf32x3 1, 2 (32), 3; FP16/BF16 1 at 64, else 2."""
+    accumulators = tile[0] * tile[1] // GEMM_THREADS
+    if math_name == "f32":
+        return 2 if accumulators >= 64 else 3 if accumulators >= 32 else 4
+    if math_name == "f64":
+        return 2
+    if math_name == "tf32":
+        return 2 if accumulators >= 64 else 3
+    if math_name == "tf32x3":
+        return 1 if accumulators >= 64 else 2 if accumulators >= 32 else 3
+    return 1 if accumulators >= 64 else 2
+
+
+def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=None) -> KernelResources:
     """Threads, registers per thread (the launch bounds' most) and static shared memory of one
-    block of ``math_name``'s GEMM for ``pass_``."""
-    shared = 2 * sum(GEMM_SLICE_BYTES[math_name]) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
-    return KernelResources(GEMM_THREADS, launch_bound_registers(device, GEMM_THREADS, GEMM_MIN_BLOCKS[math_name]), shared)
+    block of ``math_name``'s GEMM for ``pass_`` on ``tile`` (None: the menu's widest)."""
+    tile = tile or GEMM_TILES[math_name][pass_][0]
+    shared = 2 * sum(gemm_slice_bytes(math_name, tile)) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
+    return KernelResources(GEMM_THREADS, launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile)),
+                           shared)
 
 
 def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
@@ -99,7 +139,6 @@ def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
     return taps * channels, taps * ceil_div(channels, slice_k)
 
 
-GEMM_OUTPUT_SHAPE = {"forward": "output_shape", "grad_input": "input_shape", "grad_weight": "weight_shape"}
 
 
 def packed_weight_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
@@ -130,17 +169,18 @@ def split_limit(geom: ConvTransposeGeometry, pass_: str, math_name: str, grid_z:
     return max(1, min(values // SPLIT_MIN_K, SPLIT_WORKSPACE_CAP // output_bytes, MAX_GRID_Y // grid_z, slices))
 
 
-def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor) -> int:
-    """How many parts the GEMM of ``pass_`` splits K into on ``device`` (within split_limit):
-    grad_weight the fewest from which its grid holds SPLIT_TARGET_WAVES waves with its last wave
-    SPLIT_MIN_WAVE_FILL full (looking up to twice the count that first reaches the waves; else the
-    best filled); the forward and grad_input, when their grid is shorter than one wave, into as many
-    parts as still fit in one (⌊wave / blocks⌋: every block runs at once)."""
-    grid, _ = gemm_grid(geom, pass_, math_name)
+def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor, tile=None) -> int:
+    """How many parts the GEMM of ``pass_`` on ``tile`` (None: the menu's widest) splits K into on
+    ``device`` (within split_limit): grad_weight the fewest from which its grid holds
+    SPLIT_TARGET_WAVES waves with its last wave SPLIT_MIN_WAVE_FILL full (looking up to twice the
+    count that first reaches the waves; else the best filled); the forward and grad_input, when
+    their grid is shorter than one wave, into as many parts as still fit in one (⌊wave / blocks⌋:
+    every block runs at once)."""
+    grid, _ = gemm_grid(geom, pass_, math_name, 1, tile)
     blocks = math.prod(grid) if grid else 0
     if not blocks:
         return 1
-    full_wave = wave(device, gemm_resources(math_name, pass_, device))
+    full_wave = wave(device, gemm_resources(math_name, pass_, device, tile))
     limit = split_limit(geom, pass_, math_name, grid[2])
     if pass_ != "grad_weight":
         return max(1, min(full_wave // blocks, limit))
@@ -153,12 +193,55 @@ def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device:
                                                                          -splits))
 
 
-def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1):
-    """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight"), or
-    (None, why) where the GEMM cannot run this problem. Forward: grid z = splits × stride phases ×
-    groups, x over the rows of the largest phase (phase 0: ⌈out/stride⌉ positions per dim);
-    grad_input: z = splits × groups; grad_weight: z = groups × splits (of K)."""
-    tile = GEMM_TILE[math_name]
+def gemm_time(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor, tile,
+              splits: int) -> float:
+    """The tile heuristic's estimate of the GEMM's time, in the time an SM takes to receive one
+    operand element: a block's BM·BN·Kb multiply-adds at GEMM_FMA_PER_OPERAND per element received
+    plus its (BM + BN)·Kb operand elements (Kb: its share of K, padded to whole slices); the full
+    waves each cost the blocks an SM holds at once (they share its throughput), the last partial
+    wave the most blocks it puts on one SM. Padding (partial tiles, slices) is counted as work.
+    None where the GEMM cannot run the problem on ``tile``."""
+    grid, _ = gemm_grid(geom, pass_, math_name, splits, tile)
+    if grid is None:
+        return None
+    blocks = math.prod(grid)
+    resident = resident_blocks(device, gemm_resources(math_name, pass_, device, tile))
+    full_wave = device.sm_count * resident
+    k_per_block = ceil_div(gemm_k(geom, pass_, math_name)[1], splits) * GEMM_SLICE_K[math_name]
+    rows, columns = tile
+    block_time = rows * columns * k_per_block / GEMM_FMA_PER_OPERAND[math_name] + (rows + columns) * k_per_block
+    return (blocks // full_wave * resident + ceil_div(blocks % full_wave, device.sm_count)) * block_time
+
+
+def gemm_tile(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor):
+    """The tile of the pass's menu for ``device``: among the tiles whose grid (at their own split
+    count) gives every SM a block, the least gemm_time, the wider on a tie; where none does, the
+    one with the most blocks (the least time on a tie) — an SM left idle is lost whatever the model
+    says of the others, and one block of 8 warps per SM hides latency worse than it assumes. The
+    widest where none can run (gemm_grid then says why)."""
+    menu = GEMM_TILES[math_name][pass_]
+    candidates = []
+    for order, tile in enumerate(menu):
+        splits = gemm_splits(geom, pass_, math_name, device, tile)
+        time = gemm_time(geom, pass_, math_name, device, tile, splits)
+        if time is not None:
+            blocks = math.prod(gemm_grid(geom, pass_, math_name, splits, tile)[0])
+            candidates.append((blocks, time, order, tile))
+    if not candidates:
+        return menu[0]
+    filling = [(time, order, tile) for blocks, time, order, tile in candidates if blocks >= device.sm_count]
+    if filling:
+        return min(filling)[2]
+    return min(candidates, key=lambda c: (-c[0], c[1], c[2]))[3]
+
+
+def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1, tile=None):
+    """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight") on
+    ``tile`` (BM, BN; None: the menu's widest), or (None, why) where the GEMM cannot run this
+    problem. Forward: grid z = splits × stride phases × groups, x over the rows of the largest phase
+    (phase 0: ⌈out/stride⌉ positions per dim); grad_input: z = splits × groups; grad_weight: z =
+    groups × splits (of K)."""
+    tile_rows, tile_columns = tile or GEMM_TILES[math_name][pass_][0]
     rows, columns = gemm_sides(geom, pass_)
     phases = math.prod(geom.stride) if pass_ == "forward" else 1
     taps = _taps_per_phase_bound(geom, pass_)
@@ -168,9 +251,9 @@ def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: i
         what = "splits × stride phases" if pass_ == "forward" else "splits"
         return None, f"{what} × groups = {splits * phases * geom.groups}, above {MAX_GRID_Y} (grid z)"
     spatial = max(math.prod(geom.in_size), math.prod(geom.out_size))
-    if geom.batch * spatial + tile > INT32_MAX:
+    if geom.batch * spatial + max(tile_rows, tile_columns) > INT32_MAX:
         return None, f"N·spatial size = {geom.batch * spatial}, above the GEMM's 32-bit row index"
-    grid = (ceil_div(rows, tile), ceil_div(columns, tile), splits * phases * geom.groups)
+    grid = (ceil_div(rows, tile_rows), ceil_div(columns, tile_columns), splits * phases * geom.groups)
     if grid[1] > MAX_GRID_Y:
         return None, f"{columns} GEMM columns per group: {grid[1]} tiles, above {MAX_GRID_Y} (grid y)"
     return grid, None

@@ -37,21 +37,20 @@ from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, ch
 from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
                                 wave)
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
-    GEMM_MAX_TAPS, GEMM_MIN_BLOCKS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
-    GEMM_PACKED_MATHS, GEMM_SLICE_K, GEMM_TILE, GEMM_TILE_DFMA, GEMM_TILE_FFMA, GEMM_TILE_MMA, INT32_MAX, MAX_GRID_Y,
-    SPLIT_MIN_K, SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_resources, gemm_sides,
-    gemm_splits, packed_weight_elements, split_limit)
+    GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES, GEMM_PACKED_MATHS,
+    GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
+    SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_resources, gemm_sides, gemm_splits,
+    gemm_tile, packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
-# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh), the
-# depthwise grad_weight's tile and the implicit GEMMs' tiles (gemm_plan.py), passed to the compiler
-# from here because the grids are sized from them.
+# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
+# depthwise grad_weight's tile, passed to the compiler from here because the grids are sized from
+# them. (The GEMMs' tiles are template arguments, one entry point each: gemm_plan.GEMM_TILES.)
 CHANNEL_TILE = 4
 TAP_TILE = 8
 DEPTHWISE_WEIGHT_TILE = 16  # filter elements one block of the depthwise grad_weight reduces
 COMPILE_OPTIONS = (
     f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
-    f"-DGEMM_TILE_FFMA={GEMM_TILE_FFMA}", f"-DGEMM_TILE_DFMA={GEMM_TILE_DFMA}", f"-DGEMM_TILE_MMA={GEMM_TILE_MMA}",
     f"-DDEPTHWISE_WEIGHT_TILE={DEPTHWISE_WEIGHT_TILE}", f"-DGEMM_PACK_ROW_BYTES={GEMM_PACK_ROW_BYTES}",
 )
 # The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
@@ -60,10 +59,11 @@ GEMM_MATH = {
     (np.dtype(np.float32), "fp32"): "f32", (np.dtype(np.float32), "tf32"): "tf32",
     (np.dtype(np.float32), "tf32x3"): "tf32x3",
 }
-# The heuristic of algorithm="auto": the GEMM where both of its channel sides fill a useful part
-# of a tile; narrower problems (depthwise, 3-channel image layers) take the direct kernels.
+# The heuristic of algorithm="auto": the GEMM where its K side holds at least GEMM_MIN_K_CHANNELS
+# channels per group (grad_weight: its M side, C_in/groups, whose K is N·positions), whatever the N
+# side (the narrow tiles serve narrow groups); narrower problems (depthwise, layers of 1-3 input
+# channels) take the direct kernels.
 GEMM_MIN_K_CHANNELS = 4
-GEMM_MIN_N_CHANNELS = 16
 # Slabs of the parallel reductions (grad_bias, depthwise grad_weight): at least 16 values per thread.
 GRAD_BIAS_MIN_VALUES_PER_THREAD = 16
 DEPTHWISE_MIN_BLOCKS = 2    # its __launch_bounds__ (DECONV_BLOCK, 2)
@@ -116,7 +116,8 @@ class KernelPath(NamedTuple):
     "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (the GEMM's
     K splits, the depthwise grad_weight's and grad_bias's slabs), the workspace it takes from the
     memory pool, in bytes, and the module its entry points are in: ``source`` (a kernels/ file)
-    and ``math`` (a MODULE_MATHS name)."""
+    and ``math`` (a MODULE_MATHS name); a GEMM's ``tile`` (BM, BN), whose module is its
+    ``gemm_pass``'s and tile's alone on "cuda" (module_options)."""
     kind: str
     entry: str
     grid: tuple = ()
@@ -124,6 +125,8 @@ class KernelPath(NamedTuple):
     workspace_bytes: int = 0
     source: str = ""
     math: str = ""
+    tile: tuple = ()
+    gemm_pass: str = ""
 
 
 # The maths a source can be compiled for, one module each (CUDECONV_MATH_<NAME> in
@@ -133,12 +136,20 @@ SOURCES = ("deconv_forward.cu", "deconv_backward.cu", "deconv_grad_bias.cu", "de
            "deconv_gemm.cu", "sgd.cu")
 
 
-def module_options(math_name: str, per_math: bool = True):
+def module_options(math_name: str, per_math: bool = True, gemm_pass: str = "", tile=()):
     """The compile options of a module for ``math_name``: the launch layer's sizes, and with
-    ``per_math`` the -D that keeps only that math's entry points."""
+    ``per_math`` the -D that keeps only that math's entry points — and, for deconv_gemm.cu's
+    ``gemm_pass`` and ``tile``, only that one GEMM kernel (kernels/module_select.cuh), so that a
+    menu of tiles costs a first call no compile time."""
     if math_name not in MODULE_MATHS:
         raise ValueError(f"math must be one of {MODULE_MATHS}, got {math_name!r}")
-    return COMPILE_OPTIONS + ((f"-DCUDECONV_MATH=CUDECONV_MATH_{math_name.upper()}",) if per_math else ())
+    if not per_math:
+        return COMPILE_OPTIONS
+    options = COMPILE_OPTIONS + (f"-DCUDECONV_MATH=CUDECONV_MATH_{math_name.upper()}",)
+    if gemm_pass:
+        options += (f"-DCUDECONV_GEMM_PASS=CUDECONV_PASS_{gemm_pass.upper()}",
+                    f"-DCUDECONV_GEMM_TILE={tile[0] * 1000 + tile[1]}")
+    return options
 
 
 def gemm_math(dtype, precision: str) -> str:
@@ -280,52 +291,65 @@ class KernelBackend:
         with self.on_device(param=param):
             return self.xp.empty(param.shape, dtype=compute_dtype(param.dtype))
 
-    def module(self, source: str, math_name: str):
-        """The compiled module of ``source`` holding ``math_name``'s entry points, on the current device."""
+    def module(self, source: str, math_name: str, gemm_pass: str = "", tile=()):
+        """The compiled module of ``source`` holding ``math_name``'s entry points (of deconv_gemm.cu,
+        ``gemm_pass``'s GEMM on ``tile`` where given), on the current device."""
         return load_module(source, self._module_class, self._device_key(),
-                           module_options(math_name, self.module_per_math))
+                           module_options(math_name, self.module_per_math, gemm_pass, tile))
 
     def _launch(self, path: KernelPath, entry, grid, block, args):
-        self.module(path.source, path.math).get_function(entry)(grid, block, args)
+        self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)(grid, block, args)
 
-    def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name: None):
+    def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name, gemm_pass, tile: None):
         """Compile, for the current device, every module a forward, backward and SGD step of
         ``dtypes`` at ``precisions`` can need (the GEMM's math follows the precision for float32;
-        the direct kernels serve every precision). Returns the (source, math) pairs compiled, math
-        None for a module of every math (``module_per_math=False``)."""
+        the direct kernels serve every precision): per math, each source's module and one module
+        per GEMM pass and tile of the menus (GEMM_TILES). Returns the (source, math, gemm_pass,
+        tile) modules compiled ("" and () for a module that is not one GEMM kernel's), math None
+        for a module of every math (``module_per_math=False``)."""
         wanted = []
         for dtype in dtypes:
             suffix = _SUFFIX[np.dtype(dtype)]
-            wanted += [(source, suffix) for source in SOURCES if source != "deconv_gemm.cu"]
-            wanted += [("deconv_gemm.cu", gemm_math(dtype, precision)) for precision in precisions]
+            wanted += [(source, suffix, "", ()) for source in SOURCES if source != "deconv_gemm.cu"]
+            for math_name in dict.fromkeys(gemm_math(dtype, precision) for precision in precisions):
+                wanted += [("deconv_gemm.cu", math_name, pass_, tile)
+                           for pass_ in GEMM_PASSES for tile in GEMM_TILES[math_name][pass_]]
         if not self.module_per_math:
-            wanted = [(source, None) for source, _ in wanted]
+            wanted = [(source, None, "", ()) for source, *_ in wanted]
         compiled = list(dict.fromkeys(wanted))
-        for source, math_name in compiled:
-            on_progress(source, math_name)
-            module = self.module(source, math_name or "f32")  # without per-math modules, any math names it
+        for source, math_name, gemm_pass, tile in compiled:
+            on_progress(source, math_name, gemm_pass, tile)
+            # without per-math modules, any math names the module of every math
+            module = self.module(source, math_name or "f32", gemm_pass, tile)
             if hasattr(module, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
                 module.compile()
         return compiled
 
     # -- convolution ----------------------------------------------------------------------------
     def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
-                  splits=None, device: DeviceDescriptor = None):
+                  splits=None, device: DeviceDescriptor = None, tile=None):
         """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
-        direct kernel); its parts are its K splits (``splits``, or gemm_splits on ``device``, by
-        default the current device's descriptor), its workspace their partial copies of the output
-        and, for the forward and grad_input on tensor cores, the packed weight. "auto" takes the
-        GEMM where it can run and both channel sides are wide enough (GEMM_MIN_K_CHANNELS and
-        GEMM_MIN_N_CHANNELS; for grad_weight C_in/groups and C_out/groups·taps); "gemm" insists."""
+        direct kernel): its tile (``tile``, one of the menu's GEMM_TILES, or gemm_tile's choice on
+        ``device``, by default the current device's descriptor), its parts its K splits (``splits``,
+        or gemm_splits for that tile), its workspace their partial copies of the output and, for the
+        forward and grad_input on tensor cores, the packed weight. "auto" takes the GEMM where it can
+        run and its K side holds GEMM_MIN_K_CHANNELS channels per group (for grad_weight its M side,
+        C_in/groups); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
         if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
             raise ValueError(f"splits must be a positive int, got {splits!r}")
         device = device or self.device_descriptor()
         math_name = gemm_math(dtype, precision)
+        menu = GEMM_TILES[math_name][pass_]
+        if tile is None:
+            tile = gemm_tile(geom, pass_, math_name, device)
+        elif tuple(tile) not in menu:
+            raise ValueError(f"tile must be one of the {math_name} {pass_} GEMM's {list(menu)}, got {tile!r}")
+        tile = tuple(tile)
         if splits is None:
-            splits = gemm_splits(geom, pass_, math_name, device)
-        grid, reason = gemm_grid(geom, pass_, math_name, splits)
+            splits = gemm_splits(geom, pass_, math_name, device, tile)
+        grid, reason = gemm_grid(geom, pass_, math_name, splits, tile)
         needed = GEMM_MIN_COMPUTE_CAPABILITY[math_name]
         if device.capability < needed:
             reason = (f"the GPU has compute capability {device.compute_capability[0]}.{device.compute_capability[1]}; "
@@ -334,21 +358,18 @@ class KernelBackend:
             if reason:
                 raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
         else:
-            narrow, wide = {
-                "forward": (geom.in_channels_per_group, geom.out_channels_per_group),
-                "grad_input": (geom.out_channels_per_group, geom.in_channels_per_group),
-                "grad_weight": gemm_sides(geom, "grad_weight"),
-            }[pass_]
-            if reason or narrow < GEMM_MIN_K_CHANNELS or wide < GEMM_MIN_N_CHANNELS:
+            k_side = {"forward": geom.in_channels_per_group, "grad_input": geom.out_channels_per_group,
+                      "grad_weight": geom.in_channels_per_group}[pass_]
+            if reason or k_side < GEMM_MIN_K_CHANNELS:
                 return None
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
         workspace += packed_weight_elements(geom, pass_, math_name) * np.dtype(dtype).itemsize
-        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}", grid, splits, workspace, "deconv_gemm.cu",
-                          math_name)
+        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}", grid, splits, workspace,
+                          "deconv_gemm.cu", math_name, tile, pass_)
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
-                    parts=None, device: DeviceDescriptor = None) -> KernelPath:
+                    parts=None, device: DeviceDescriptor = None, tile=None) -> KernelPath:
         """Which kernel runs ``pass_`` ("forward", "grad_input", "grad_weight", "grad_bias") — the one
         decision the launches below follow and ``cudeconv bench`` reports. Forward and grad_input:
         the implicit GEMM where gemm_plan takes it, else (under "auto") the depthwise kernels for
@@ -356,7 +377,8 @@ class KernelBackend:
         grad_weight: the split-K GEMM, the depthwise reduction (one input channel per group) or the
         direct per-filter reduction; grad_bias: slabs of N·spatial per channel where more than one
         is worth it, else one block per channel. ``parts``: the GEMM's split count (None chooses);
-        ``device``: the descriptor grids are sized for (None: the current device's)."""
+        ``device``: the descriptor grids are sized for (None: the current device's); ``tile``: the
+        GEMM's tile (None chooses)."""
         suffix = _SUFFIX[np.dtype(dtype)]
         device = device or self.device_descriptor()
         if pass_ == "grad_bias":
@@ -370,7 +392,7 @@ class KernelBackend:
             return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
                               geom.out_channels * slabs * compute_dtype(dtype).itemsize, "deconv_grad_bias.cu", suffix)
         check_algorithm(algorithm, ALGORITHMS if pass_ == "forward" else BACKWARD_ALGORITHMS)
-        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts, device)
+        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts, device, tile)
         if gemm is not None:
             return gemm
         direct_source = "deconv_forward.cu" if pass_ == "forward" else "deconv_backward.cu"
@@ -397,18 +419,23 @@ class KernelBackend:
     def candidate_paths(self, geom: ConvTransposeGeometry, pass_: str, dtype, precision: str,
                         device: DeviceDescriptor = None):
         """The deterministic kernels that can run ``pass_`` ("forward", "grad_input", "grad_weight")
-        of this problem, the heuristic's ("auto", kernel_path) first: the GEMM where it can run at
-        the heuristic's split count, half and double that and 1 (within split_limit), the direct
-        kernel, and (through the heuristic) the depthwise kernel for one input channel per group.
-        Never the forward's atomic scatter."""
+        of this problem, the heuristic's ("auto", kernel_path) first: the GEMM where it can run on
+        the heuristic's tile at its split count, half and double that and 1 (within split_limit),
+        and on each other tile of the menu at its own split count; the direct kernel, and (through
+        the heuristic) the depthwise kernel for one input channel per group. Never the forward's
+        atomic scatter."""
         device = device or self.device_descriptor()
         paths = [self.kernel_path(geom, pass_, "auto", dtype, precision, device=device)]
         math_name = gemm_math(dtype, precision)
-        grid, _ = gemm_grid(geom, pass_, math_name)
+        chosen = gemm_tile(geom, pass_, math_name, device)
+        grid, _ = gemm_grid(geom, pass_, math_name, 1, chosen)
         if grid is not None and device.capability >= GEMM_MIN_COMPUTE_CAPABILITY[math_name]:
-            heuristic, limit = gemm_splits(geom, pass_, math_name, device), split_limit(geom, pass_, math_name, grid[2])
-            paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, splits, device)
+            heuristic = gemm_splits(geom, pass_, math_name, device, chosen)
+            limit = split_limit(geom, pass_, math_name, grid[2])
+            paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, splits, device, chosen)
                       for splits in (heuristic, heuristic // 2, 2 * heuristic, 1) if 1 <= splits <= limit]
+            paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, None, device, tile)
+                      for tile in GEMM_TILES[math_name][pass_] if gemm_grid(geom, pass_, math_name, 1, tile)[0]]
         paths.append(self.kernel_path(geom, pass_, "gather", dtype, precision, device=device))
         return list(dict.fromkeys(paths))
 
@@ -418,11 +445,13 @@ class KernelBackend:
         launch layer would run another kernel for it."""
         algorithm, parts = ("gather", None) if path.kind == "direct" else (
             "gemm" if path.kind == "gemm" else "auto", path.parts)
+        tile = path.tile or None
         dtype = operands[1].dtype  # the weight (forward, grad_input) or x (grad_weight)
         if self.kernel_path(geom, pass_, algorithm, dtype, precision, parts,
-                            self.device_descriptor(operands[1])) != path:
+                            self.device_descriptor(operands[1]), tile) != path:
             raise ValueError(f"the {pass_} of this problem cannot run {path}")
-        return getattr(self, pass_)(*operands, geom, algorithm=algorithm, precision=precision, splits=parts)
+        return getattr(self, pass_)(*operands, geom, algorithm=algorithm, precision=precision, splits=parts,
+                                    tile=tile)
 
     def _run_gemm(self, path: KernelPath, operands, out, geom: ConvTransposeGeometry, bias=None):
         """The GEMM of ``path`` on ``operands`` (its entry point's arguments before the output),
@@ -463,9 +492,9 @@ class KernelBackend:
 
     @on_arrays_device("x", "weight", "bias")
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
-                splits=None):
-        """The forward by the kernel kernel_path picks; ``splits``: the GEMM's K splits (None
-        chooses; tests pin it)."""
+                splits=None, tile=None):
+        """The forward by the kernel kernel_path picks; ``splits`` and ``tile``: the GEMM's K splits
+        and tile (None chooses; tests and the autotuner pin them)."""
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
         x, weight = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
@@ -474,7 +503,7 @@ class KernelBackend:
         has_bias = np.int32(bias is not None)
         y = self._output(geom.output_shape, x.dtype)
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
-        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x))
+        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x), tile)
         if rows == 0:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
@@ -499,15 +528,15 @@ class KernelBackend:
 
     @on_arrays_device("grad_output", "weight")
     def grad_input(self, grad_output, weight, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
-                   splits=None):
-        """grad_input by the kernel kernel_path picks; ``splits``: the GEMM's K splits (None
-        chooses; tests pin it)."""
+                   splits=None, tile=None):
+        """grad_input by the kernel kernel_path picks; ``splits`` and ``tile``: the GEMM's K splits
+        and tile (None chooses; tests and the autotuner pin them)."""
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
         path = self.kernel_path(geom, "grad_input", algorithm, weight.dtype, precision, splits,
-                                self.device_descriptor(weight))
+                                self.device_descriptor(weight), tile)
         positions = math.prod(geom.in_size)
         if not geom.batch * geom.in_channels * positions:
             return grad_input
@@ -524,15 +553,16 @@ class KernelBackend:
 
     @on_arrays_device("grad_output", "x")
     def grad_weight(self, grad_output, x, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
-                    splits=None):
-        """grad_weight by the split-K GEMM (``splits``: None chooses; tests pin it), the depthwise
+                    splits=None, tile=None):
+        """grad_weight by the split-K GEMM (``splits``, ``tile``: None chooses; tests pin them), the depthwise
         slab reduction or the direct kernel. The workspaces (split or slab partials of grad_weight
         in the accumulation type: float32, float64 for float64) come from the array module's pool,
         only where there is more than one part."""
         check_index_limits(geom)
         grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
-        path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits, self.device_descriptor(x))
+        path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits, self.device_descriptor(x),
+                                tile)
         if path.kind == "gemm":
             self._run_gemm(path, (x, grad_output), grad_weight, geom)
         elif path.kind == "depthwise":
