@@ -92,13 +92,36 @@ struct PackedChunks {
     __device__ static __forceinline__ int column() { return threadIdx.x % kPerRow * kWidth; }
 };
 
+// Slices whose rows (of the tile's `Side`) hold K contiguously — the packed activation's A (Side
+// BM) and, on maths with kPackedBNMajor, the packed weight's B (Side BN): row r of the slice is BK
+// K channels, BK / kWidth 16-byte chunks; kThreadsPerRow consecutive threads share a row, taking
+// kChunks consecutive chunks each (one row per thread, as the element-wise A: the row's position
+// state stays one per thread). Where a row has fewer chunks than threads (narrow sides), only the
+// first kPerRow of them copy (active()).
+template <class M, int Side>
+struct RowChunks {
+    static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BK / kWidth;
+    static constexpr int kThreadsPerRow = kThreads / Side;
+    static constexpr int kChunks = kPerRow >= kThreadsPerRow ? kPerRow / kThreadsPerRow : 1;
+    static_assert(kThreads % Side == 0 && M::BK % kWidth == 0 &&
+                  (kPerRow % kThreadsPerRow == 0 || kThreadsPerRow % kPerRow == 0), "every chunk of the slice, once");
+    __device__ static __forceinline__ int row() { return threadIdx.x / kThreadsPerRow; }
+    __device__ static __forceinline__ int first() { return threadIdx.x % kThreadsPerRow * kChunks; }
+    __device__ static __forceinline__ bool active() { return first() < kPerRow; }
+    __device__ static __forceinline__ int k(int i) { return (first() + i) * kWidth; }
+};
+template <class M> using ActivationChunks = RowChunks<M, M::BM>;
+template <class M> using WeightRowChunks = RowChunks<M, M::BN>;
+
 __device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
 __device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
 
-// This thread's staged registers: A's rows, then (unless the weight arrives packed) B's.
+// This thread's staged registers: A's rows (unless the activation arrives packed), then (unless the
+// weight does) B's; at least one, an array's least size.
 template <class M, class Ops>
 struct Staged {
-    static constexpr int kCount = RowsA<M>::kRows + (Ops::kPackedB ? 0 : RowsB<M>::kRows);
+    static constexpr int kA = Ops::kPackedA ? 0 : RowsA<M>::kRows;
+    static constexpr int kCount = kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) > 0 ? kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) : 1;
 };
 
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
@@ -106,21 +129,33 @@ struct Staged {
 // element-wise operands (A, and grad_weight's B) of the maths without kAsync (16-bit, and float and
 // double without cp.async) are loaded into `staged`, for store_staged once the multiply is done.
 // The iterator describes this thread's rows of each operand in order: a_first(), then
-// a_next(previous) (b_first, b_next for B); its b_chunk(i) is chunk i of PackedChunks (null: zero).
+// a_next(previous) (b_first, b_next for B); its a_chunk(i) is chunk i of ActivationChunks, its
+// b_chunk(i) chunk i of WeightRowChunks (kPackedBNMajor) or PackedChunks (null: zero).
 template <class M, class Ops>
 __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M, Ops>::kCount],
                                             typename M::Element* a, typename M::Element* b, const Ops& ops) {
     typedef typename M::Element T;
-    auto row = ops.a_first();
+    if constexpr (Ops::kPackedA) {
+        typedef ActivationChunks<M> Chunks;
+        if (Chunks::active()) {
 #pragma unroll
-    for (int r = 0; r < RowsA<M>::kRows; ++r) {
-        if (r) row = ops.a_next(row);
-        const T* from = ops.a_source(row);
-        if constexpr (M::kAsync) {
-            async_copy(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), from ? from : ops.any_a,
-                       from ? (int)sizeof(T) : 0);
-        } else {
-            staged[r] = from ? __ldg(from) : T(0.0f);
+            for (int i = 0; i < Chunks::kChunks; ++i) {
+                const T* from = ops.a_chunk(i);
+                cp_async_16(a + M::a_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a, from ? 16 : 0);
+            }
+        }
+    } else {
+        auto row = ops.a_first();
+#pragma unroll
+        for (int r = 0; r < RowsA<M>::kRows; ++r) {
+            if (r) row = ops.a_next(row);
+            const T* from = ops.a_source(row);
+            if constexpr (M::kAsync) {
+                async_copy(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), from ? from : ops.any_a,
+                           from ? (int)sizeof(T) : 0);
+            } else {
+                staged[r] = from ? __ldg(from) : T(0.0f);
+            }
         }
     }
     if constexpr (!Ops::kPackedB) {
@@ -133,7 +168,16 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                 async_copy(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), from ? from : ops.any_b,
                            from ? (int)sizeof(T) : 0);
             } else {
-                staged[RowsA<M>::kRows + r] = from ? __ldg(from) : T(0.0f);
+                staged[Staged<M, Ops>::kA + r] = from ? __ldg(from) : T(0.0f);
+            }
+        }
+    } else if constexpr (M::kPackedBNMajor) {
+        typedef WeightRowChunks<M> Chunks;
+        if (Chunks::active()) {
+#pragma unroll
+            for (int i = 0; i < Chunks::kChunks; ++i) {
+                const T* from = ops.b_chunk(i);
+                cp_async_16(b + M::b_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_b, from ? 16 : 0);
             }
         }
     } else {
@@ -146,18 +190,20 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
             }
         }
     }
-    if constexpr (M::kAsync || Ops::kPackedB) cp_async_commit();  // run_gemm's kCopies
+    if constexpr (M::kAsync || Ops::kPackedA || Ops::kPackedB) cp_async_commit();  // run_gemm's kCopies
 }
 template <class M, class Ops>
 __device__ __forceinline__ void store_staged(const typename M::Element staged[Staged<M, Ops>::kCount],
                                              typename M::Element* a, typename M::Element* b) {
     if constexpr (!M::kAsync) {
+        if constexpr (!Ops::kPackedA) {
 #pragma unroll
-        for (int r = 0; r < RowsA<M>::kRows; ++r) a[M::a_offset(RowsA<M>::k(r), RowsA<M>::column())] = staged[r];
+            for (int r = 0; r < RowsA<M>::kRows; ++r) a[M::a_offset(RowsA<M>::k(r), RowsA<M>::column())] = staged[r];
+        }
         if constexpr (!Ops::kPackedB) {
 #pragma unroll
             for (int r = 0; r < RowsB<M>::kRows; ++r)
-                b[M::b_offset(RowsB<M>::k(r), RowsB<M>::column())] = staged[RowsA<M>::kRows + r];
+                b[M::b_offset(RowsB<M>::k(r), RowsB<M>::column())] = staged[Staged<M, Ops>::kA + r];
         }
     }
 }
@@ -187,7 +233,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
     for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
 
     T staged[Staged<M, Ops>::kCount];
-    constexpr bool kCopies = M::kAsync || Ops::kPackedB;  // any cp.async to wait for
+    constexpr bool kCopies = M::kAsync || Ops::kPackedA || Ops::kPackedB;  // any cp.async to wait for
     const int steps = ops.steps;
     if (steps > 0) {
         ops.begin();
@@ -203,7 +249,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
             ops.advance();
             fetch_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);  // in flight during the multiply
         }
-        M::template multiply<Ops::kPackedB>(a_slices[buffer], b_slices[buffer], acc);
+        M::template multiply<Ops::kPackedA, Ops::kPackedB>(a_slices[buffer], b_slices[buffer], acc);
         if (has_next) store_staged<M, Ops>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
         if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();  // the next slice is in place for all; everyone is done with `buffer`
@@ -248,6 +294,7 @@ struct ConvOperands {
     typedef typename M::Accumulator A;
     Problem<P> p;
     static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
+    static constexpr bool kPackedA = M::kPacksActivation;  // else A is src's own elements, one per thread and row
     typedef PackedChunks<M> Chunks;
     const TapEntry* taps;
     const T* any_a;
@@ -259,9 +306,10 @@ struct ConvOperands {
     int has_bias, steps, dst_spatial, src_spatial;
     int splits, split, first_step, slices_per_tap;  // this block's K: steps [first_step, first_step + steps)
     // this thread's row of A (an output / input position) and column of B (N channels: a chunk's, packed)
-    const T* src_row;     // src[n, group·KC, 0]; null past the last row
-    const T* w_column;    // B (c = 0, j, tap 0) of the group: packed, j the chunk's first; null past the last column
-    long long b_stride_c; // elements per K channel: a packed row, or the weight's stride
+    const T* src_row;     // src[n, group·KC, 0], packed: (n, position 0, group); null past the last row
+    int a_stride;         // packed: elements per (sample, position), groups × the padded K channels
+    const T* w_column;    // B (c = 0, j, tap 0) of the group: packed, j the chunk's first (N-major: the row's); null past the last column
+    int b_stride_c;       // elements per K channel: a packed row (N-major packing: 1), or the weight's stride
     int q[3];
     // the current slice
     int tap, c0, a_position;  // a_position -1: outside src
@@ -280,19 +328,27 @@ struct ConvOperands {
         src_spatial = p.src_ext[0] * p.src_ext[1] * p.src_ext[2];
         dst_spatial = p.dst_ext[0] * p.dst_ext[1] * p.dst_ext[2];
         partial = workspace + split * ((long long)g.N * p.dst_channels * dst_spatial);
-        const int m = block_m + RowsA<M>::column();
+        const int m = block_m + (kPackedA ? ActivationChunks<M>::row() : RowsA<M>::column());
         src_row = nullptr;
         q[0] = q[1] = q[2] = 0;
+        const int packed_channels = packed_row<T>(p.kc);
+        a_stride = g.groups * packed_channels;
         if (m < p.m_size) {
             const int n = m / p.q_total;
             unflatten3(m % p.q_total, p.q_ext, q);
-            src_row = src + ((long long)n * p.src_channels + (long long)p.group * p.kc) * src_spatial;
+            src_row = kPackedA ? src + (long long)n * src_spatial * a_stride + p.group * packed_channels
+                               : src + ((long long)n * p.src_channels + (long long)p.group * p.kc) * src_spatial;
         }
         const WeightAsB& b = p.weight;
-        if constexpr (kPackedB) {
+        if constexpr (kPackedB && M::kPackedBNMajor) {
+            b_stride_c = 1;  // K innermost: a row per (tap, N channel) of packed_row(kc) elements
+            const int j = block_n + WeightRowChunks<M>::row();
+            w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T, true>() + (long long)j * packed_row<T>(p.kc)
+                                : nullptr;
+        } else if constexpr (kPackedB) {
             b_stride_c = b.template row<T>();
             const int j = block_n + Chunks::column();
-            w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T>() + j : nullptr;
+            w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T, false>() + j : nullptr;
         } else {
             b_stride_c = b.stride_c;
             const int j = block_n + RowsB<M>::column();
@@ -308,7 +364,9 @@ struct ConvOperands {
             inside = inside && pos[d] >= 0 && pos[d] < p.src_ext[d];
         }
         a_position = inside ? flatten3(pos, p.src_ext) : -1;
-        b_tap = kPackedB ? (long long)e.index * p.kc * b_stride_c : e.index;
+        if constexpr (kPackedB && M::kPackedBNMajor) b_tap = (long long)e.index * p.nc * packed_row<T>(p.kc);
+        else if constexpr (kPackedB) b_tap = (long long)e.index * p.kc * b_stride_c;
+        else b_tap = e.index;
     }
     __device__ __forceinline__ void begin() {  // step first_step: (tap, slice of channels)
         tap = first_step / slices_per_tap;
@@ -330,11 +388,19 @@ struct ConvOperands {
     __device__ __forceinline__ const T* a_source(int c) const {
         return a_position >= 0 && c < p.kc ? src_row + (long long)c * src_spatial + a_position : nullptr;
     }
+    // chunk i of ActivationChunks (packed A): 16 bytes of K channels from the slice's c0 on
+    __device__ __forceinline__ const T* a_chunk(int i) const {
+        const int c = c0 + ActivationChunks<M>::k(i);
+        return a_position >= 0 && c < p.kc ? src_row + (long long)a_position * a_stride + c : nullptr;
+    }
     __device__ __forceinline__ const T* b_at(int c) const {
-        return w_column && c < p.kc ? w_column + b_tap + c * b_stride_c : nullptr;
+        return w_column && c < p.kc ? w_column + b_tap + (long long)c * b_stride_c : nullptr;
     }
     __device__ __forceinline__ const T* b_source(int c) const { return b_at(c); }  // unpacked
-    __device__ __forceinline__ const T* b_chunk(int i) const { return b_at(c0 + Chunks::k(i)); }  // packed
+    __device__ __forceinline__ const T* b_chunk(int i) const {  // packed
+        if constexpr (M::kPackedBNMajor) return b_at(c0 + WeightRowChunks<M>::k(i));
+        else return b_at(c0 + Chunks::k(i));
+    }
 
     __device__ __forceinline__ long long row_offset(int row) const { return p.dst_row(row); }
     __device__ __forceinline__ long long column_offset(int col) const {
@@ -400,7 +466,7 @@ template <class M>
 struct WeightGradOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    static constexpr bool kPackedB = false;
+    static constexpr bool kPackedA = false, kPackedB = false;
     // A's and B's rows of a slice coincide on square tiles: one cursor serves both
     static constexpr bool kOneCursor = M::BM == M::BN;
     const Geometry& g;
@@ -511,21 +577,48 @@ __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
 }
 
 // The weight packed for the forward (grad_input = 0) or grad_input GEMM (WeightAsB): one element
-// per thread and step of a grid-stride loop, in packed order (coalesced stores), zeros past nc;
-// RoundTf32: each rounded to TF32 (cvt.rna), once, for the tf32 math.
-template <typename T, bool RoundTf32>
+// per thread and step of a grid-stride loop, in packed order (coalesced stores), zeros past the
+// row's channels; NMajor (kPackedBNMajor): per group [tap][N channel][K channel], rows padded in K,
+// else [tap][K channel][N channel], rows padded in N; RoundTf32: each rounded to TF32 (cvt.rna),
+// once, for the tf32 math.
+template <typename T, bool RoundTf32, bool NMajor>
 __device__ void pack_weight(const T* __restrict__ w, T* __restrict__ packed, int grad_input, const Geometry g) {
     const WeightAsB b(g, grad_input != 0);
-    const int row = b.row<T>();
-    const long long rows_per_group = (long long)b.taps * b.kc;
+    const int outer = NMajor ? b.nc : b.kc, inner = NMajor ? b.kc : b.nc;  // channels per packed row, per tap
+    const int row = packed_row<T>(inner);
+    const long long rows_per_group = (long long)b.taps * outer;
     const long long count = g.groups * rows_per_group * row;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x) {
-        const int j = (int)(e % row);
-        const long long packed_row = e / row;
-        const int group = (int)(packed_row / rows_per_group), tap_channel = (int)(packed_row % rows_per_group);
-        const int tap = tap_channel / b.kc, c = tap_channel % b.kc;
+        const int i = (int)(e % row);
+        const long long packed_row_index = e / row;
+        const int group = (int)(packed_row_index / rows_per_group), tap_channel = (int)(packed_row_index % rows_per_group);
+        const int tap = tap_channel / outer, o = tap_channel % outer;
+        const int c = NMajor ? i : o, j = NMajor ? o : i;
         T value = T(0.0f);
-        if (j < b.nc) value = w[group * b.group_elements + (long long)c * b.stride_c + (long long)j * b.stride_j + tap];
+        if (i < inner) value = w[group * b.group_elements + (long long)c * b.stride_c + (long long)j * b.stride_j + tap];
+        if constexpr (RoundTf32) value = __uint_as_float(float_to_tf32(value));
+        packed[e] = value;
+    }
+}
+
+// The activation packed for the forward's (x; grad_input = 0) or grad_input's GEMM (grad_output):
+// [n][position][group][K channel], the K channels of a group padded with zeros to whole
+// GEMM_PACK_ROW_BYTES — so A arrives by 16-byte cp.async into its m-major slices (channels-last, as
+// cuDNN transposes internally). One element per thread and step of a grid-stride loop, in packed
+// order (coalesced stores); RoundTf32: each rounded to TF32 (cvt.rna), once, for the tf32 math.
+template <typename T, bool RoundTf32>
+__device__ void pack_activation(const T* __restrict__ src, T* __restrict__ packed, int grad_input, const Geometry g) {
+    const int channels = grad_input ? g.C_out : g.C_in, kc = channels / g.groups;
+    const int spatial = grad_input ? g.out_spatial() : g.in_spatial(), row = packed_row<T>(kc);
+    const long long count = (long long)g.N * spatial * g.groups * row;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(e % row);
+        const long long position_group = e / row;
+        const int group = (int)(position_group % g.groups);
+        const long long sample_position = position_group / g.groups;
+        const int position = (int)(sample_position % spatial), n = (int)(sample_position / spatial);
+        T value = T(0.0f);
+        if (c < kc) value = src[((long long)n * channels + (long long)group * kc + c) * spatial + position];
         if constexpr (RoundTf32) value = __uint_as_float(float_to_tf32(value));
         packed[e] = value;
     }
@@ -580,7 +673,17 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_weight_##MATH_NAME(const T* w, T* packed_w, int grad_input, DECONV_GEOMETRY_PARAMS) {    \
         static_assert(MATH<BM, BN>::kPacksWeight, "a math whose GEMMs read the packed weight");                   \
-        gemm::pack_weight<T, MATH<BM, BN>::kPackRoundsTf32>(w, packed_w, grad_input, DECONV_GEOMETRY_ARGS);       \
+        gemm::pack_weight<T, MATH<BM, BN>::kPackRoundsTf32, MATH<BM, BN>::kPackedBNMajor>(w, packed_w, grad_input, \
+                                                                                        DECONV_GEOMETRY_ARGS);    \
+    }
+
+// The activation's packing, of the maths whose forward and grad_input read it packed (kPacksActivation).
+#define DECONV_GEMM_PACK_ACTIVATION(MATH_NAME, T, MATH, BM, BN)                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        deconv_gemm_pack_activation_##MATH_NAME(const T* src, T* packed_src, int grad_input,                      \
+                                                DECONV_GEOMETRY_PARAMS) {                                         \
+        static_assert(MATH<BM, BN>::kPacksActivation, "a math whose GEMMs read the packed activation");           \
+        gemm::pack_activation<T, MATH<BM, BN>::kPackRoundsTf32>(src, packed_src, grad_input, DECONV_GEOMETRY_ARGS); \
     }
 
 // The maths this module holds (CUDECONV_WANTS, module_select.cuh): ENTRY(name, storage type, tile
@@ -625,6 +728,8 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 #if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
 GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_TF32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+GEMM_TF32X3(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 #endif

@@ -50,6 +50,8 @@ struct SimtMath {
     static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
     static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
+    static constexpr bool kPacksActivation = false;  // A: the tensors' own elements
+    static constexpr bool kPackedBNMajor = false;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
     static constexpr int kThreadsN = BN / TN;
@@ -63,7 +65,7 @@ struct SimtMath {
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * TM + i / TN; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * TN + i % TN; }
 
-    template <bool kPackedB>  // always false: this math reads the weight unpacked
+    template <bool kPackedA, bool kPackedB>  // always false: this math reads its operands unpacked
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * TM, col0 = (threadIdx.x % kThreadsN) * TN;
 #pragma unroll
@@ -110,11 +112,14 @@ struct MmaTiles {
 // a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. A slices are
 // m-major rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads fall in
 // distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
-// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile. B slices are k-major, as the packed
-// weight's 16-byte chunks land, rows of BN + 8 floats (BN + 8 ≡ 8 mod 32 for every BN of the menu):
-// b0 and b1 are one 4-byte load each, and the warp's 32 loads (rows t, columns g) hit banks 8t + g,
-// all distinct. The packed weight is
-// already TF32 (rounded in the packing): only tf32x3 splits it, and grad_weight's B is rounded here.
+// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile. The packed weight's B slices are n-major
+// the same way (rows of one N channel's 16 K floats), so ldmatrix.x4 gives b0, b1 of two 8-column
+// tiles. The forward's and grad_input's A (the packed activation, channels-last) and B (the weight
+// packed N-major) land in those rows by 16-byte cp.async; both packings round to TF32 for tf32, so
+// its main loop rounds nothing; tf32x3 splits both in the loop. grad_weight's operands are not
+// packed: its B slices are k-major, rows of BN + 8 floats (BN + 8 ≡ 8 mod 32 for every BN of the
+// menu), b0 and b1 one 4-byte load each (the warp's 32 loads, rows t and columns g, hit banks
+// 8t + g, all distinct), and it rounds A and B in the loop.
 template <bool Split3, int Tile_M, int Tile_N, int MinBlocks>
 struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     typedef MmaTiles<float, Tile_M, Tile_N, 16, 4> Tiles;
@@ -128,12 +133,18 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = true;
-    static constexpr bool kPacksWeight = true, kPackRoundsTf32 = !Split3;
+    // the forward's and grad_input's A arrives packed (channels-last, TF32-rounded for tf32) too
+    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = !Split3;
     static constexpr int kMinBlocks = MinBlocks;
+    // The packed weight's B slices are n-major like A's (rows of BK + PAD floats, K innermost: the
+    // weight packed N-major), read by ldmatrix; grad_weight's element-wise B stays k-major.
+    static constexpr bool kPackedBNMajor = true;
     static constexpr int kRowB = BN + 8;
-    static constexpr int kSliceA = BM * (BK + PAD), kSliceB = BK * kRowB;
+    static constexpr int kSliceA = BM * (BK + PAD);
+    static constexpr int kSliceB = BK * kRowB > BN * (BK + PAD) ? BK * kRowB : BN * (BK + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * kRowB + n; }
+    __device__ static __forceinline__ int b_packed_offset(int k, int n) { return n * (BK + PAD) + k; }
     __device__ static __forceinline__ void round(unsigned* r, int count, unsigned* small) {
 #pragma unroll
         for (int i = 0; i < count; ++i) {
@@ -142,7 +153,19 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
             if (Split3) small[i] = float_to_tf32(x - __uint_as_float(r[i]));
         }
     }
-    template <bool kPackedB>
+    // mma tile (i, j) of the warp tile: big·big, after the small products for 3×TF32 (they would
+    // vanish next to the big one)
+    __device__ static __forceinline__ void multiply_tile(float acc[kAccumulators], int i, int j, const unsigned a_big[4],
+                                                         const unsigned a_small[4], const unsigned b_big[2],
+                                                         const unsigned b_small[2]) {
+        float* c = acc + (i * NJ + j) * 4;
+        if (Split3) {
+            mma_m16n8k8_tf32(c, a_small, b_big, c);
+            mma_m16n8k8_tf32(c, a_big, b_small, c);
+        }
+        mma_m16n8k8_tf32(c, a_big, b_big, c);
+    }
+    template <bool kPackedA, bool kPackedB>
     __device__ static __forceinline__ void multiply(const float* a, const float* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -153,27 +176,32 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
                 ldmatrix_x4(a_big[i], a + a_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
-                round(a_big[i], 4, a_small[i]);
+                if (Split3 || !kPackedA) round(a_big[i], 4, a_small[i]);
             }
-            // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g)
-#pragma unroll
-            for (int j = 0; j < NJ; ++j) {
-                const float* b0 = b + b_offset(k + lane % 4, col0 + j * 8 + lane / 4);
-                b_big[j][0] = __float_as_uint(b0[0]);
-                b_big[j][1] = __float_as_uint(b0[4 * kRowB]);
-                if (Split3 || !kPackedB) round(b_big[j], 2, b_small[j]);
-            }
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
+            // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g). Packed (n-major): ldmatrix.x2 of
+            // the matrices (tile j, k 0-3) and (tile j, k 4-7), each tile multiplied as it arrives (two
+            // B registers live, not the warp tile's 2·NJ: the 128 × 128 tile stays within 128 registers).
+            if constexpr (kPackedB) {
 #pragma unroll
                 for (int j = 0; j < NJ; ++j) {
-                    float* c = acc + (i * NJ + j) * 4;
-                    if (Split3) {  // the small products first: they would vanish next to the big one
-                        mma_m16n8k8_tf32(c, a_small[i], b_big[j], c);
-                        mma_m16n8k8_tf32(c, a_big[i], b_small[j], c);
-                    }
-                    mma_m16n8k8_tf32(c, a_big[i], b_big[j], c);
+                    ldmatrix_x2(b_big[j], b + b_packed_offset(k + lane / 8 % 2 * 4, col0 + j * 8 + lane % 8));
+                    if (Split3) round(b_big[j], 2, b_small[j]);
+#pragma unroll
+                    for (int i = 0; i < MI; ++i) multiply_tile(acc, i, j, a_big[i], a_small[i], b_big[j], b_small[j]);
                 }
+            } else {
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) {
+                    const float* b0 = b + b_offset(k + lane % 4, col0 + j * 8 + lane / 4);
+                    b_big[j][0] = __float_as_uint(b0[0]);
+                    b_big[j][1] = __float_as_uint(b0[4 * kRowB]);
+                    round(b_big[j], 2, b_small[j]);
+                }
+#pragma unroll
+                for (int i = 0; i < MI; ++i)
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) multiply_tile(acc, i, j, a_big[i], a_small[i], b_big[j], b_small[j]);
+            }
         }
     }
 };
@@ -205,12 +233,13 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = false;
-    static constexpr bool kPacksWeight = true, kPackRoundsTf32 = false;
+    static constexpr bool kPacksWeight = true, kPacksActivation = false, kPackRoundsTf32 = false;
+    static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
-    template <bool kPackedB>  // the packed weight reads like any other B slice
+    template <bool kPackedA, bool kPackedB>  // the packed weight reads like any other B slice; A is never packed
     __device__ static __forceinline__ void multiply(const T16* a, const T16* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -247,24 +276,27 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
 // MinBlocks grows as the accumulators shrink, so a small tile's block takes fewer registers and
 // more of them share an SM (the wave gemm_plan.py sizes grids by).
 
-// FFMA: 8 × 8 outputs per thread on 128×128, 8 × 4 / 4 × 8 on the half tiles, 4 × 4 on the rest.
+// FFMA: 8 × 8 outputs per thread on 128×128, 8 × 4 / 4 × 8 on the half tiles, 4 × 4 on the rest;
+// 2 blocks per SM from 32 outputs per thread (grad_weight's 64 × 128 spills within 3 blocks' 80
+// registers), 4 below.
 template <int BM, int BN>
 struct FfmaShape {
     static constexpr int TM = BM == 128 && BN >= 64 ? 8 : 4, TN = BM * BN / kThreads / TM;
-    static constexpr int kMinBlocks = TM * TN >= 64 ? 2 : TM * TN >= 32 ? 3 : 4;
+    static constexpr int kMinBlocks = TM * TN >= 32 ? 2 : 4;
 };
 template <int BM, int BN>
 using F32Math = SimtMath<float, BM, BN, FfmaShape<BM, BN>::TM, FfmaShape<BM, BN>::TN, FfmaShape<BM, BN>::kMinBlocks>;
 template <int BM, int BN>
 using F64Math = SimtMath<double, BM, BN, BM >= 64 ? 4 : 2, BM * BN / kThreads / (BM >= 64 ? 4 : 2), 2>;
 
-// Tensor cores, by accumulators per thread (BM·BN / 256): tf32 2 blocks per SM at 64 (<= 128
-// registers), 3 below; 3×TF32 keeps twice the fragments: 1, 2, 3; FP16/BF16 stage their A slice
-// (and grad_weight's B) through registers: 1 at 64, 2 below.
+// Tensor cores, by accumulators per thread (BM·BN / 256): tf32 2 blocks per SM from 32 (<= 128
+// registers; grad_weight's 64 × 128 needs more than 3 blocks' 80), 3 below; 3×TF32 keeps twice
+// the fragments: 1, 2, 3; FP16/BF16 stage their A slice (and grad_weight's B) through registers:
+// 1 at 64, 2 below.
 template <int BM, int BN>
 struct MmaBlocks {
     static constexpr int kAccumulators = BM * BN / kThreads;
-    static constexpr int kTf32 = kAccumulators >= 64 ? 2 : 3;
+    static constexpr int kTf32 = kAccumulators >= 32 ? 2 : 3;
     static constexpr int kTf32x3 = kAccumulators >= 64 ? 1 : kAccumulators >= 32 ? 2 : 3;
     static constexpr int k16 = kAccumulators >= 64 ? 1 : 2;
 };

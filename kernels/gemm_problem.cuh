@@ -14,9 +14,19 @@ struct TapEntry {
     int index;      // flat tap index in the weight
 };
 
+// Elements of a packed row of `count` channels: rounded up to GEMM_PACK_ROW_BYTES (a 32-byte sector),
+// so 16-byte chunks never straddle rows (the packed weight's N channels, the packed activation's K).
+template <typename T>
+__device__ __forceinline__ int packed_row(int count) {
+    constexpr int per_row = GEMM_PACK_ROW_BYTES / sizeof(T);
+    static_assert(GEMM_PACK_ROW_BYTES % 16 == 0 && per_row > 0, "packed rows of whole 16-byte chunks");
+    return (count + per_row - 1) / per_row * per_row;
+}
+
 // The weight (C_in, C_out/groups, *kernel) as B of the forward (K = C_in/groups, N = C_out/groups)
 // or of grad_input (K = C_out/groups, N = C_in/groups), and its packed copy: per group, taps × kc
-// rows (tap-major) of `row` elements, N channel j at j, zeros from nc on.
+// rows (tap-major) of `row` elements, N channel j at j, zeros from nc on — or, N-major (the tf32
+// maths, whose B fragments ldmatrix reads from n-major slices), taps × nc rows of packed_row(kc).
 struct WeightAsB {
     int kc, nc, taps;
     int stride_c, stride_j;   // weight element strides per K channel and per N channel
@@ -33,13 +43,12 @@ struct WeightAsB {
     }
     // elements per packed row: nc rounded up to GEMM_PACK_ROW_BYTES (16-byte chunks never straddle rows)
     template <typename T>
-    __device__ __forceinline__ int row() const {
-        constexpr int per_row = GEMM_PACK_ROW_BYTES / sizeof(T);
-        static_assert(GEMM_PACK_ROW_BYTES % 16 == 0 && per_row > 0, "packed rows of whole 16-byte chunks");
-        return (nc + per_row - 1) / per_row * per_row;
+    __device__ __forceinline__ int row() const { return packed_row<T>(nc); }
+    // packed elements per group: N-major ([tap][N][K], rows of packed_row(kc)) or K-major ([tap][K][N])
+    template <typename T, bool NMajor>
+    __device__ __forceinline__ long long packed_group_elements() const {
+        return NMajor ? (long long)taps * nc * packed_row<T>(kc) : (long long)taps * kc * row<T>();
     }
-    template <typename T>
-    __device__ __forceinline__ long long packed_group_elements() const { return (long long)taps * kc * row<T>(); }
 };
 
 template <Pass P>

@@ -38,6 +38,15 @@ GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16":
 # padded to GEMM_PACK_ROW_BYTES (one 32-byte sector) so the GEMM reads it in aligned 16-byte
 # chunks. ELEMENT_BYTES: the storage type.
 GEMM_PACKED_MATHS = ("tf32", "tf32x3", "f16", "bf16")
+# On tf32 and tf32x3 the forward's and grad_input's A (x, grad_output) is packed too
+# (deconv_gemm_pack_activation_*): channels-last, [n][position][group][K channels], each group's K
+# channels padded to GEMM_PACK_ROW_BYTES, TF32-rounded for tf32 — read in 16-byte chunks into
+# the m-major A slices those maths keep for ldmatrix.
+GEMM_PACKED_ACTIVATION_MATHS = ("tf32", "tf32x3")
+# Their packed weight is N-major too (per group [tap][N channel][K channels padded]), so that B's
+# slices are n-major like A's and ldmatrix reads both; f16/bf16 keep [tap][K channel][N channels
+# padded] for ldmatrix.trans.
+GEMM_PACKED_N_MAJOR_MATHS = ("tf32", "tf32x3")
 GEMM_PACK_ROW_BYTES = 32
 GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
 GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
@@ -95,23 +104,23 @@ def gemm_slice_bytes(math_name: str, tile) -> tuple:
     """Bytes of one (A, B) shared-memory slice of ``math_name``'s GEMM on ``tile`` (BM, BN)."""
     rows, columns = tile
     slice_k, element = GEMM_SLICE_K[math_name], GEMM_ELEMENT_BYTES[math_name]
-    if math_name in ("tf32", "tf32x3"):
-        return rows * (slice_k + 4) * element, slice_k * (columns + 8) * element
+    if math_name in ("tf32", "tf32x3"):  # B: k-major for grad_weight, n-major (as A) packed; the larger
+        return rows * (slice_k + 4) * element, max(slice_k * (columns + 8), columns * (slice_k + 4)) * element
     pad = 4 if math_name == "f64" else 8
     return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
 
 
 def gemm_min_blocks(math_name: str, tile) -> int:
     """The blocks per SM the tile's __launch_bounds__ asks the registers to allow (gemm_math.cuh):
-    by accumulators per thread (BM·BN / 256) — FFMA 2 at 64, 3 at 32, 4 below; DFMA 2; tf32 2 at
-    64, else 3; tf32x3 1, 2 (32), 3; FP16/BF16 1 at 64, else 2."""
+    by accumulators per thread (BM·BN / 256) — FFMA 2 from 32, 4 below; DFMA 2; tf32 2 from 32, else
+    3; tf32x3 1, 2 (32), 3; FP16/BF16 1 at 64, else 2."""
     accumulators = tile[0] * tile[1] // GEMM_THREADS
     if math_name == "f32":
-        return 2 if accumulators >= 64 else 3 if accumulators >= 32 else 4
+        return 2 if accumulators >= 32 else 4
     if math_name == "f64":
         return 2
     if math_name == "tf32":
-        return 2 if accumulators >= 64 else 3
+        return 2 if accumulators >= 32 else 3
     if math_name == "tf32x3":
         return 1 if accumulators >= 64 else 2 if accumulators >= 32 else 3
     return 1 if accumulators >= 64 else 2
@@ -143,14 +152,28 @@ def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
 
 def packed_weight_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
     """Elements of the weight packed for the forward's or grad_input's GEMM: groups × taps × K
-    channels rows of the N channels, padded to whole GEMM_PACK_ROW_BYTES; 0 for grad_weight, which
-    reads no weight, and for the maths that read it unpacked (not in GEMM_PACKED_MATHS)."""
+    channels rows of the N channels, or (N-major, GEMM_PACKED_N_MAJOR_MATHS) groups × taps × N
+    channels rows of the K channels, rows padded to whole GEMM_PACK_ROW_BYTES; 0 for grad_weight,
+    which reads no weight, and for the maths that read it unpacked (not in GEMM_PACKED_MATHS)."""
     if pass_ == "grad_weight" or math_name not in GEMM_PACKED_MATHS:
         return 0
     k_channels, n_channels = ((geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
                               else (geom.out_channels_per_group, geom.in_channels_per_group))
+    rows, row = (n_channels, k_channels) if math_name in GEMM_PACKED_N_MAJOR_MATHS else (k_channels, n_channels)
     per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
-    return geom.groups * geom.taps * k_channels * ceil_div(n_channels, per_row) * per_row
+    return geom.groups * geom.taps * rows * ceil_div(row, per_row) * per_row
+
+
+def packed_activation_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
+    """Elements of the activation packed for the forward's (x) or grad_input's (grad_output) GEMM:
+    N × positions × groups × K channels per group padded to whole GEMM_PACK_ROW_BYTES; 0 for
+    grad_weight and the maths that read A unpacked (not in GEMM_PACKED_ACTIVATION_MATHS)."""
+    if pass_ == "grad_weight" or math_name not in GEMM_PACKED_ACTIVATION_MATHS:
+        return 0
+    k_channels, positions = ((geom.in_channels_per_group, math.prod(geom.in_size)) if pass_ == "forward"
+                             else (geom.out_channels_per_group, math.prod(geom.out_size)))
+    per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
+    return geom.batch * positions * geom.groups * ceil_div(k_channels, per_row) * per_row
 
 
 def wave_fill(blocks: int, full_wave: int) -> float:

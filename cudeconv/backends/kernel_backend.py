@@ -37,10 +37,11 @@ from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, ch
 from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
                                 wave)
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
-    GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES, GEMM_PACKED_MATHS,
+    GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
+    GEMM_PACKED_ACTIVATION_MATHS, GEMM_PACKED_MATHS,
     GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
     SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_resources, gemm_sides, gemm_splits,
-    gemm_tile, packed_weight_elements, split_limit)
+    gemm_tile, packed_activation_elements, packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
@@ -332,7 +333,8 @@ class KernelBackend:
         direct kernel): its tile (``tile``, one of the menu's GEMM_TILES, or gemm_tile's choice on
         ``device``, by default the current device's descriptor), its parts its K splits (``splits``,
         or gemm_splits for that tile), its workspace their partial copies of the output and, for the
-        forward and grad_input on tensor cores, the packed weight. "auto" takes the GEMM where it can
+        forward and grad_input on tensor cores, the packed weight (and on tf32/tf32x3 the packed
+        activation). "auto" takes the GEMM where it can
         run and its K side holds GEMM_MIN_K_CHANNELS channels per group (for grad_weight its M side,
         C_in/groups); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
@@ -364,7 +366,8 @@ class KernelBackend:
                 return None
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
-        workspace += packed_weight_elements(geom, pass_, math_name) * np.dtype(dtype).itemsize
+        workspace += (packed_weight_elements(geom, pass_, math_name)
+                      + packed_activation_elements(geom, pass_, math_name)) * np.dtype(dtype).itemsize
         return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}", grid, splits, workspace,
                           "deconv_gemm.cu", math_name, tile, pass_)
 
@@ -490,6 +493,18 @@ class KernelBackend:
                      (BLOCK, 1, 1), (weight, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
         return packed
 
+    def _gemm_activation(self, path: KernelPath, src, geom: ConvTransposeGeometry, pass_: str):
+        """A of the forward's (``src`` = x) or grad_input's (grad_output) GEMM of ``path``: packed
+        channels-last by deconv_gemm_pack_activation_* (a workspace from the array module's pool)
+        for the maths of GEMM_PACKED_ACTIVATION_MATHS, else ``src`` itself."""
+        if path.math not in GEMM_PACKED_ACTIVATION_MATHS:
+            return src
+        packed = self._output(packed_activation_elements(geom, pass_, path.math), src.dtype)
+        self._launch(path, f"deconv_gemm_pack_activation_{path.math}",
+                     (loop_blocks(packed.size, BLOCK, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
+                     (src, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
+        return packed
+
     @on_arrays_device("x", "weight", "bias")
     def forward(self, x, weight, bias, geom: ConvTransposeGeometry, algorithm="auto", precision="fp32",
                 splits=None, tile=None):
@@ -508,7 +523,8 @@ class KernelBackend:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (x, self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y, geom,
+            self._run_gemm(path, (self._gemm_activation(path, x, geom, "forward"),
+                                  self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y, geom,
                            bias)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
@@ -542,7 +558,8 @@ class KernelBackend:
             return grad_input
         args = (grad_output, weight, grad_input) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (grad_output, self._gemm_weight(path, weight, geom, "grad_input")), grad_input, geom)
+            self._run_gemm(path, (self._gemm_activation(path, grad_output, geom, "grad_input"),
+                                  self._gemm_weight(path, weight, geom, "grad_input")), grad_input, geom)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(geom.batch * geom.in_channels, positions),
                          (BLOCK, 1, 1), args)
