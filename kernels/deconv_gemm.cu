@@ -141,7 +141,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
 #pragma unroll
             for (int i = 0; i < Chunks::kChunks; ++i) {
                 const T* from = ops.a_chunk(i);
-                cp_async_16(a + M::a_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a, from ? 16 : 0);
+                cp_async_16(a + M::a_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a, from ? 16 : 0);
             }
         }
     } else {
@@ -661,7 +661,7 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
                                                              splits, DECONV_GEOMETRY_ARGS);                       \
     }
 #define DECONV_GEMM_GRAD_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocks)                        \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocksWeightGrad)              \
         deconv_grad_weight_gemm_##MATH_NAME##_##BM##x##BN(const T* x, const T* grad_output, T* grad_weight,       \
                                                          MATH<BM, BN>::Accumulator* workspace, int splits,        \
                                                          DECONV_GEOMETRY_PARAMS) {                                \
@@ -730,6 +730,8 @@ GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+GEMM_F16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+GEMM_BF16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 #endif

@@ -52,7 +52,7 @@ struct SimtMath {
     static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
     static constexpr bool kPacksActivation = false;  // A: the tensors' own elements
     static constexpr bool kPackedBNMajor = false;
-    static constexpr int kMinBlocks = MinBlocks;
+    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
     static constexpr int kThreadsN = BN / TN;
     static_assert((BM / TM) * (BN / TN) == kThreads, "one thread per TM × TN outputs");
@@ -135,7 +135,7 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     static constexpr bool kAsync = true;
     // the forward's and grad_input's A arrives packed (channels-last, TF32-rounded for tf32) too
     static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = !Split3;
-    static constexpr int kMinBlocks = MinBlocks;
+    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocks;
     // The packed weight's B slices are n-major like A's (rows of BK + PAD floats, K innermost: the
     // weight packed N-major), read by ldmatrix; grad_weight's element-wise B stays k-major.
     static constexpr bool kPackedBNMajor = true;
@@ -143,6 +143,7 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     static constexpr int kSliceA = BM * (BK + PAD);
     static constexpr int kSliceB = BK * kRowB > BN * (BK + PAD) ? BK * kRowB : BN * (BK + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
+    __device__ static __forceinline__ int a_packed_offset(int k, int m) { return a_offset(k, m); }  // m-major either way
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * kRowB + n; }
     __device__ static __forceinline__ int b_packed_offset(int k, int n) { return n * (BK + PAD) + k; }
     __device__ static __forceinline__ void round(unsigned* r, int count, unsigned* small) {
@@ -220,7 +221,7 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], co
     mma_m16n8k16_bf16(d, a, b, c);
 }
 
-template <typename T16, int Tile_M, int Tile_N, int MinBlocks>
+template <typename T16, int Tile_M, int Tile_N, int MinBlocks, int MinBlocksWeightGrad>
 struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     typedef MmaTiles<T16, Tile_M, Tile_N, 32, 8> Tiles;
     using Tiles::MI;
@@ -233,13 +234,20 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = false;
-    static constexpr bool kPacksWeight = true, kPacksActivation = false, kPackRoundsTf32 = false;
+    // The forward's and grad_input's A arrives packed (channels-last) by 16-byte cp.async into
+    // m-major slices (rows of 32 + 8 halves: 80 bytes, an odd number of 16-byte units), read by
+    // ldmatrix (not .trans): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+    // (rows 8-15, k 8-15) are a0..a3. grad_weight's element-wise A stays k-major.
+    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
-    static constexpr int kMinBlocks = MinBlocks;
-    static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
+    // grad_weight stages both operands through registers: it gets its own, lower, bound
+    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocksWeightGrad;
+    static constexpr int kSliceA = BK * (BM + PAD) > BM * (BK + PAD) ? BK * (BM + PAD) : BM * (BK + PAD);
+    static constexpr int kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
+    __device__ static __forceinline__ int a_packed_offset(int k, int m) { return m * (BK + PAD) + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
-    template <bool kPackedA, bool kPackedB>  // the packed weight reads like any other B slice; A is never packed
+    template <bool kPackedA, bool kPackedB>  // the packed weight reads like any other B slice
     __device__ static __forceinline__ void multiply(const T16* a, const T16* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -247,8 +255,13 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
         for (int k = 0; k < BK; k += 16) {
             unsigned a_frag[MI][4], b_frag[NJ][2];
 #pragma unroll
-            for (int i = 0; i < MI; ++i)
-                ldmatrix_x4_trans(a_frag[i], a + a_offset(k + lane % 8 + (lane / 16) * 8, row0 + i * 16 + (lane / 8 % 2) * 8));
+            for (int i = 0; i < MI; ++i) {
+                if constexpr (kPackedA)
+                    ldmatrix_x4(a_frag[i], a + a_packed_offset(k + (lane / 16) * 8, row0 + i * 16 + lane % 16));
+                else
+                    ldmatrix_x4_trans(a_frag[i], a + a_offset(k + lane % 8 + (lane / 16) * 8, row0 + i * 16 + (lane / 8 % 2) * 8));
+            }
+            // B by pairs of column tiles, each pair multiplied as it arrives (four B registers live)
 #pragma unroll
             for (int j = 0; j < NJ; j += 2) {
                 unsigned pair[4];
@@ -257,12 +270,12 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
                 b_frag[j][1] = pair[1];
                 b_frag[j + 1][0] = pair[2];
                 b_frag[j + 1][1] = pair[3];
-            }
 #pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j = 0; j < NJ; ++j)
+                for (int i = 0; i < MI; ++i) {
                     mma_m16n8k16(acc + (i * NJ + j) * 4, a_frag[i], b_frag[j], acc + (i * NJ + j) * 4, a);
+                    mma_m16n8k16(acc + (i * NJ + j + 1) * 4, a_frag[i], b_frag[j + 1], acc + (i * NJ + j + 1) * 4, a);
+                }
+            }
         }
     }
 };
@@ -291,22 +304,22 @@ using F64Math = SimtMath<double, BM, BN, BM >= 64 ? 4 : 2, BM * BN / kThreads / 
 
 // Tensor cores, by accumulators per thread (BM·BN / 256): tf32 2 blocks per SM from 32 (<= 128
 // registers; grad_weight's 64 × 128 needs more than 3 blocks' 80), 3 below; 3×TF32 keeps twice
-// the fragments: 1, 2, 3; FP16/BF16 stage their A slice (and grad_weight's B) through registers:
-// 1 at 64, 2 below.
+// the fragments: 1, 2, 3; FP16/BF16 2 (their forward and grad_input read both operands packed),
+// but grad_weight, which stages both through registers, 1 at 64.
 template <int BM, int BN>
 struct MmaBlocks {
     static constexpr int kAccumulators = BM * BN / kThreads;
     static constexpr int kTf32 = kAccumulators >= 32 ? 2 : 3;
     static constexpr int kTf32x3 = kAccumulators >= 64 ? 1 : kAccumulators >= 32 ? 2 : 3;
-    static constexpr int k16 = kAccumulators >= 64 ? 1 : 2;
+    static constexpr int k16 = 2, k16WeightGrad = kAccumulators >= 64 ? 1 : 2;
 };
 template <int BM, int BN>
 using Tf32MathTile = Tf32Math<false, BM, BN, MmaBlocks<BM, BN>::kTf32>;
 template <int BM, int BN>
 using Tf32x3MathTile = Tf32Math<true, BM, BN, MmaBlocks<BM, BN>::kTf32x3>;
 template <int BM, int BN>
-using F16Math = Mma16Math<__half, BM, BN, MmaBlocks<BM, BN>::k16>;
+using F16Math = Mma16Math<__half, BM, BN, MmaBlocks<BM, BN>::k16, MmaBlocks<BM, BN>::k16WeightGrad>;
 template <int BM, int BN>
-using Bf16Math = Mma16Math<__nv_bfloat16, BM, BN, MmaBlocks<BM, BN>::k16>;
+using Bf16Math = Mma16Math<__nv_bfloat16, BM, BN, MmaBlocks<BM, BN>::k16, MmaBlocks<BM, BN>::k16WeightGrad>;
 
 }  // namespace gemm

@@ -9,7 +9,8 @@ instructions that matter for the kernels' speed, from the SASS.
 Counted opcodes: HMMA (tensor-core mma), LDSM (ldmatrix), LDGSTS (cp.async), FFMA, DFMA, LDG,
 LDS, LDL/STL (local memory: spills or stack arrays). The main loop is the loop (a backward branch
 and its target) holding the most multiply-adds (FFMA, DFMA, HMMA), the smallest such; its size
-and multiply-add count are reported too ("loop", "loop_fma"). Needs nvcc, and cuobjdump + nvdisasm: on
+and multiply-add count are reported too ("loop", "loop_fma"; issue slots per multiply-add is their
+ratio), and its opcodes with their modifiers in the JSON ("loop_opcodes"). Needs nvcc, and cuobjdump + nvdisasm: on
 PATH, or from the pip wheels ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` (the test
 extra installs them). Also importable: ``report(path, arch)`` returns the rows (tests use it).
 
@@ -163,7 +164,7 @@ def cubin_rows(cubin, names):
         if name in names:
             rows[name] = {"kernel": name, "registers": int(regs), "stack": int(stack), "shared": int(shared),
                           "local": int(local), "spill_stores": None, "spill_loads": None,
-                          **{op: 0 for op in COUNTED}}
+                          **{op: 0 for op in COUNTED}, "loop": 0, "loop_fma": 0, "loop_opcodes": []}
     listings = {}  # function -> [(address, opcode, operands)]
     current = None
     for line in sass.splitlines():
@@ -180,7 +181,7 @@ def cubin_rows(cubin, names):
         for _, opcode, _ in listing:
             if opcode in COUNTED:
                 row[opcode] += 1
-        row["loop"], row["loop_fma"] = _main_loop(listing)
+        row["loop"], row["loop_fma"], row["loop_opcodes"] = _main_loop(listing)
     return (arch.group(1) if arch else None), [row for _, row in sorted(rows.items())]
 
 
@@ -239,17 +240,17 @@ def archive_report(archive, names):
 
 
 def _main_loop(listing):
-    """(instructions, multiply-adds) of the loop with the most multiply-adds, the smallest such;
-    (0, 0) without loops."""
-    best = (0, 0)
+    """(instructions, multiply-adds, [opcode with its modifiers, e.g. LDGSTS.E.BYPASS.128]) of the
+    loop with the most multiply-adds, the smallest such; (0, 0, []) without loops."""
+    best = (0, 0, [])
     for address, opcode, operands in listing:
         target = _BRANCH_TARGET.match(operands)
         if opcode != "BRA" or not target or int(target.group(1), 16) > address:
             continue
-        body = [op for at, op, _ in listing if int(target.group(1), 16) <= at <= address]
-        fma = sum(op in _MULTIPLY_ADDS for op in body)
+        body = [(op, rest) for at, op, rest in listing if int(target.group(1), 16) <= at <= address]
+        fma = sum(op in _MULTIPLY_ADDS for op, _ in body)
         if fma > best[1] or (fma == best[1] and fma and len(body) < best[0]):
-            best = (len(body), fma)
+            best = (len(body), fma, [op + rest.split(" ", 1)[0] if rest.startswith(".") else op for op, rest in body])
     return best
 
 

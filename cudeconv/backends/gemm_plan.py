@@ -38,11 +38,11 @@ GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16":
 # padded to GEMM_PACK_ROW_BYTES (one 32-byte sector) so the GEMM reads it in aligned 16-byte
 # chunks. ELEMENT_BYTES: the storage type.
 GEMM_PACKED_MATHS = ("tf32", "tf32x3", "f16", "bf16")
-# On tf32 and tf32x3 the forward's and grad_input's A (x, grad_output) is packed too
+# On the same maths the forward's and grad_input's A (x, grad_output) is packed too
 # (deconv_gemm_pack_activation_*): channels-last, [n][position][group][K channels], each group's K
 # channels padded to GEMM_PACK_ROW_BYTES, TF32-rounded for tf32 — read in 16-byte chunks into
-# the m-major A slices those maths keep for ldmatrix.
-GEMM_PACKED_ACTIVATION_MATHS = ("tf32", "tf32x3")
+# m-major A slices, whose fragments ldmatrix reads.
+GEMM_PACKED_ACTIVATION_MATHS = ("tf32", "tf32x3", "f16", "bf16")
 # Their packed weight is N-major too (per group [tap][N channel][K channels padded]), so that B's
 # slices are n-major like A's and ldmatrix reads both; f16/bf16 keep [tap][K channel][N channels
 # padded] for ldmatrix.trans.
@@ -107,13 +107,16 @@ def gemm_slice_bytes(math_name: str, tile) -> tuple:
     if math_name in ("tf32", "tf32x3"):  # B: k-major for grad_weight, n-major (as A) packed; the larger
         return rows * (slice_k + 4) * element, max(slice_k * (columns + 8), columns * (slice_k + 4)) * element
     pad = 4 if math_name == "f64" else 8
+    if math_name in ("f16", "bf16"):  # A: k-major for grad_weight, m-major packed; the larger
+        return max(slice_k * (rows + pad), rows * (slice_k + pad)) * element, slice_k * (columns + pad) * element
     return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
 
 
-def gemm_min_blocks(math_name: str, tile) -> int:
+def gemm_min_blocks(math_name: str, tile, pass_: str = "forward") -> int:
     """The blocks per SM the tile's __launch_bounds__ asks the registers to allow (gemm_math.cuh):
     by accumulators per thread (BM·BN / 256) — FFMA 2 from 32, 4 below; DFMA 2; tf32 2 from 32, else
-    3; tf32x3 1, 2 (32), 3; FP16/BF16 1 at 64, else 2."""
+    3; tf32x3 1, 2 (32), 3; FP16/BF16 2, but 1 for grad_weight at 64 (it stages both operands
+    through registers)."""
     accumulators = tile[0] * tile[1] // GEMM_THREADS
     if math_name == "f32":
         return 2 if accumulators >= 32 else 4
@@ -123,7 +126,7 @@ def gemm_min_blocks(math_name: str, tile) -> int:
         return 2 if accumulators >= 32 else 3
     if math_name == "tf32x3":
         return 1 if accumulators >= 64 else 2 if accumulators >= 32 else 3
-    return 1 if accumulators >= 64 else 2
+    return 1 if pass_ == "grad_weight" and accumulators >= 64 else 2
 
 
 def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=None) -> KernelResources:
@@ -131,8 +134,8 @@ def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=No
     block of ``math_name``'s GEMM for ``pass_`` on ``tile`` (None: the menu's widest)."""
     tile = tile or GEMM_TILES[math_name][pass_][0]
     shared = 2 * sum(gemm_slice_bytes(math_name, tile)) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
-    return KernelResources(GEMM_THREADS, launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile)),
-                           shared)
+    return KernelResources(GEMM_THREADS,
+                           launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile, pass_)), shared)
 
 
 def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):

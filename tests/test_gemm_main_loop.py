@@ -1,0 +1,77 @@
+"""The GEMMs' main loops as the GPU would issue them, read from nvcc's sm_90 SASS of the launch
+layer's modules (scripts/sass_report.py: the loop holding the most multiply-adds, its size and its
+opcodes with their modifiers), on the widest tile:
+
+- the tensor-core forward and grad_input (tf32, f16, bf16) issue at most 6 instructions per HMMA:
+  both operands arrive packed by 16-byte LDGSTS (no other copy in the loop) and fragments come from
+  ldmatrix; tf32 rounds nothing in the loop (both packings round to TF32 once);
+- the FFMA GEMM (f32) keeps at least 70% FFMA in the forward's and grad_input's loops; grad_weight,
+  whose rows walk (sample, position) cursors with carries and gather grad_output per tap, is at 52%
+  (issue 19 asks 70%: not met yet), guarded here at 50% against regressions;
+- nothing spills or uses local memory (ptxas, cuobjdump).
+
+The detector of rounding is checked on grad_weight, which still rounds both operands in its loop.
+"""
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import skip_unless_kernel_checks_can_run
+from cudeconv._loader import kernels_dir
+from cudeconv.backends.kernel_backend import module_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import sass_report  # noqa: E402  (a script beside the package)
+
+TILE = (128, 128)
+MAX_ISSUE_PER_HMMA = 6.0
+MIN_FFMA_SHARE = {"forward": 0.70, "grad_input": 0.70, "grad_weight": 0.50}
+# cvt.rna.tf32.f32 on sm_90: FSETP.GEU |x|, +INF, then an add and a mask (no single opcode)
+TF32_ROUNDING = "FSETP.GEU.AND"
+
+
+@functools.cache
+def _rows(math_name):
+    """{entry point: sass_report row} of the launch layer's modules of ``math_name`` on TILE: one
+    nvcc compile holding every pass's GEMM of that tile (the pass filter off, the tile filter on)."""
+    skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
+    options = [option for option in module_options(math_name, True, "forward", TILE) if "GEMM_PASS" not in option]
+    rows = sass_report.report(kernels_dir() / "deconv_gemm.cu", "sm_90", options)
+    return {row["kernel"]: row for row in rows}
+
+
+def _gemm(math_name, pass_):
+    return _rows(math_name)[f"deconv_{pass_}_gemm_{math_name}_{TILE[0]}x{TILE[1]}"]
+
+
+@pytest.mark.parametrize("pass_", ["forward", "grad_input"])
+@pytest.mark.parametrize("math_name", ["tf32", "f16", "bf16"])
+def test_tensor_core_loops_issue_at_most_6_per_hmma(math_name, pass_):
+    row = _gemm(math_name, pass_)
+    assert row["loop_fma"] == row["loop_opcodes"].count("HMMA.1688.F32.TF32" if math_name == "tf32"
+                                                        else "HMMA.16816.F32" + (".BF16" if math_name == "bf16" else ""))
+    assert row["loop_fma"] > 0 and row["loop"] / row["loop_fma"] <= MAX_ISSUE_PER_HMMA, (row["loop"], row["loop_fma"])
+    copies = [op for op in row["loop_opcodes"] if op.startswith("LDGSTS")]
+    assert copies and all(op.endswith(".128") for op in copies), copies
+    assert not [op for op in row["loop_opcodes"] if op.startswith("LDG.")], "a register-staged copy in the loop"
+    if math_name == "tf32":
+        assert TF32_ROUNDING not in row["loop_opcodes"]
+
+
+def test_the_rounding_detector_sees_grad_weights_rounding():
+    assert _gemm("tf32", "grad_weight")["loop_opcodes"].count(TF32_ROUNDING) > 0
+
+
+@pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
+def test_the_ffma_loops_stay_mostly_ffma(pass_):
+    row = _gemm("f32", pass_)
+    assert row["loop_fma"] == row["loop_opcodes"].count("FFMA") == 512  # 8 × 8 outputs × BK 8 per thread
+    assert row["loop_fma"] / row["loop"] >= MIN_FFMA_SHARE[pass_], (row["loop"], row["loop_fma"])
+
+
+@pytest.mark.parametrize("math_name", ["tf32", "f16", "bf16", "f32"])
+def test_no_spills_and_no_local_memory(math_name):
+    for name, row in _rows(math_name).items():
+        assert row["spill_stores"] == row["spill_loads"] == row["local"] == row["stack"] == 0, name
