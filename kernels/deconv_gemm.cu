@@ -94,10 +94,11 @@ struct PackedChunks {
 
 // Slices whose rows (of the tile's `Side`) hold K contiguously — the packed activation's A (Side
 // BM) and, on maths with kPackedBNMajor, the packed weight's B (Side BN): row r of the slice is BK
-// K channels, BK / kWidth 16-byte chunks; kThreadsPerRow consecutive threads share a row, taking
-// kChunks consecutive chunks each (one row per thread, as the element-wise A: the row's position
-// state stays one per thread). Where a row has fewer chunks than threads (narrow sides), only the
-// first kPerRow of them copy (active()).
+// K channels, kPerRow 16-byte chunks; kThreadsPerRow consecutive threads share a row (one row per
+// thread, as the element-wise A: the row's position state stays one per thread), copy i of thread
+// t taking chunk t % kThreadsPerRow + i·kThreadsPerRow — so one copy instruction of a warp takes
+// consecutive chunks of each row, whole 32-byte sectors. Where a row has fewer chunks than threads
+// (narrow sides), only the first kPerRow of them copy (active()).
 template <class M, int Side>
 struct RowChunks {
     static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BK / kWidth;
@@ -106,9 +107,8 @@ struct RowChunks {
     static_assert(kThreads % Side == 0 && M::BK % kWidth == 0 &&
                   (kPerRow % kThreadsPerRow == 0 || kThreadsPerRow % kPerRow == 0), "every chunk of the slice, once");
     __device__ static __forceinline__ int row() { return threadIdx.x / kThreadsPerRow; }
-    __device__ static __forceinline__ int first() { return threadIdx.x % kThreadsPerRow * kChunks; }
-    __device__ static __forceinline__ bool active() { return first() < kPerRow; }
-    __device__ static __forceinline__ int k(int i) { return (first() + i) * kWidth; }
+    __device__ static __forceinline__ bool active() { return (int)threadIdx.x % kThreadsPerRow < kPerRow; }
+    __device__ static __forceinline__ int k(int i) { return (threadIdx.x % kThreadsPerRow + i * kThreadsPerRow) * kWidth; }
 };
 template <class M> using ActivationChunks = RowChunks<M, M::BM>;
 template <class M> using WeightRowChunks = RowChunks<M, M::BN>;

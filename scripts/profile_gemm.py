@@ -42,10 +42,12 @@ from cudeconv.cases import SUITE
 LAYER = dict(stride=2, padding=1)
 X_SHAPE, W_SHAPE = (2, 32, 8, 8), (32, 32, 4, 4)
 MATHS = ((np.float32, "fp32"), (np.float32, "tf32"), (np.float16, "fp32"))
-# Kernel parameter positions of the GEMM entry points' arrays (kernels/deconv_gemm.cu); the
-# forward's and grad_input's w is the weight as deconv_gemm_pack_weight_* packed it.
+# Kernel parameter positions of the GEMM entry points' arrays (kernels/deconv_gemm.cu); on the
+# tensor-core maths the forward's and grad_input's w is the weight as deconv_gemm_pack_weight_*
+# packed it, and their x / grad_output the activation as deconv_gemm_pack_activation_* did.
 OPERANDS = {
     "deconv_gemm_pack_weight": {0: "w", 1: "packed w"},
+    "deconv_gemm_pack_activation": {0: "activation", 1: "packed activation"},
     "deconv_forward_gemm": {0: "x", 1: "w", 2: "bias", 4: "y", 5: "workspace"},
     "deconv_grad_input_gemm": {0: "grad_output", 1: "w", 2: "grad_input", 3: "workspace"},
     "deconv_grad_weight_gemm": {0: "x", 1: "grad_output", 2: "grad_weight", 3: "workspace"},
@@ -80,12 +82,17 @@ def run_layer(backend_name):
 
 
 class ProfilingBackend(KernelBackend):
-    """An emulator backend whose modules count memory traffic; keeps (entry, profile) per launch."""
+    """An emulator backend whose modules count memory traffic; keeps (entry, profile) per launch.
+    Its outputs and workspaces start on 256-byte boundaries, as CuPy's allocator gives (sector
+    counts of NumPy's 16-byte-aligned arrays would vary by array)."""
 
     def __init__(self):
         super().__init__("emulator", np, lambda code, options=(): emulator.RawModule(code, options, profile=True),
                          lambda: "cpu-profile", module_per_math=False)
         self.profiles = []
+
+    def _output(self, shape, dtype):
+        return aligned_zeros(shape, dtype)
 
     def _launch(self, path, entry, grid, block, args):
         super()._launch(path, entry, grid, block, args)

@@ -5,6 +5,8 @@ the reason when CuPy or a GPU is not usable here (and fails instead under CUDECO
 as on the GPU run of scripts/gpu_check.sh); the "emulator" case runs the same CUDA kernels on
 the CPU, so every kernel check also runs in CI.
 """
+import copy
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -28,6 +30,22 @@ def _load_sass_report():
 
 
 sass_report = _load_sass_report()
+_compile_report = sass_report.report
+
+
+@functools.cache
+def _report_once(source, arch, extra_options):
+    return _compile_report(source, arch, extra_options)
+
+
+def _report(source, arch="sm_90", extra_options=()):
+    """sass_report.report, compiled once per (source, arch, options) in a test session: several test
+    files read the same nvcc build of deconv_gemm.cu (a minute of CPU with every tile); each caller
+    gets its own copy of the rows."""
+    return copy.deepcopy(_report_once(str(source), arch, tuple(extra_options)))
+
+
+sass_report.report = _report
 
 
 def _skip_reason(name):

@@ -197,7 +197,9 @@ def test_the_cache_file_holds_the_key_and_a_new_process_runs_its_choice_bitwise(
     assert fields["pass"] == "forward" and fields["dtype"] == "float32" and fields["memory_format"] == "channels_last"
     assert fields["geometry"]["in_size"] == [3, 3] and fields["alignment"] == 16
     assert fields["versions"]["cudeconv"] == cudeconv.__version__ and fields["sources"] == autotune.kernel_sources_hash()
-    assert entry["choice"] == {"kind": "gemm", "entry": "deconv_forward_gemm_f32", "parts": 1}
+    chosen = impl.kernel_path(geom, "forward", "gemm", np.float32, "fp32", 1)
+    assert entry["choice"] == {"kind": "gemm", "entry": chosen.entry, "parts": 1}
+    assert chosen.entry.startswith("deconv_forward_gemm_f32_")
     later, clock = make_tuner(impl, tmp_path)  # another process: reads the file, times nothing
     impl.ran.clear()
     again = later.run(impl, "forward", operands, geom, "fp32", "channels_last")

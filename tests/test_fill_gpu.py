@@ -21,8 +21,9 @@ from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernels_dir
 from cudeconv.backends.device_descriptor import (H100_SXM, KernelResources, launch_bound_registers,
                                                  resident_blocks, wave, with_sm_count)
-from cudeconv.backends.gemm_plan import SPLIT_MIN_WAVE_FILL
-from cudeconv.backends.kernel_backend import (BLOCK, GEMM_MIN_BLOCKS, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
+from cudeconv.backends.gemm_plan import (GEMM_MATHS, GEMM_PASSES, GEMM_TILES, SPLIT_MIN_WAVE_FILL, gemm_min_blocks,
+                                         packed_activation_elements, packed_weight_elements)
+from cudeconv.backends.kernel_backend import (BLOCK, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
                                               SPLIT_WORKSPACE_CAP, KernelBackend, gemm_grid, gemm_k, gemm_resources,
                                               gemm_splits)
 from cudeconv.cases import BY_NAME
@@ -64,12 +65,20 @@ def test_occupancy_by_hand():
     assert launch_bound_registers(H100_SXM, 256, 1) == 255
 
 
-@pytest.mark.parametrize("math_name, per_sm", [("f32", 2), ("f64", 2), ("tf32", 2), ("tf32x3", 1), ("f16", 1),
-                                               ("bf16", 1)])
-def test_gemm_blocks_per_sm_follow_the_launch_bounds(math_name, per_sm):
-    for pass_ in ("forward", "grad_input", "grad_weight"):
+# blocks per SM of the widest tile (forward and grad_input, grad_weight): registers decide (the
+# launch bounds), shared memory never does on an H100
+WIDEST_PER_SM = {"f32": (2, 2), "f64": (2, 2), "tf32": (2, 2), "tf32x3": (1, 1), "f16": (2, 1), "bf16": (2, 1)}
+
+
+@pytest.mark.parametrize("math_name", sorted(WIDEST_PER_SM))
+def test_gemm_blocks_per_sm_follow_the_launch_bounds(math_name):
+    conv, weight_grad = WIDEST_PER_SM[math_name]
+    for pass_, per_sm in {"forward": conv, "grad_input": conv, "grad_weight": weight_grad}.items():
         assert resident_blocks(H100_SXM, gemm_resources(math_name, pass_, H100_SXM)) == per_sm
         assert wave(SMALL_PART, gemm_resources(math_name, pass_, SMALL_PART)) == 46 * per_sm
+        for tile in GEMM_TILES[math_name][pass_]:  # every tile: as many as its launch bounds ask
+            min_blocks = gemm_min_blocks(math_name, tile, pass_)
+            assert resident_blocks(H100_SXM, gemm_resources(math_name, pass_, H100_SXM, tile)) == min_blocks
 
 
 def test_descriptor_refuses_bad_fields_and_backends_refuse_non_descriptors():
@@ -117,26 +126,36 @@ def test_cuda_descriptor_is_the_arrays_device():
 
 # -- the heuristic on real layers ----------------------------------------------------------------
 
-# (case, dtype, device, {pass: split count}) — forward/grad_input/grad_weight on the GEMM, or
-# grad_weight's slabs on the depthwise kernel
+# (case, dtype, device, {pass: (tile, split count)}) — forward/grad_input/grad_weight on the GEMM
+# (tile from gemm_plan.gemm_tile, checked against its rule in test_gemm_tiles.py), or grad_weight's
+# slabs on the depthwise kernel (tile None)
+W, HALF_N, HALF_M, QUARTER, NARROW_N, NARROW_M = (128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (32, 128)
 PINNED = [
     # 4 × 32 tiles: 5 splits reach two waves of 264 but leave the third 81% full; 6 fill it to 97%
-    ("dcgan_g2", np.float32, H100_SXM, {"forward": 1, "grad_input": 2, "grad_weight": 6}),
-    ("dcgan_g2", np.float32, SMALL_PART, {"forward": 1, "grad_input": 1, "grad_weight": 2}),
-    ("dcgan_g2", np.float16, H100_SXM, {"forward": 1, "grad_input": 1, "grad_weight": 3}),
-    ("dcgan_g4", np.float32, H100_SXM, {"grad_weight": 256}),
-    ("dcgan_g4", np.float32, SMALL_PART, {"grad_weight": 184}),
-    ("dcgan_g3", np.float32, H100_SXM, {"forward": 1, "grad_input": 1, "grad_weight": 23}),
-    ("hifigan_up1", np.float32, H100_SXM, {"forward": 1, "grad_input": 4, "grad_weight": 6}),
-    ("unet_up", np.float32, H100_SXM, {"forward": 1, "grad_input": 1, "grad_weight": 64}),
-    ("unet_up", np.float16, SMALL_PART, {"forward": 1, "grad_input": 1, "grad_weight": 16}),
-    ("depthwise_up", np.float32, H100_SXM, {"grad_weight": 3}),
-    ("depthwise_up", np.float32, SMALL_PART, {"grad_weight": 1}),
-    ("deep_4x4", np.float32, H100_SXM, {"forward": 2, "grad_input": 4, "grad_weight": 2}),
-    ("deep_4x4", np.float16, SMALL_PART, {"forward": 1, "grad_input": 1, "grad_weight": 1}),
-    ("hifigan_up4", np.float32, H100_SXM, {"forward": 1, "grad_input": 1, "grad_weight": 256}),
-    ("grouped_up3d", np.float32, H100_SXM, {"grad_weight": 32}),
-    ("grouped_up3d", np.float32, SMALL_PART, {"grad_weight": 16}),
+    ("dcgan_g2", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 2), "grad_weight": (W, 6)}),
+    ("dcgan_g2", np.float32, SMALL_PART, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 2)}),
+    ("dcgan_g2", np.float16, H100_SXM, {"forward": (W, 1), "grad_input": (W, 2), "grad_weight": (W, 3)}),
+    # 3 output channels: the forward on the N-narrow tile; grad_weight's 64 × 48 on one 64 × 64 tile
+    ("dcgan_g4", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_weight": (QUARTER, 256)}),
+    ("dcgan_g4", np.float32, SMALL_PART, {"forward": (NARROW_N, 1), "grad_weight": (QUARTER, 184)}),
+    ("dcgan_g3", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 23)}),
+    ("hifigan_up1", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 4), "grad_weight": (W, 6)}),
+    ("unet_up", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 64)}),
+    ("unet_up", np.float16, SMALL_PART, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 16)}),
+    ("depthwise_up", np.float32, H100_SXM, {"grad_weight": (None, 3)}),
+    ("depthwise_up", np.float32, SMALL_PART, {"grad_weight": (None, 1)}),
+    ("deep_4x4", np.float32, H100_SXM, {"forward": (W, 2), "grad_input": (W, 4), "grad_weight": (W, 2)}),
+    ("deep_4x4", np.float16, SMALL_PART, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 1)}),
+    ("hifigan_up4", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_input": (HALF_N, 1),
+                                           "grad_weight": (HALF_M, 256)}),
+    # 8 channels per group: the narrow tiles on both sides, all on the GEMM
+    ("grouped_up3d", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_input": (NARROW_N, 2),
+                                            "grad_weight": (NARROW_M, 32)}),
+    ("grouped_up3d", np.float32, SMALL_PART, {"forward": (NARROW_N, 1), "grad_input": (NARROW_N, 1),
+                                              "grad_weight": (NARROW_M, 23)}),
+    # 21 classes: N-narrow for the forward and grad_input, M-narrow for grad_weight
+    ("fcn8s_up8", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_input": (NARROW_N, 16),
+                                         "grad_weight": (NARROW_M, 16)}),
 ]
 
 
@@ -146,16 +165,21 @@ def test_split_counts_on_real_layers(name, dtype, device, expected):
     geom = BY_NAME[name].geometry()
     impl = KernelBackend("prediction", np, None, lambda: "unused", device=device)
     math_name = _math(dtype)
-    for pass_, splits in expected.items():
+    for pass_, (tile, splits) in expected.items():
         path = impl.kernel_path(geom, pass_, "auto", dtype, "fp32")
         assert path.parts == splits, (pass_, path)
-        assert path.workspace_bytes <= SPLIT_WORKSPACE_CAP
         if path.kind != "gemm":
-            assert path.kind == "depthwise" and pass_ == "grad_weight", path
+            assert path.kind == "depthwise" and pass_ == "grad_weight" and tile is None, path
+            assert path.workspace_bytes <= SPLIT_WORKSPACE_CAP
             continue
-        unsplit = math.prod(gemm_grid(geom, pass_, math_name)[0])
+        assert path.tile == tile, (pass_, path)
+        # the partial copies within the cap (the packed operands come on top)
+        partial_bytes = path.workspace_bytes - (packed_weight_elements(geom, pass_, math_name)
+                                                + packed_activation_elements(geom, pass_, math_name)) * np.dtype(dtype).itemsize
+        assert partial_bytes <= SPLIT_WORKSPACE_CAP
+        unsplit = math.prod(gemm_grid(geom, pass_, math_name, 1, tile)[0])
         assert math.prod(path.grid) == unsplit * splits
-        full_wave = wave(device, gemm_resources(math_name, pass_, device))
+        full_wave = wave(device, gemm_resources(math_name, pass_, device, tile))
         values, slices = gemm_k(geom, pass_, math_name)
         # what the shape allows: splits of SPLIT_MIN_K values at least, partial copies within the cap
         copy_bytes = math.prod(geom.weight_shape if pass_ == "grad_weight" else geom.output_shape
@@ -240,10 +264,10 @@ def test_split_k_launches_the_reduce_only_when_split(monkeypatch):
     monkeypatch.setattr(KernelBackend, "_launch", lambda self, f, entry, *a: (launched.append(entry), launch(self, f, entry, *a)))
     geom = _geometry(SPLIT_GEOMETRY)
     x, weight, bias, _ = _arrays(geom, np.float32, 1)
-    impl.forward(x, weight, bias, geom, "gemm", "fp32", 1)
-    assert launched == ["deconv_forward_gemm_f32"]
-    impl.forward(x, weight, bias, geom, "gemm", "fp32", 2)
-    assert launched[1:] == ["deconv_forward_gemm_f32", "deconv_gemm_split_reduce_f32"]
+    impl.forward(x, weight, bias, geom, "gemm", "fp32", 1, (128, 128))
+    assert launched == ["deconv_forward_gemm_f32_128x128"]
+    impl.forward(x, weight, bias, geom, "gemm", "fp32", 2, (128, 128))
+    assert launched[1:] == ["deconv_forward_gemm_f32_128x128", "deconv_gemm_split_reduce_f32"]
 
 
 # -- depthwise grad_weight -----------------------------------------------------------------------
@@ -315,13 +339,14 @@ def test_gemm_resources_match_nvcc(arch):
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
     # sm_90 cubins count the 1 KiB the runtime reserves per block in their static shared memory
     reserved = H100_SXM.reserved_shared_memory_per_block if arch == "sm_90" else 0
-    for math_name in GEMM_MIN_BLOCKS:
-        for pass_ in ("forward", "grad_input", "grad_weight"):
-            row = rows[f"deconv_{pass_}_gemm_{math_name}"]
-            resources = gemm_resources(math_name, pass_, H100_SXM)
-            assert row["shared"] == resources.shared_bytes + reserved, row
-            assert row["registers"] <= resources.registers_per_thread, row
-            assert resources.threads == BLOCK
+    for math_name in GEMM_MATHS:
+        for pass_ in GEMM_PASSES:
+            for tile in GEMM_TILES[math_name][pass_]:
+                row = rows[f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"]
+                resources = gemm_resources(math_name, pass_, H100_SXM, tile)
+                assert row["shared"] == resources.shared_bytes + reserved, row
+                assert row["registers"] <= resources.registers_per_thread, row
+                assert resources.threads == BLOCK
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

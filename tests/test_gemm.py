@@ -19,6 +19,7 @@ import pytest
 from cudeconv import backends
 from cudeconv._dtypes import BFLOAT16
 from cudeconv._geometry import make_geometry
+from cudeconv.backends.gemm_plan import GEMM_MATHS, GEMM_TILES
 from cudeconv.backends.kernel_backend import GEMM_MAX_TAPS, KernelBackend, gemm_grid
 
 from conftest import (assert_close, float64_reference, sass_report, skip_unless_kernel_checks_can_run, tf32_round,
@@ -187,20 +188,28 @@ def test_every_gemm_entry_point_under_the_sanitizer():
 
 def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_ones():
     impl = KernelBackend("emulator", np, None, lambda: "cpu")
+
+    def entry(geom, pass_, dtype, precision, algorithm="auto"):
+        path = impl.gemm_plan(geom, pass_, algorithm, dtype, precision)
+        return path and path.entry.rsplit("_", 1)[0]  # without the tile (test_gemm_tiles.py)
+
     wide = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 32, 2))
-    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "fp32").entry == "deconv_forward_gemm_f32"
-    assert impl.gemm_plan(wide, "grad_input", "auto", np.float16, "tf32").entry == "deconv_grad_input_gemm_f16"
-    assert impl.gemm_plan(wide, "forward", "auto", np.float32, "tf32x3").entry == "deconv_forward_gemm_tf32x3"
-    rgb = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 3, 2))  # 3 output channels
-    assert impl.gemm_plan(rgb, "forward", "auto", np.float32, "fp32") is None
+    assert entry(wide, "forward", np.float32, "fp32") == "deconv_forward_gemm_f32"
+    assert entry(wide, "grad_input", np.float16, "tf32") == "deconv_grad_input_gemm_f16"
+    assert entry(wide, "forward", np.float32, "tf32x3") == "deconv_forward_gemm_tf32x3"
+    # 3 output channels: the forward's K side (64) is wide, its N side takes a narrow tile; grad_input's
+    # K side (3) is too narrow
+    rgb = _geometry(((8, 8), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 64, 3, 2))
+    assert entry(rgb, "forward", np.float32, "fp32") == "deconv_forward_gemm_f32"
+    assert entry(rgb, "grad_input", np.float32, "fp32") is None
     depthwise = _geometry(((8, 8), (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 32, 32, 32, 2))
-    assert impl.gemm_plan(depthwise, "forward", "auto", np.float32, "fp32") is None
-    assert impl.gemm_plan(wide, "forward", "gather", np.float32, "fp32") is None
-    # grad_weight: rows C_in/groups, columns C_out/groups·taps (the RGB layer's 3·16 are enough)
-    assert impl.gemm_plan(rgb, "grad_weight", "auto", np.float32, "fp32").entry == "deconv_grad_weight_gemm_f32"
-    assert impl.gemm_plan(depthwise, "grad_weight", "auto", np.float32, "fp32") is None
+    assert entry(depthwise, "forward", np.float32, "fp32") is None
+    assert entry(wide, "forward", np.float32, "fp32", "gather") is None
+    # grad_weight: rows C_in/groups (64 here), any number of columns C_out/groups·taps
+    assert entry(rgb, "grad_weight", np.float32, "fp32") == "deconv_grad_weight_gemm_f32"
+    assert entry(depthwise, "grad_weight", np.float32, "fp32") is None
     # "gemm" insists, and says why it cannot
-    assert impl.gemm_plan(rgb, "forward", "gemm", np.float32, "tf32").entry == "deconv_forward_gemm_tf32"
+    assert entry(rgb, "grad_input", np.float32, "tf32", "gemm") == "deconv_grad_input_gemm_tf32"
     huge_kernel = _geometry(((4, 4), (17, 17), (1, 1), (0, 0), (0, 0), (1, 1), 1, 8, 8, 1))
     assert 17 * 17 > GEMM_MAX_TAPS
     with pytest.raises(ValueError, match=r"algorithm='gemm' cannot run this forward.*289 kernel taps per stride phase"):
@@ -233,19 +242,20 @@ def test_gemm_grid_covers_every_phase_and_tile():
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_gemm_sass(arch):
-    """Tensor-core entry points hold HMMA (and ldmatrix for f16), the float/double ones fill
-    shared memory with cp.async, and so do the 16-bit forward and grad_input (the packed weight),
-    nothing touches local memory, and in the FP32 main loop at least half of the instructions are FFMA."""
+    """Every tile of every math: tensor-core entry points hold HMMA and ldmatrix, the float/double
+    ones fill shared memory with cp.async, and so do the 16-bit forward and grad_input (the packed
+    operands), nothing touches local memory, and in the FP32 main loop at least half of the
+    instructions are FFMA (the widest tile's targets: test_gemm_main_loop.py)."""
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
     for pass_ in PASSES:
-        for math_name in ("f32", "f64", "tf32", "tf32x3", "f16", "bf16"):
-            row = rows[f"deconv_{pass_}_gemm_{math_name}"]
-            assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
-            if math_name in ("tf32", "tf32x3", "f16", "bf16"):
-                assert row["HMMA"] > 0, row
-            if math_name not in ("f16", "bf16") or pass_ != "grad_weight":
-                assert row["LDGSTS"] > 0, row
-        assert rows[f"deconv_{pass_}_gemm_f16"]["LDSM"] > 0 and rows[f"deconv_{pass_}_gemm_bf16"]["LDSM"] > 0
-        f32 = rows[f"deconv_{pass_}_gemm_f32"]
-        assert f32["loop_fma"] >= f32["loop"] / 2, f32
+        for math_name in GEMM_MATHS:
+            for tile in GEMM_TILES[math_name][pass_]:
+                row = rows[f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"]
+                assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
+                if math_name in ("tf32", "tf32x3", "f16", "bf16"):
+                    assert row["HMMA"] > 0 and row["LDSM"] > 0, row
+                if math_name not in ("f16", "bf16") or pass_ != "grad_weight":
+                    assert row["LDGSTS"] > 0, row
+                if math_name == "f32":
+                    assert row["loop_fma"] >= row["loop"] / 2, row

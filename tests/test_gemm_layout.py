@@ -1,13 +1,16 @@
-"""The packed weight of the implicit GEMMs (kernels/deconv_gemm.cu, deconv_gemm_pack_weight_*).
+"""The packed operands of the implicit GEMMs (kernels/deconv_gemm.cu, deconv_gemm_pack_weight_* and
+deconv_gemm_pack_activation_*).
 
-On the tensor-core maths (tf32, tf32x3, f16, bf16) the forward's and grad_input's B operand is the
-weight, packed once per pass into per group [tap][K channel][N channel] rows padded to whole
-32-byte sectors, so the GEMM copies it into shared memory in 16-byte cp.async chunks; f32 and f64
-read the weight as it is. Checked here: the packing itself against a NumPy transpose of
-the weight (padding zeros and tf32's rounding included, every element written), the workspace the
-launch layer counts for it, the emulator's memory-traffic profile (whole sectors per request for
-the weight, no bank conflicts where B's fragments are read), and nvcc's SASS (16-byte LDGSTS, no
-local memory).
+On the tensor-core maths (tf32, tf32x3, f16, bf16) the forward's and grad_input's operands are
+packed once per pass, rows padded to whole 32-byte sectors, so the GEMM copies them into shared
+memory in 16-byte cp.async chunks: the weight per group as [tap][N channel][K channel] (tf32,
+tf32x3: n-major B slices) or [tap][K channel][N channel] (f16, bf16), the activation (x, or
+grad_output for grad_input) channels-last as [n][position][group][K channel]; tf32 rounds both to
+TF32. f32 and f64 read the tensors as they are. Checked here: the packings against NumPy
+transposes (padding zeros and tf32's rounding included, every element written), the workspace the
+launch layer counts for them, the emulator's memory-traffic profile (whole sectors per request for
+both operands, no bank conflicts where fragments are read), and nvcc's SASS (16-byte LDGSTS only
+in the forward and grad_input, no local memory).
 """
 import math
 import re
@@ -40,68 +43,98 @@ def _emulator():
     skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
 
 
-def expected_packing(weight, geom, pass_, rounds_to_tf32):
-    """The packed layout from NumPy: weight (C_in, C_out/groups, *kernel) as per group [tap][K][N],
-    N padded with zeros to a whole number of 32-byte sectors."""
+N_MAJOR = {"tf32", "tf32x3"}
+
+
+def _pad_last(array, itemsize):
+    """``array`` with its last axis padded with zeros to a whole number of 32-byte sectors."""
+    per_row = SECTOR // itemsize
+    return np.concatenate([array, np.zeros(array.shape[:-1] + (-array.shape[-1] % per_row,), array.dtype)], axis=-1)
+
+
+def expected_packing(weight, geom, pass_, math_name):
+    """The packed weight from NumPy: per group [tap][K][N], or [tap][N][K] (N_MAJOR), the innermost
+    channels padded with zeros to a whole number of 32-byte sectors; TF32-rounded for tf32."""
     groups, cin_g, cout_g = geom.groups, geom.in_channels_per_group, geom.out_channels_per_group
     per_group = weight.reshape(groups, cin_g, cout_g, geom.taps)  # (g, ci, co, tap)
-    packed = per_group.transpose(0, 3, 1, 2) if pass_ == "forward" else per_group.transpose(0, 3, 2, 1)
-    per_row = SECTOR // weight.itemsize
-    n = packed.shape[-1]
-    packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (-n % per_row,), weight.dtype)], axis=-1)
-    return tf32_round(packed) if rounds_to_tf32 else packed
+    k_major = per_group.transpose(0, 3, 1, 2) if pass_ == "forward" else per_group.transpose(0, 3, 2, 1)
+    packed = _pad_last(k_major.swapaxes(2, 3) if math_name in N_MAJOR else k_major, weight.itemsize)
+    return tf32_round(packed) if math_name == "tf32" else packed
+
+
+def expected_activation(src, geom, math_name):
+    """The packed activation from NumPy: src (N, C, *spatial) as [n][position][group][K channel],
+    each group's channels padded to whole sectors; TF32-rounded for tf32."""
+    batch, channels = src.shape[:2]
+    per_group = src.reshape(batch, geom.groups, channels // geom.groups, -1)  # (n, g, c, position)
+    packed = _pad_last(per_group.transpose(0, 3, 1, 2), src.itemsize)
+    return tf32_round(packed) if math_name == "tf32" else packed
 
 
 @pytest.mark.parametrize("pass_", ["forward", "grad_input"])
 @pytest.mark.parametrize("math_", PACKED_MATHS, ids=lambda m: m[2])
-def test_the_packing_is_the_weight_transposed_and_padded(pass_, math_):
+def test_the_packings_are_the_operands_transposed_and_padded(pass_, math_):
     _emulator()
     dtype, precision, math_name = math_
     impl = backends.get("emulator")
+    rng = np.random.default_rng(3)
     # large enough that tf32's rounding changes most values; inf and NaN pass through (cvt.rna keeps them)
-    weight = (np.random.default_rng(3).standard_normal(GROUPED.weight_shape) * 1e3).astype(dtype)
+    weight = (rng.standard_normal(GROUPED.weight_shape) * 1e3).astype(dtype)
     weight.flat[[5, 77]] = np.inf, np.nan
-    original = weight.copy()
-    path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, precision, 1)
-    assert path.entry == f"deconv_{pass_}_gemm_{math_name}"
+    src = (rng.standard_normal(GROUPED.input_shape if pass_ == "forward" else GROUPED.output_shape) * 1e3).astype(dtype)
+    src.flat[[3, 50]] = -np.inf, np.nan
+    originals = weight.copy(), src.copy()
+    path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, precision, 1, tile=(128, 128))
+    assert path.entry == f"deconv_{pass_}_gemm_{math_name}_128x128"
     packed = impl._gemm_weight(path, weight, GROUPED, pass_)
-    expected = expected_packing(weight, GROUPED, pass_, math_name == "tf32")
+    expected = expected_packing(weight, GROUPED, pass_, math_name)
     assert packed.tobytes() == expected.tobytes()  # every element, padding included: np.empty holds garbage
-    assert weight.tobytes() == original.tobytes()
+    packed_src = impl._gemm_activation(path, src, GROUPED, pass_)
+    expected_src = expected_activation(src, GROUPED, math_name)
+    assert packed_src.tobytes() == expected_src.tobytes()
+    assert weight.tobytes() == originals[0].tobytes() and src.tobytes() == originals[1].tobytes()
     if math_name == "tf32":  # the rounding shows: most values change
         assert np.count_nonzero(tf32_round(weight).view(np.uint32) != weight.view(np.uint32)) > weight.size // 2
-    # unsplit, the packed weight is the pass's whole workspace
-    assert path.workspace_bytes == expected.nbytes
+        assert np.count_nonzero(tf32_round(src).view(np.uint32) != src.view(np.uint32)) > src.size // 2
+    # unsplit, the packed operands are the pass's whole workspace
+    assert path.workspace_bytes == expected.nbytes + expected_src.nbytes
 
 
-def test_the_workspace_counts_the_packed_weight_and_the_splits():
+def test_the_workspace_counts_the_packed_operands_and_the_splits():
     impl = KernelBackend("prediction", np, None, lambda: "unused")
     kc, nc = 13, 19  # forward: K = C_in/groups, N = C_out/groups
-    for dtype, precision, per_row in ((np.float32, "tf32", 8), (np.float16, "fp32", 16)):
+    in_positions, out_positions = math.prod(GROUPED.in_size), math.prod(GROUPED.out_size)
+    for dtype, precision, per_row, n_major in ((np.float32, "tf32", 8, True), (np.float16, "fp32", 16, False)):
         itemsize = np.dtype(dtype).itemsize
-        packed = 2 * 6 * kc * math.ceil(nc / per_row) * per_row * itemsize
-        assert impl.kernel_path(GROUPED, "forward", "gemm", dtype, precision, 1).workspace_bytes == packed
+        padded = lambda channels: math.ceil(channels / per_row) * per_row  # noqa: E731
+        weight = 2 * 6 * (nc * padded(kc) if n_major else kc * padded(nc)) * itemsize
+        activation = 2 * in_positions * 2 * padded(kc) * itemsize
+        assert impl.kernel_path(GROUPED, "forward", "gemm", dtype, precision, 1).workspace_bytes == weight + activation
         split = 3 * math.prod(GROUPED.output_shape) * (8 if dtype == np.float64 else 4)
-        assert impl.kernel_path(GROUPED, "forward", "gemm", dtype, precision, 3).workspace_bytes == packed + split
-        # grad_input: K = C_out/groups, N = C_in/groups; grad_weight reads no weight
-        packed = 2 * 6 * nc * math.ceil(kc / per_row) * per_row * itemsize
-        assert impl.kernel_path(GROUPED, "grad_input", "gemm", dtype, precision, 1).workspace_bytes == packed
+        assert (impl.kernel_path(GROUPED, "forward", "gemm", dtype, precision, 3).workspace_bytes
+                == weight + activation + split)
+        # grad_input: K = C_out/groups, N = C_in/groups, A = grad_output; grad_weight packs nothing
+        weight = 2 * 6 * (kc * padded(nc) if n_major else nc * padded(kc)) * itemsize
+        activation = 2 * out_positions * 2 * padded(nc) * itemsize
+        assert impl.kernel_path(GROUPED, "grad_input", "gemm", dtype, precision, 1).workspace_bytes == weight + activation
         assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, precision, 1).workspace_bytes == 0
-    # f32 and f64 read the weight unpacked: no workspace unsplit, the weight itself handed over
+    # f32 and f64 read the tensors unpacked: no workspace unsplit, the tensors themselves handed over
     for dtype in (np.float32, np.float64):
         weight = np.zeros(GROUPED.weight_shape, dtype)
         for pass_ in ("forward", "grad_input"):
             path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
             assert path.workspace_bytes == 0
             assert impl._gemm_weight(path, weight, GROUPED, pass_) is weight
+            assert impl._gemm_activation(path, weight, GROUPED, pass_) is weight
 
 
-def test_only_the_tensor_core_maths_define_a_packing():
+def test_only_the_tensor_core_maths_define_the_packings():
     sass_report = _sass_report()
     skip_unless_kernel_checks_can_run("a C++ preprocessor", None if sass_report.find_preprocessor() else "no g++")
     defined = sass_report.library_entry_points()["deconv_gemm.cu"]
-    packings = {entry for entry in defined if entry.startswith("deconv_gemm_pack_weight_")}
-    assert packings == {f"deconv_gemm_pack_weight_{m}" for m in ("tf32", "tf32x3", "f16", "bf16")}
+    for kind in ("weight", "activation"):
+        packings = {entry for entry in defined if entry.startswith(f"deconv_gemm_pack_{kind}_")}
+        assert packings == {f"deconv_gemm_pack_{kind}_{m}" for m in ("tf32", "tf32x3", "f16", "bf16")}
 
 
 # -- the emulator's memory-traffic profile --------------------------------------------------------
@@ -114,44 +147,45 @@ def line_of(snippet):
     return places[0]
 
 
-# Where B's fragments leave shared memory, and what one warp-level request of each costs without
-# bank conflicts: tf32 loads 4 bytes per lane (one wavefront), f16 ldmatrix.x4 four 8 × 16-byte
-# matrices (four); f16's A, stored from registers 2 bytes per lane, one.
+# Where the fragments leave shared memory, and what one warp-level request of each costs without
+# bank conflicts: ldmatrix reads one wavefront per 8 × 16-byte matrix — tf32's A x4 (four) and its
+# n-major B x2 (two), f16's A x4 and B x4.trans (four).
 FRAGMENT_READS = {
-    "tf32": {"b_big[j][0] = __float_as_uint(b0[0]);": 1, "b_big[j][1] = __float_as_uint(b0[4 * kRowB]);": 1},
-    "f16": {"ldmatrix_x4_trans(pair, b + b_offset(": 4},
+    "tf32": {"ldmatrix_x4(a_big[i], a + a_offset(": 4, "ldmatrix_x2(b_big[j], b + b_packed_offset(": 2},
+    "f16": {"ldmatrix_x4(a_frag[i], a + a_packed_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
 }
-STAGED_STORES = {"f16": {"a[M::a_offset(Rows::k(r), Rows::column())] = staged[r];": 1}}
 
 
 @pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16")],
                          ids=["tf32", "f16"])
-def test_the_weight_operand_reads_whole_sectors(dtype, precision, math_name):
-    """A DCGAN-like layer (2 × 32 × 8 × 8, 32 → 32 channels, k4 s2 p1): the GEMM reads the packed
-    weight by cp.async only, at most 1.25 sectors per sector of bytes asked for (1.00 where the
-    array starts on a sector; NumPy's 16-byte alignment adds one sector per 128-byte run at most;
-    the weight's own layout took 8 in float32, 16 in float16), and B's fragment reads and the
-    staged stores are free of bank conflicts."""
+def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_name):
+    """A DCGAN-like layer (2 × 32 × 8 × 8, 32 → 32 channels, k4 s2 p1) on the 128 × 128 tile: the
+    forward and grad_input read both packed operands by cp.async only, at most 1.25 sectors per
+    sector of bytes asked for (1.00 where the array starts on a sector; NumPy's 16-byte alignment
+    adds one sector per 128-byte run at most; the weight's own layout took 8 in float32, 16 in
+    float16), and the fragment reads are free of bank conflicts."""
     _emulator()
     geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
     rng = np.random.default_rng(0)
     x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
     grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
     impl = profile_gemm.ProfilingBackend()
-    impl.forward(x, weight, None, geom, "gemm", precision, 1)
-    impl.grad_input(grad_output, weight, geom, "gemm", precision, 1)
+    impl.forward(x, weight, None, geom, "gemm", precision, 1, (128, 128))
+    impl.grad_input(grad_output, weight, geom, "gemm", precision, 1, (128, 128))
     entries = [entry for entry, _ in impl.profiles]
-    pack = f"deconv_gemm_pack_weight_{math_name}"
-    assert entries == [pack, f"deconv_forward_gemm_{math_name}", pack, f"deconv_grad_input_gemm_{math_name}"]
+    packs = [f"deconv_gemm_pack_activation_{math_name}", f"deconv_gemm_pack_weight_{math_name}"]
+    assert entries == packs + [f"deconv_forward_gemm_{math_name}_128x128"] + packs + [
+        f"deconv_grad_input_gemm_{math_name}_128x128"]
     for entry, profile in impl.profiles:
-        if "pack_weight" in entry:
+        if "_pack_" in entry:
             continue
-        weight_traffic = profile["per_argument"][1]  # packed_w
-        assert set(weight_traffic) == {"cp_async", "dram_sectors", "parameter"}, (entry, weight_traffic)
-        copies = weight_traffic["cp_async"]
-        assert copies["bytes"] == weight.nbytes, entry  # each weight value once: one M tile per phase
-        assert copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (entry, copies)
-        for snippet, per_request in {**FRAGMENT_READS[math_name], **STAGED_STORES.get(math_name, {})}.items():
+        for position in (0, 1):  # the packed activation, the packed weight
+            traffic = profile["per_argument"][position]
+            assert set(traffic) == {"cp_async", "dram_sectors", "parameter"}, (entry, position, traffic)
+            copies = traffic["cp_async"]
+            assert copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (entry, position, copies)
+        assert profile["per_argument"][1]["cp_async"]["bytes"] == weight.nbytes, entry  # once: one M tile per phase
+        for snippet, per_request in FRAGMENT_READS[math_name].items():
             counts = profile["per_line"][line_of(snippet)]
             (kind, count), = counts.items()
             assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (snippet, count)
@@ -166,8 +200,8 @@ def _sass_report():
 
 
 def module_sass(math_name, arch="sm_90"):
-    """(ptxas's report, {function: [(opcode with modifiers)]}) of the module the launch layer builds
-    for ``math_name``, compiled by nvcc."""
+    """(ptxas's report, {function: [(opcode with modifiers)]}) of the launch layer's modules of
+    ``math_name`` on the 128 × 128 tile (one nvcc compile for all their passes), compiled by nvcc."""
     sass_report = _sass_report()
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     cuobjdump, tool_dir = sass_report.find_cuobjdump()
@@ -176,11 +210,12 @@ def module_sass(math_name, arch="sm_90"):
         import os
 
         env = dict(os.environ, PATH=tool_dir + os.pathsep + os.environ.get("PATH", ""))
+    options = [option for option in module_options(math_name, True, "forward", (128, 128)) if "GEMM_PASS" not in option]
     with tempfile.TemporaryDirectory() as scratch:
         source, cubin = Path(scratch) / "deconv_gemm.cu", Path(scratch) / "module.cubin"
         source.write_text(kernel_source("deconv_gemm.cu"))  # headers inlined, as CuPy gets it
         compiled = subprocess.run([sass_report.find_nvcc(), "-cubin", f"-arch={arch}", "-O3", "-Xptxas", "-v",
-                                   *module_options(math_name), str(source), "-o", str(cubin)],
+                                   *options, str(source), "-o", str(cubin)],
                                   capture_output=True, text=True, timeout=600)
         assert compiled.returncode == 0, compiled.stderr[-4000:]
         sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, env=env,
@@ -198,17 +233,15 @@ def module_sass(math_name, arch="sm_90"):
 
 
 @pytest.mark.parametrize("math_name", ["tf32", "f16"])
-def test_the_weight_is_copied_in_16_byte_ldgsts(math_name):
-    """nvcc's SASS of the launch layer's module: the forward and grad_input copy B with 16-byte
-    LDGSTS (float16: all their LDGSTS, A staying in registers); nothing spills or uses local memory."""
+def test_the_operands_are_copied_in_16_byte_ldgsts(math_name):
+    """nvcc's SASS of the launch layer's modules: the forward and grad_input copy both operands with
+    16-byte LDGSTS and no other; nothing spills or uses local memory."""
     ptxas, functions = module_sass(math_name)
     for pass_ in ("forward", "grad_input"):
-        ops = functions[f"deconv_{pass_}_gemm_{math_name}"]
-        wide = [op for op in ops if op.startswith("LDGSTS") and op.endswith(".128")]
-        assert wide, (pass_, sorted(set(ops)))
-        if math_name == "f16":
-            assert wide == [op for op in ops if op.startswith("LDGSTS")], pass_
-    assert f"deconv_gemm_pack_weight_{math_name}" in functions
+        ops = functions[f"deconv_{pass_}_gemm_{math_name}_128x128"]
+        copies = [op for op in ops if op.startswith("LDGSTS")]
+        assert copies and all(op.endswith(".128") for op in copies), (pass_, sorted(set(copies)))
+    assert {f"deconv_gemm_pack_weight_{math_name}", f"deconv_gemm_pack_activation_{math_name}"} <= set(functions)
     for name, ops in functions.items():
         assert not [op for op in ops if op.split(".")[0] in ("LDL", "STL")], name
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)

@@ -12,18 +12,11 @@ opcodes with their modifiers), on the widest tile:
 
 The detector of rounding is checked on grad_weight, which still rounds both operands in its loop.
 """
-import functools
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import skip_unless_kernel_checks_can_run
+from conftest import sass_report, skip_unless_kernel_checks_can_run
 from cudeconv._loader import kernels_dir
 from cudeconv.backends.kernel_backend import module_options
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import sass_report  # noqa: E402  (a script beside the package)
 
 TILE = (128, 128)
 MAX_ISSUE_PER_HMMA = 6.0
@@ -32,10 +25,10 @@ MIN_FFMA_SHARE = {"forward": 0.70, "grad_input": 0.70, "grad_weight": 0.50}
 TF32_ROUNDING = "FSETP.GEU.AND"
 
 
-@functools.cache
 def _rows(math_name):
     """{entry point: sass_report row} of the launch layer's modules of ``math_name`` on TILE: one
-    nvcc compile holding every pass's GEMM of that tile (the pass filter off, the tile filter on)."""
+    nvcc compile holding every pass's GEMM of that tile (the pass filter off, the tile filter on;
+    conftest compiles each once a session)."""
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     options = [option for option in module_options(math_name, True, "forward", TILE) if "GEMM_PASS" not in option]
     rows = sass_report.report(kernels_dir() / "deconv_gemm.cu", "sm_90", options)

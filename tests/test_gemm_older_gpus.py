@@ -15,7 +15,8 @@ import pytest
 
 from cudeconv import backends, emulator
 from cudeconv.backends.device_descriptor import H100_SXM, DeviceDescriptor, wave
-from cudeconv.backends.kernel_backend import (GEMM_MIN_BLOCKS, GEMM_MIN_COMPUTE_CAPABILITY, SPLIT_MIN_K,
+from cudeconv.backends.gemm_plan import GEMM_MATHS, GEMM_TILES
+from cudeconv.backends.kernel_backend import (GEMM_MIN_COMPUTE_CAPABILITY, SPLIT_MIN_K,
                                               KernelBackend, gemm_resources, gemm_splits)
 from cudeconv._loader import kernels_dir
 
@@ -113,16 +114,17 @@ def test_sm75_gemm_sass():
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", "sm_75")}
     older = {name for name, needed in GEMM_MIN_COMPUTE_CAPABILITY.items() if needed <= 75}
     assert older == {"f32", "f64"}
-    for math_name in GEMM_MIN_BLOCKS:
+    for math_name in GEMM_MATHS:
         for pass_ in PASSES:
-            entry = f"deconv_{pass_}_gemm_{math_name}"
-            if math_name not in older:
-                assert entry not in rows
-                continue
-            row = rows[entry]
-            resources = gemm_resources(math_name, pass_, T4)
-            assert row["LDGSTS"] == row["HMMA"] == 0, row
-            assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
-            assert row["shared"] == resources.shared_bytes, row
-            assert row["registers"] <= resources.registers_per_thread, row
-            assert row["loop_fma"] > 0, row
+            for tile in GEMM_TILES[math_name][pass_]:
+                entry = f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+                if math_name not in older:
+                    assert entry not in rows
+                    continue
+                row = rows[entry]
+                resources = gemm_resources(math_name, pass_, T4, tile)
+                assert row["LDGSTS"] == row["HMMA"] == 0, row
+                assert row["LDL"] == row["STL"] == row["local"] == row["spill_stores"] == row["spill_loads"] == 0, row
+                assert row["shared"] == resources.shared_bytes, row
+                assert row["registers"] <= resources.registers_per_thread, row
+                assert row["loop_fma"] > 0, row

@@ -100,11 +100,9 @@ def test_real_layers_run_on_the_gemm_and_fill_the_gpu(case, precision):
                "grad_weight": geom.in_channels_per_group}
     for pass_ in PASSES:
         path = impl.kernel_path(geom, pass_, "auto", np.float32, precision)
-        if k_sides[pass_] < GEMM_MIN_K_CHANNELS:
-            assert path.kind != "gemm", (pass_, path)
+        if k_sides[pass_] < GEMM_MIN_K_CHANNELS or geom.in_channels_per_group == 1:
+            assert path.kind != "gemm", (pass_, path)  # direct, or the depthwise kernels (test_fill_gpu)
             continue
-        if pass_ == "grad_weight" and geom.in_channels_per_group == 1:
-            continue  # depthwise: its own kernel (test_fill_gpu)
         assert path.kind == "gemm", (pass_, path)
         blocks = math.prod(path.grid)
         assert blocks >= min(H100_SXM.sm_count, _most_blocks(geom, pass_, math_name)), (pass_, path)

@@ -1,8 +1,9 @@
 """algorithm="auto" pinned at its boundaries: the implicit GEMM needs at least 4 channels per group
-on its narrow channel side and 16 on its wide one (forward: C_in/groups and C_out/groups;
-grad_input: C_out/groups and C_in/groups; grad_weight: C_in/groups and C_out/groups·taps);
-one channel fewer on either side takes the direct kernel. Asked of ``KernelBackend.kernel_path``,
-the one decision the launches follow, on layers with two groups."""
+on its K side (forward: C_in/groups; grad_input: C_out/groups; grad_weight: its M side,
+C_in/groups, as its K is N·positions), whatever the other side — narrow N sides take the narrow
+tiles; one channel fewer on the K side takes the direct kernel, one input channel per group the
+depthwise kernel. Asked of
+``KernelBackend.kernel_path``, the one decision the launches follow, on layers with two groups."""
 import numpy as np
 import pytest
 
@@ -28,31 +29,32 @@ def _geometry(in_per_group, out_per_group, kernel_size=(3, 3)):
 
 # (pass, C_in/groups, C_out/groups, kernel_size, expected kind)
 BOUNDARIES = [
-    # forward: C_in/groups (the GEMM's K) is the narrow side, C_out/groups the wide one
+    # forward: C_in/groups is the GEMM's K; any C_out/groups (N), down to 1
     ("forward", 3, 16, (3, 3), "direct"),
     ("forward", 4, 16, (3, 3), "gemm"),
-    ("forward", 4, 15, (3, 3), "direct"),
+    ("forward", 4, 15, (3, 3), "gemm"),
+    ("forward", 4, 1, (3, 3), "gemm"),
     # grad_input: the sides swap
     ("grad_input", 16, 3, (3, 3), "direct"),
     ("grad_input", 16, 4, (3, 3), "gemm"),
-    ("grad_input", 15, 4, (3, 3), "direct"),
-    # grad_weight: C_in/groups rows, C_out/groups·taps columns
+    ("grad_input", 2, 4, (3, 3), "gemm"),
+    ("grad_input", 1, 4, (3, 3), "depthwise"),  # one input channel per group: the depthwise kernel
+    # grad_weight: C_in/groups rows (at least 4), any C_out/groups·taps columns
     ("grad_weight", 3, 16, (1, 1), "direct"),
     ("grad_weight", 4, 16, (1, 1), "gemm"),
-    ("grad_weight", 4, 15, (1, 1), "direct"),
-    ("grad_weight", 4, 5, (1, 3), "direct"),  # 15 columns
-    ("grad_weight", 4, 2, (2, 4), "gemm"),  # 16 columns from 2 channels: taps count
+    ("grad_weight", 4, 1, (1, 1), "gemm"),
+    ("grad_weight", 4, 5, (1, 3), "gemm"),
 ]
 
 
 @pytest.mark.parametrize("pass_, in_per_group, out_per_group, kernel_size, kind", BOUNDARIES,
                          ids=[f"{p}-{i}in-{o}out-k{'x'.join(map(str, k))}-{kind}" for p, i, o, k, kind in BOUNDARIES])
-def test_auto_switches_to_the_gemm_at_4_and_16_channels_per_group(emulator, pass_, in_per_group, out_per_group,
-                                                                   kernel_size, kind):
+def test_auto_switches_to_the_gemm_at_4_channels_on_the_k_side(emulator, pass_, in_per_group, out_per_group,
+                                                               kernel_size, kind):
     geom = _geometry(in_per_group, out_per_group, kernel_size)
     path = emulator.kernel_path(geom, pass_, "auto", np.float32, "fp32")
     assert path.kind == kind, path
     if kind == "gemm":
-        assert path.entry == f"deconv_{pass_}_gemm_f32"
+        assert path.entry == f"deconv_{pass_}_gemm_f32_{path.tile[0]}x{path.tile[1]}"
     # the GEMM can run every one of these: "direct" above is the heuristic's choice, not a refusal
     assert emulator.kernel_path(geom, pass_, "gemm", np.float32, "fp32").kind == "gemm"

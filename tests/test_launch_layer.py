@@ -9,7 +9,7 @@ import pytest
 from conftest import require_cuda, skip_unless_kernel_checks_can_run
 from cudeconv import ConvTranspose2d, backends, cli, emulator
 from cudeconv._geometry import make_geometry
-from cudeconv.backends.kernel_backend import SOURCES, KernelBackend
+from cudeconv.backends.kernel_backend import GEMM_PASSES, GEMM_TILES, SOURCES, KernelBackend
 from cudeconv.optim import SGDHyperparameters
 
 
@@ -132,21 +132,26 @@ def test_modules_per_math_compute_what_one_module_per_source_does():
                             per_source.backward(grad_output, x, weight, geom, True)):
         np.testing.assert_array_equal(mine, theirs)
     for path in paths.values():
-        names = per_math.module(path.source, path.math).kernel_names
-        assert names and all(name.endswith("_f32") for name in names), (path.source, names)
+        names = per_math.module(path.source, path.math, path.gemm_pass, path.tile).kernel_names
+        if path.kind == "gemm":  # the one GEMM kernel of its pass and tile, with its dtype's split reduce
+            assert sorted(names) == sorted([path.entry, "deconv_gemm_split_reduce_f32"]), names
+        else:
+            assert names and all(name.endswith("_f32") for name in names), (path.source, names)
         assert len(names) < len(per_source.module(path.source, path.math).kernel_names)
 
 
 def test_warmup_compiles_each_needed_module_once(monkeypatch):
     impl = KernelBackend("recording", np, None, lambda: "cpu")
     requested = []
-    monkeypatch.setattr(impl, "module", lambda source, math_name: requested.append((source, math_name)))
+    monkeypatch.setattr(impl, "module", lambda *module: requested.append(module))
     compiled = impl.warmup([np.float32, np.float16], ["fp32", "tf32"])
     assert requested == compiled
     assert len(set(compiled)) == len(compiled)
-    assert set(compiled) == ({(source, suffix) for source in SOURCES if source != "deconv_gemm.cu"
-                              for suffix in ("f32", "f16")}
-                             | {("deconv_gemm.cu", "f32"), ("deconv_gemm.cu", "tf32"), ("deconv_gemm.cu", "f16")})
+    gemm_kernels = {("deconv_gemm.cu", math_name, pass_, tile) for math_name in ("f32", "tf32", "f16")
+                    for pass_ in GEMM_PASSES for tile in GEMM_TILES[math_name][pass_]}
+    assert len(gemm_kernels) == 3 * 12
+    assert set(compiled) == ({(source, suffix, "", ()) for source in SOURCES if source != "deconv_gemm.cu"
+                              for suffix in ("f32", "f16")} | gemm_kernels)
 
 
 def test_cli_warmup_on_the_emulator_and_refusal_without_a_gpu(capsys):

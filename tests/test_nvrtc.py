@@ -5,6 +5,7 @@ inline PTX, headers, C++ or static shared memory that ptxas refuses fail here ra
 user's first launch. And a first float32 training step compiles in at most two seconds of CPU time."""
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import re
 import resource
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import skip_unless_kernel_checks_can_run
+from conftest import sass_report, skip_unless_kernel_checks_can_run
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir, source_with_headers
-from cudeconv.backends.kernel_backend import (MODULE_MATHS, SOURCES, KernelBackend, gemm_math,
+from cudeconv.backends.kernel_backend import (GEMM_PACKED_ACTIVATION_MATHS, GEMM_PACKED_MATHS, GEMM_PASSES,
+                                              GEMM_TILES, MODULE_MATHS, SOURCES, KernelBackend, gemm_math,
                                               module_options)
 from cudeconv.emulator._compiler import find_cuda_include
 
@@ -64,20 +66,38 @@ def entry_points(ptx):
     return set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.MULTILINE))
 
 
-def launch_options(arch, math_name=None):
+def launch_options(arch, math_name=None, gemm_pass="", tile=()):
     """What CuPy is given by the launch layer, plus what CuPy adds itself (architecture, headers)."""
     include = find_cuda_include()  # cuda_fp16.h, as CuPy's [ctk] headers provide on a GPU machine
-    layer = module_options(math_name) if math_name else ()
+    layer = module_options(math_name, True, gemm_pass, tile) if math_name else ()
     return [f"--gpu-architecture={arch}", "-std=c++17", *layer] + ([f"-I{include}"] if include else [])
+
+
+@functools.cache
+def gemm_module_entry_points(arch, math_name, gemm_pass, tile):
+    """The entry points of the launch layer's deconv_gemm.cu module of one GEMM kernel (compiled
+    once a session: the union test below reuses them)."""
+    status, log, ptx = nvrtc_compile(kernel_source("deconv_gemm.cu"), "deconv_gemm.cu",
+                                     launch_options(arch, math_name, gemm_pass, tile))
+    assert status == 0, f"NVRTC failed on deconv_gemm.cu for {math_name} {gemm_pass} {tile} on {arch}:\n{log}"
+    return frozenset(entry_points(ptx))
+
+
+# Every module the launch layer builds of deconv_gemm.cu: one per (math, pass, tile of the menu).
+GEMM_MODULES = [(math_name, pass_, tile) for math_name in MODULE_MATHS for pass_ in GEMM_PASSES
+                for tile in GEMM_TILES[math_name][pass_]]
 
 
 def _require_nvrtc():
     skip_unless_kernel_checks_can_run("NVRTC", None if NVRTC else "libnvrtc not found (pip wheel nvidia-cuda-nvrtc)")
 
 
+OTHER_SOURCES = [source for source in SOURCES if source != "deconv_gemm.cu"]
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("math_name", MODULE_MATHS)
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", OTHER_SOURCES)
 def test_each_module_compiles_with_the_launch_layers_options(source, math_name, arch):
     _require_nvrtc()
     status, log, ptx = nvrtc_compile(kernel_source(source), source, launch_options(arch, math_name))
@@ -88,16 +108,46 @@ def test_each_module_compiles_with_the_launch_layers_options(source, math_name, 
         assert entry.endswith((f"_{math_name}", f"_{storage}")), f"{entry} compiled into the {math_name} module"
 
 
+def _widest(module):
+    math_name, pass_, tile = module
+    return tile == GEMM_TILES[math_name][pass_][0]
+
+
+# every GEMM module on sm_90; on sm_80 the widest tile of each (math, pass), to keep CI's NVRTC time
+@pytest.mark.parametrize("arch, module", [("sm_90", module) for module in GEMM_MODULES]
+                         + [("sm_80", module) for module in GEMM_MODULES if _widest(module)],
+                         ids=lambda value: value if isinstance(value, str) else "{}-{}-{}x{}".format(*value[:2], *value[2]))
+def test_each_gemm_module_holds_its_one_kernel(arch, module):
+    """The launch layer's module of one GEMM kernel: that entry point, its storage dtype's split
+    reduce and, for the forward and grad_input of the maths that pack, the packings — nothing else."""
+    _require_nvrtc()
+    math_name, pass_, tile = module
+    expected = {f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}",
+                f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
+    if pass_ != "grad_weight" and math_name in GEMM_PACKED_MATHS:
+        expected.add(f"deconv_gemm_pack_weight_{math_name}")
+    if pass_ != "grad_weight" and math_name in GEMM_PACKED_ACTIVATION_MATHS:
+        expected.add(f"deconv_gemm_pack_activation_{math_name}")
+    assert gemm_module_entry_points(arch, *module) == expected
+
+
 @pytest.mark.parametrize("source", SOURCES)
 def test_the_modules_of_a_source_together_hold_every_entry_point(source):
-    """No entry point is lost by the per-math split: the union of the modules' entry points is what
-    the whole source defines (compiled without -DCUDECONV_MATH, as nvcc and the emulator do)."""
+    """No entry point is lost by the per-math (and, for deconv_gemm.cu, per-kernel) split: the union
+    of the modules' entry points is what the whole source defines — compiled without
+    -DCUDECONV_MATH, as nvcc and the emulator do; for deconv_gemm.cu, as its preprocessor expands it
+    (compiling every math and tile at once would take a minute)."""
     _require_nvrtc()
-    everything = entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90"))[2])
+    if source == "deconv_gemm.cu":
+        skip_unless_kernel_checks_can_run("a C++ preprocessor", None if sass_report.find_preprocessor() else "no g++")
+        everything = set(sass_report.library_entry_points()[source])
+        split = set().union(*(gemm_module_entry_points("sm_90", *module) for module in GEMM_MODULES))
+    else:
+        everything = entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90"))[2])
+        split = set()
+        for math_name in MODULE_MATHS:
+            split |= entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))[2])
     assert everything
-    split = set()
-    for math_name in MODULE_MATHS:
-        split |= entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))[2])
     assert split == everything
 
 
@@ -124,7 +174,8 @@ def test_the_gemm_modules_of_older_gpus_hold_the_ffma_and_dfma_gemms_only(math_n
     assert status == 0, f"NVRTC failed on deconv_gemm.cu for {math_name} on {arch}:\n{log}"
     expected = {f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
     if math_name in ("f32", "f64"):
-        expected |= {f"deconv_{pass_}_gemm_{math_name}" for pass_ in ("forward", "grad_input", "grad_weight")}
+        expected |= {f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+                     for pass_ in GEMM_PASSES for tile in GEMM_TILES[math_name][pass_]}
     assert entry_points(ptx) == expected
 
 
@@ -148,9 +199,10 @@ def _cpu_seconds():
 def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
     """The cold start: everything a float32 fp32 forward + backward + SGD step of a GEMM-sized layer
     needs, as the launch layer asks for it, compiled for sm_90 — CPU time, not wall time, so other
-    load on the machine counts little. It is close to the bound: about 1.8-1.9 s at the floor on the
-    2-core CI machine after split K entered the f32 GEMM, single runs scattering ±20 %, hence the
-    least of five.
+    load on the machine counts little. Each GEMM kernel is a module of its own (its pass and tile),
+    so the menu of tiles adds nothing; this layer's passes take the 64 × 64 tiles and compile in
+    about 1.7 s at the floor on a 2-core machine, single runs scattering ±20 %, hence the least of
+    five.
     """
     _require_nvrtc()
     impl = KernelBackend("cold-start", np, None, lambda: "unused")
@@ -158,13 +210,14 @@ def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
                          output_padding=0, groups=1, dilation=1)
     paths = impl.kernel_paths(geom, np.float32, precision="fp32").values()
     assert {path.kind for path in paths} == {"gemm", "slabs"}  # the step a real layer takes
-    modules = {(path.source, path.math) for path in paths} | {("sgd.cu", "f32")}
-    assert all(math_name == "f32" for _, math_name in modules)
+    modules = {(path.source, path.math, path.gemm_pass, path.tile) for path in paths} | {("sgd.cu", "f32", "", ())}
+    assert all(module[1] == "f32" for module in modules)
     attempts = []
     for _ in range(5):  # the least of five: load and noise only ever add CPU time (caches, SMT, frequency)
         start = _cpu_seconds()
-        for source, math_name in sorted(modules):
-            status, log, _ = nvrtc_compile(kernel_source(source), source, launch_options("sm_90", math_name))
+        for source, math_name, gemm_pass, tile in sorted(modules):
+            status, log, _ = nvrtc_compile(kernel_source(source), source,
+                                           launch_options("sm_90", math_name, gemm_pass, tile))
             assert status == 0, log
         attempts.append(_cpu_seconds() - start)
     spent = min(attempts)

@@ -72,8 +72,11 @@ def test_the_forward_samples_up_to_the_first_phase_with_the_most_taps():
     tiles, slices = profile_gemm.sampled_work(geom, "forward", "f32", splits=1)
     assert (tiles, slices) == (4, 9 * 1)  # four tiles write; 9 taps × one slice of 8 channels
     # the grid's work: per phase its tiles × taps × channel slices, as the executed multiply-adds count
-    executed = predict_perf.executed_macs(geom, "forward", "f32")
-    assert executed == sum(t * s for t, s in profile_gemm.tile_work(geom, "forward", "f32")) * 128 * 128 * 8
+    for tile in ((128, 128), (128, 32)):
+        executed = predict_perf.executed_macs(geom, "forward", "f32", tile)
+        assert executed == sum(t * s for t, s in profile_gemm.tile_work(geom, "forward", "f32", tile)) * tile[0] * tile[1] * 8
+    # 4 × 4 outputs per phase, 8 channels: one tile per phase on either
+    assert profile_gemm.tile_work(geom, "forward", "f32", (128, 32)) == profile_gemm.tile_work(geom, "forward", "f32")
 
 
 def synthetic_sample(grid=(132, 1, 1), loads=1000, stores=100, shared_bytes=12800, slices=10):
@@ -87,7 +90,8 @@ def synthetic_sample(grid=(132, 1, 1), loads=1000, stores=100, shared_bytes=1280
 
 def terms(sample, sass=None, pass_="forward", math_name="f32"):
     sass = sass or {"loop": 700, "HMMA": 0}
-    return predict_perf.gemm_terms(predict_perf.GPUS["h100"], H100_SXM, GEOM, pass_, math_name, sample, sass, 4)
+    return predict_perf.gemm_terms(predict_perf.GPUS["h100"], H100_SXM, GEOM, pass_, math_name, (128, 128), sample,
+                                   sass, 4)
 
 
 def test_the_time_model_follows_its_inputs():

@@ -333,10 +333,10 @@ class KernelBackend:
         direct kernel): its tile (``tile``, one of the menu's GEMM_TILES, or gemm_tile's choice on
         ``device``, by default the current device's descriptor), its parts its K splits (``splits``,
         or gemm_splits for that tile), its workspace their partial copies of the output and, for the
-        forward and grad_input on tensor cores, the packed weight (and on tf32/tf32x3 the packed
-        activation). "auto" takes the GEMM where it can
-        run and its K side holds GEMM_MIN_K_CHANNELS channels per group (for grad_weight its M side,
-        C_in/groups); "gemm" insists."""
+        forward and grad_input on tensor cores, the packed weight and activation. "auto" takes the
+        GEMM where it can run, its K side holds GEMM_MIN_K_CHANNELS channels per group (for
+        grad_weight its M side, C_in/groups) and a group has more than one input channel (one is
+        the depthwise kernels'); "gemm" insists."""
         if algorithm not in ("auto", "gemm"):
             return None
         if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
@@ -362,7 +362,8 @@ class KernelBackend:
         else:
             k_side = {"forward": geom.in_channels_per_group, "grad_input": geom.out_channels_per_group,
                       "grad_weight": geom.in_channels_per_group}[pass_]
-            if reason or k_side < GEMM_MIN_K_CHANNELS:
+            # one input channel per group is the depthwise kernels' (grad_input's N would be 1)
+            if reason or k_side < GEMM_MIN_K_CHANNELS or geom.in_channels_per_group == 1:
                 return None
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
