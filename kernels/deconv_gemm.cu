@@ -124,69 +124,88 @@ struct Staged {
     static constexpr int kCount = kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) > 0 ? kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) : 1;
 };
 
+// One element-wise operand value: cp.async of its 4 or 8 bytes into `to` (kAsync; zero-filled where
+// `from` is null) or a load into the staged register.
+template <class M>
+__device__ __forceinline__ void copy_element(typename M::Element* to, const typename M::Element* from,
+                                             const typename M::Element* any, typename M::Element& staged) {
+    typedef typename M::Element T;
+    if constexpr (M::kAsync) {
+        async_copy(to, from ? from : any, from ? (int)sizeof(T) : 0);
+    } else {
+        staged = from ? __ldg(from) : T(0.0f);
+    }
+}
+
 // Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
-// packed weight (16-byte chunks) and, in float and double, element by element for the rest; the
-// element-wise operands (A, and grad_weight's B) of the maths without kAsync (16-bit, and float and
+// packed operands (16-byte chunks) and, in float and double, element by element for the rest; the
+// element-wise operands (grad_weight's A and B on 16-bit types, and every operand of float and
 // double without cp.async) are loaded into `staged`, for store_staged once the multiply is done.
 // The iterator describes this thread's rows of each operand in order: a_first(), then
 // a_next(previous) (b_first, b_next for B); its a_chunk(i) is chunk i of ActivationChunks, its
-// b_chunk(i) chunk i of WeightRowChunks (kPackedBNMajor) or PackedChunks (null: zero).
+// b_chunk(i) chunk i of WeightRowChunks (kPackedBNMajor) or PackedChunks (null: zero). Where both
+// operands go element-wise on a square tile their rows coincide: one walk serves both (grad_weight's
+// rows are cursors whose carries would otherwise be paid twice).
 template <class M, class Ops>
 __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M, Ops>::kCount],
                                             typename M::Element* a, typename M::Element* b, const Ops& ops) {
     typedef typename M::Element T;
-    if constexpr (Ops::kPackedA) {
-        typedef ActivationChunks<M> Chunks;
-        if (Chunks::active()) {
-#pragma unroll
-            for (int i = 0; i < Chunks::kChunks; ++i) {
-                const T* from = ops.a_chunk(i);
-                cp_async_16(a + M::a_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a, from ? 16 : 0);
-            }
-        }
-    } else {
+    constexpr bool kOneWalk = !Ops::kPackedA && !Ops::kPackedB && M::BM == M::BN;
+    if constexpr (kOneWalk) {
         auto row = ops.a_first();
 #pragma unroll
         for (int r = 0; r < RowsA<M>::kRows; ++r) {
             if (r) row = ops.a_next(row);
-            const T* from = ops.a_source(row);
-            if constexpr (M::kAsync) {
-                async_copy(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), from ? from : ops.any_a,
-                           from ? (int)sizeof(T) : 0);
-            } else {
-                staged[r] = from ? __ldg(from) : T(0.0f);
-            }
-        }
-    }
-    if constexpr (!Ops::kPackedB) {
-        auto b_row = ops.b_first();
-#pragma unroll
-        for (int r = 0; r < RowsB<M>::kRows; ++r) {
-            if (r) b_row = ops.b_next(b_row);
-            const T* from = ops.b_source(b_row);
-            if constexpr (M::kAsync) {
-                async_copy(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), from ? from : ops.any_b,
-                           from ? (int)sizeof(T) : 0);
-            } else {
-                staged[Staged<M, Ops>::kA + r] = from ? __ldg(from) : T(0.0f);
-            }
-        }
-    } else if constexpr (M::kPackedBNMajor) {
-        typedef WeightRowChunks<M> Chunks;
-        if (Chunks::active()) {
-#pragma unroll
-            for (int i = 0; i < Chunks::kChunks; ++i) {
-                const T* from = ops.b_chunk(i);
-                cp_async_16(b + M::b_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_b, from ? 16 : 0);
-            }
+            copy_element<M>(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), ops.a_source(row), ops.any_a, staged[r]);
+            copy_element<M>(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), ops.b_source(row), ops.any_b,
+                            staged[Staged<M, Ops>::kA + r]);
         }
     } else {
-        typedef PackedChunks<M> Chunks;
-        if (Chunks::active()) {
+        if constexpr (Ops::kPackedA) {
+            typedef ActivationChunks<M> Chunks;
+            if (Chunks::active()) {
 #pragma unroll
-            for (int i = 0; i < Chunks::kChunks; ++i) {
-                const T* from = ops.b_chunk(i);
-                cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+                for (int i = 0; i < Chunks::kChunks; ++i) {
+                    const T* from = ops.a_chunk(i);
+                    cp_async_16(a + M::a_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a,
+                                from ? 16 : 0);
+                }
+            }
+        } else {
+            auto row = ops.a_first();
+#pragma unroll
+            for (int r = 0; r < RowsA<M>::kRows; ++r) {
+                if (r) row = ops.a_next(row);
+                copy_element<M>(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), ops.a_source(row), ops.any_a,
+                                staged[r]);
+            }
+        }
+        if constexpr (!Ops::kPackedB) {
+            auto row = ops.b_first();
+#pragma unroll
+            for (int r = 0; r < RowsB<M>::kRows; ++r) {
+                if (r) row = ops.b_next(row);
+                copy_element<M>(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), ops.b_source(row), ops.any_b,
+                                staged[Staged<M, Ops>::kA + r]);
+            }
+        } else if constexpr (M::kPackedBNMajor) {
+            typedef WeightRowChunks<M> Chunks;
+            if (Chunks::active()) {
+#pragma unroll
+                for (int i = 0; i < Chunks::kChunks; ++i) {
+                    const T* from = ops.b_chunk(i);
+                    cp_async_16(b + M::b_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_b,
+                                from ? 16 : 0);
+                }
+            }
+        } else {
+            typedef PackedChunks<M> Chunks;
+            if (Chunks::active()) {
+#pragma unroll
+                for (int i = 0; i < Chunks::kChunks; ++i) {
+                    const T* from = ops.b_chunk(i);
+                    cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+                }
             }
         }
     }

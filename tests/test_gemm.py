@@ -244,8 +244,8 @@ def test_gemm_grid_covers_every_phase_and_tile():
 def test_gemm_sass(arch):
     """Every tile of every math: tensor-core entry points hold HMMA and ldmatrix, the float/double
     ones fill shared memory with cp.async, and so do the 16-bit forward and grad_input (the packed
-    operands), nothing touches local memory, and in the FP32 main loop at least half of the
-    instructions are FFMA (the widest tile's targets: test_gemm_main_loop.py)."""
+    operands), nothing touches local memory, and in the FP32 main loop of the 128 × 128 tile at least
+    half of the instructions are FFMA (its targets: test_gemm_main_loop.py)."""
     skip_unless_kernel_checks_can_run("nvcc/cuobjdump", sass_report.tools_unavailable_reason())
     rows = {row["kernel"]: row for row in sass_report.report(kernels_dir() / "deconv_gemm.cu", arch)}
     for pass_ in PASSES:
@@ -257,5 +257,6 @@ def test_gemm_sass(arch):
                     assert row["HMMA"] > 0 and row["LDSM"] > 0, row
                 if math_name not in ("f16", "bf16") or pass_ != "grad_weight":
                     assert row["LDGSTS"] > 0, row
-                if math_name == "f32":
+                assert row["loop_fma"] > 0, row  # the main loop is found
+                if math_name == "f32" and tile == (128, 128):  # 4 × 4 outputs per thread issue less FFMA: 27-52%
                     assert row["loop_fma"] >= row["loop"] / 2, row
