@@ -135,9 +135,13 @@ def _warmup(args, parser) -> int:
         kernel = f" {gemm_pass} {tile[0]}x{tile[1]}" if gemm_pass else ""
         print(f"  {source} [{math_name or 'every math'}{kernel}]", flush=True)
 
+    if args.jobs < 0:
+        parser.error(f"--jobs must be 0 (one per CPU) or a positive number, got {args.jobs}")
+    jobs = args.jobs or os.cpu_count() or 1
     start = time.perf_counter()
-    print(f"compiling for {backend_name} ({', '.join(dtypes)}; precision {', '.join(precisions)}):")
-    compiled = impl.warmup([float_dtype(name) for name in dtypes], precisions, on_progress=progress)
+    print(f"compiling for {backend_name} ({', '.join(dtypes)}; precision {', '.join(precisions)}; "
+          f"{jobs} process{'es' if jobs > 1 else ''}):", flush=True)
+    compiled = impl.warmup([float_dtype(name) for name in dtypes], precisions, on_progress=progress, jobs=jobs)
     print(f"{len(compiled)} modules ready in {time.perf_counter() - start:.1f} s")
     _print_caches()
     return 0
@@ -389,6 +393,8 @@ def build_parser():
                                help=f"float32 GEMM precisions: {', '.join(PRECISIONS)} (default: fp32)")
     warmup_parser.add_argument("--backend", choices=("cuda", "emulator"), default="cuda",
                                help="cuda (default), or emulator to build the CPU emulator's modules")
+    warmup_parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                               help="compile in N processes at once (0: one per CPU; default 1)")
 
     tune_parser = commands.add_parser(
         "tune", help="autotune the benchmark's layers, or one --layer, for this GPU into the autotuning cache",

@@ -9,6 +9,9 @@
 # grace of each, add up to more than BUDGET seconds):
 #   gpu              nvidia-smi: the card, driver, clocks
 #   preflight        `cudeconv info`, then stop the whole run unless the cuda backend works
+#   warmup           `cudeconv warmup` of every dtype and precision in one process per CPU: the
+#                    GEMM's one-kernel modules (a menu of tiles per pass and math) and the rest,
+#                    into this run's CuPy cache, so the steps below compile (almost) nothing
 #   tests            the suite's cuda cases (`-k cuda`) with CUDECONV_REQUIRE_CUDA=1 (a cuda test
 #                    that would skip for want of the backend fails), -rs, and pytest-timeout's
 #                    per-test limit where that plugin is installed
@@ -56,16 +59,17 @@ BUDGET=510        # seconds the whole run may take: the device call's ~9 minutes
 KILL_GRACE=5      # after a step's limit, TERM; this much later, KILL
 LIMIT_GPU=${LIMIT_GPU:-10}
 LIMIT_PREFLIGHT=${LIMIT_PREFLIGHT:-30}
-LIMIT_TESTS=${LIMIT_TESTS:-120}
+LIMIT_WARMUP=${LIMIT_WARMUP:-30}  # ~90 modules, ~1 s each, on 16 CPUs
+LIMIT_TESTS=${LIMIT_TESTS:-105}
 LIMIT_SANITIZER_PROBE=${LIMIT_SANITIZER_PROBE:-20}
-LIMIT_MEMCHECK=${LIMIT_MEMCHECK:-60}
-LIMIT_RACECHECK=${LIMIT_RACECHECK:-50}
+LIMIT_MEMCHECK=${LIMIT_MEMCHECK:-55}
+LIMIT_RACECHECK=${LIMIT_RACECHECK:-45}
 LIMIT_TUNE=${LIMIT_TUNE:-25}  # its 30 s with the grace: 15 s each from bench and bench_tf32
 LIMIT_BENCH=${LIMIT_BENCH:-50}
 LIMIT_BENCH_TF32=${LIMIT_BENCH_TF32:-30}
 LIMIT_ARCHIVE=${LIMIT_ARCHIVE:-15}
 LIMIT_NCU=${LIMIT_NCU:-35}  # its 40 s with the grace came from tests, racecheck and bench (10 s each)
-STEPS="gpu preflight tests sanitizer_probe memcheck racecheck tune bench bench_tf32 archive ncu"
+STEPS="gpu preflight warmup tests sanitizer_probe memcheck racecheck tune bench bench_tf32 archive ncu"
 PER_TEST_TIMEOUT=90  # pytest-timeout's limit for one test (the first NVRTC compile of a module is the slowest)
 # compute-sanitizer checks only the library's kernels (every entry point is deconv_* or sgd_step_*),
 # not CuPy's own: the regex filter of its --kernel-name option.
@@ -212,6 +216,9 @@ if ! step preflight "$PYTHON" -c "$PREFLIGHT" "$BACKEND"; then
     cat "$OUT/summary.txt"
     exit 2
 fi
+
+step warmup "$PYTHON" -m cudeconv warmup --backend "$BACKEND" --dtype float16 bfloat16 float32 float64 \
+    --precision fp32 tf32 tf32x3 --jobs 0
 
 PYTEST=("$PYTHON" -m pytest -q -rs -p no:cacheprovider)
 if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then

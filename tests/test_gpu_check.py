@@ -23,7 +23,7 @@ SCRIPT = REPO / "scripts" / "gpu_check.sh"
 BUDGET_S = 510  # what the device call leaves the script: about nine minutes, less the transfers
 OUT_MAX_FILES, OUT_MAX_BYTES = 8, 16 * 1024 * 1024  # what comes back from the GPU machine's $OUT
 OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-REHEARSAL_STEPS = ["gpu", "preflight", "tests", "sanitizer_probe", "smoke", "racecheck", "tune", "bench",
+REHEARSAL_STEPS = ["gpu", "preflight", "warmup", "tests", "sanitizer_probe", "smoke", "racecheck", "tune", "bench",
                    "bench_tf32", "archive", "ncu", "out_limits"]
 
 

@@ -154,6 +154,19 @@ def test_warmup_compiles_each_needed_module_once(monkeypatch):
                               for suffix in ("f32", "f16")} | gemm_kernels)
 
 
+def test_warmup_compiles_in_several_processes():
+    """jobs > 1: worker processes (spawned) fill the same disk cache; every module is reported once
+    as it is done, and a compile error would surface in the caller."""
+    _require_emulator()
+    done = []
+    compiled = backends.get("emulator").warmup([np.float64], jobs=2, on_progress=lambda *module: done.append(module))
+    assert sorted(done) == sorted(compiled) and {source for source, *_ in compiled} == set(SOURCES)
+    with pytest.raises(ValueError, match="jobs must be a positive int"):
+        backends.get("emulator").warmup([np.float64], jobs=0)
+    with pytest.raises(ValueError, match="needs the 'cuda' or 'emulator' backend"):
+        KernelBackend("recording", np, None, lambda: "cpu").warmup([np.float32], jobs=2)
+
+
 def test_cli_warmup_on_the_emulator_and_refusal_without_a_gpu(capsys):
     _require_emulator()
     assert cli.main(["warmup", "--backend", "emulator", "--dtype", "float64"]) == 0

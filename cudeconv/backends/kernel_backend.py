@@ -301,13 +301,18 @@ class KernelBackend:
     def _launch(self, path: KernelPath, entry, grid, block, args):
         self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)(grid, block, args)
 
-    def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name, gemm_pass, tile: None):
+    def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name, gemm_pass, tile: None,
+               jobs=1):
         """Compile, for the current device, every module a forward, backward and SGD step of
         ``dtypes`` at ``precisions`` can need (the GEMM's math follows the precision for float32;
         the direct kernels serve every precision): per math, each source's module and one module
-        per GEMM pass and tile of the menus (GEMM_TILES). Returns the (source, math, gemm_pass,
-        tile) modules compiled ("" and () for a module that is not one GEMM kernel's), math None
-        for a module of every math (``module_per_math=False``)."""
+        per GEMM pass and tile of the menus (GEMM_TILES). ``jobs`` > 1 compiles in that many
+        processes at once (the backends "cuda" and "emulator": each worker fills the same disk
+        cache), calling ``on_progress`` as each module is done. Returns the (source, math,
+        gemm_pass, tile) modules compiled ("" and () for a module that is not one GEMM kernel's),
+        math None for a module of every math (``module_per_math=False``)."""
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be a positive int, got {jobs!r}")
         wanted = []
         for dtype in dtypes:
             suffix = _SUFFIX[np.dtype(dtype)]
@@ -318,12 +323,23 @@ class KernelBackend:
         if not self.module_per_math:
             wanted = [(source, None, "", ()) for source, *_ in wanted]
         compiled = list(dict.fromkeys(wanted))
-        for source, math_name, gemm_pass, tile in compiled:
-            on_progress(source, math_name, gemm_pass, tile)
-            # without per-math modules, any math names the module of every math
-            module = self.module(source, math_name or "f32", gemm_pass, tile)
-            if hasattr(module, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
-                module.compile()
+        if jobs > 1 and len(compiled) > 1:
+            if self.name not in ("cuda", "emulator"):
+                raise ValueError(f"jobs > 1 needs the 'cuda' or 'emulator' backend, not {self.name!r}")
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn: a forked CUDA context is unusable in the child
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(compiled)),
+                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(compile_module, self.name, module): module for module in compiled}
+                for done in concurrent.futures.as_completed(futures):
+                    done.result()  # a compile error surfaces here, as in one process
+                    on_progress(*futures[done])
+            return compiled
+        for module in compiled:
+            compile_module(self, module)
+            on_progress(*module)
         return compiled
 
     # -- convolution ----------------------------------------------------------------------------
@@ -672,6 +688,19 @@ class KernelBackend:
         if placeholder is None:
             placeholder = self._float32_placeholders[device] = self.xp.zeros(1, dtype=np.float32)
         return placeholder
+
+
+def compile_module(backend, module):
+    """Compile ``module`` ((source, math, gemm_pass, tile), math None for a module of every math) of
+    ``backend`` (a KernelBackend, or the name of one for a worker process) on the current device."""
+    if isinstance(backend, str):
+        from . import get
+
+        backend = get(backend)
+    source, math_name, gemm_pass, tile = module
+    compiled = backend.module(source, math_name or "f32", gemm_pass, tile)  # without per-math modules any math names it
+    if hasattr(compiled, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
+        compiled.compile()
 
 
 def make(name: str) -> KernelBackend:
