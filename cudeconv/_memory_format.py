@@ -4,7 +4,8 @@ An ``(N, C, *spatial)`` array is *channels-last* when its strides put C innermos
 spatial dims from last to first, then N: PyTorch's ``channels_last`` (4-d, NHWC in memory) and
 ``channels_last_3d`` (5-d, NDHWC), and for 1-d problems an ``(N, C, L)`` array over ``(N, L, C)``
 memory. Every other array is *contiguous* here (the NCHW layout). The backends compute in NCHW
-(the kernel launch layer copies any other layout to it); the functional API then gives the
+(the kernel launch layer copies any other layout to it, except where a tensor-core forward reads a
+channels-last x in place as its packed operand: docs/kernels.md); the functional API then gives the
 forward's y and the backward's grad_input the memory format of x, on every backend. Where this
 differs from PyTorch: only x decides (PyTorch also goes channels-last for a channels-last weight
 alone), grad_weight keeps the weight's layout (as ``weight.grad`` does in PyTorch), and PyTorch has no

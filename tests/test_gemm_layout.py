@@ -246,3 +246,39 @@ def test_the_operands_are_copied_in_16_byte_ldgsts(math_name):
         assert not [op for op in ops if op.split(".")[0] in ("LDL", "STL")], name
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
     assert len(frames) == len(functions) and all(frame == ("0", "0", "0") for frame in frames), ptxas
+
+
+# -- a caller's channels-last x, read in place -------------------------------------------------------
+
+def _channels_last(array):
+    return np.ascontiguousarray(np.moveaxis(array, 1, -1)).transpose(0, array.ndim - 1, *range(1, array.ndim - 1))
+
+
+@pytest.mark.parametrize("dtype, precision, k_channels, in_place", [
+    (np.float16, "fp32", 16, True), (BFLOAT16, "fp32", 32, True), (np.float32, "tf32x3", 8, True),
+    (np.float32, "tf32", 8, False),    # tf32 rounds in the packing: its loop takes TF32 values
+    (np.float16, "fp32", 12, False),   # 12 halves per group do not fill whole 32-byte rows
+], ids=["f16", "bf16", "tf32x3", "tf32-packs", "f16-padded-packs"])
+def test_a_channels_last_x_is_the_packed_activation_in_place(monkeypatch, dtype, precision, k_channels, in_place):
+    """The forward of a dense channels-last x on the packing maths: where a group's K channels fill
+    whole sector rows and the packing would not round, x's own memory is the packed layout — no NCHW
+    copy, no packing launch — and the result is bitwise the NCHW input's."""
+    _emulator()
+    impl = backends.get("emulator")
+    launched = []
+    launch = type(impl)._launch
+    monkeypatch.setattr(type(impl), "_launch", lambda self, path, entry, *a: (launched.append(entry),
+                                                                              launch(self, path, entry, *a)))
+    geom = make_geometry(2, (2, 2 * k_channels, 5, 4), (2 * k_channels, 9, 3, 3), 2, 1, 1, 2, 1)
+    rng = np.random.default_rng(7)
+    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
+    bias = rng.standard_normal(geom.out_channels).astype(dtype)
+    channels_last = _channels_last(x)
+    assert np.array_equal(channels_last, x) and not channels_last.flags.c_contiguous
+    reference = impl.forward(x, weight, bias, geom, "gemm", precision, 1, (128, 32))
+    assert sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched) == 1  # NCHW: packed
+    launched.clear()
+    result = impl.forward(channels_last, weight, bias, geom, "gemm", precision, 1, (128, 32))
+    packed = sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched)
+    assert packed == (0 if in_place else 1), launched
+    assert result.tobytes() == reference.tobytes()

@@ -529,20 +529,22 @@ class KernelBackend:
         and tile (None chooses; tests and the autotuner pin them)."""
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
+        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x), tile)
+        # x's own memory as the packed activation: its C-innermost view, a dense (N, *spatial, C) array
+        packed_x = self.xp.moveaxis(x, 1, -1) if reads_packed_in_place(path, x, geom, "forward") else None
         x, weight = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
         # The kernels read bias only when has_bias is 1; the weight stands in for a null pointer.
         bias_arg = weight if bias is None else self.xp.ascontiguousarray(bias)
         has_bias = np.int32(bias is not None)
         y = self._output(geom.output_shape, x.dtype)
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
-        path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x), tile)
         if rows == 0:
             return y
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (self._gemm_activation(path, x, geom, "forward"),
-                                  self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y, geom,
-                           bias)
+            activation = packed_x if packed_x is not None else self._gemm_activation(path, x, geom, "forward")
+            self._run_gemm(path, (activation, self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y,
+                           geom, bias)
         elif path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
         elif path.kind == "direct":
@@ -688,6 +690,25 @@ class KernelBackend:
         if placeholder is None:
             placeholder = self._float32_placeholders[device] = self.xp.zeros(1, dtype=np.float32)
         return placeholder
+
+
+def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, pass_: str) -> bool:
+    """Whether the GEMM of ``path`` reads ``src`` (x of the forward) in place as its packed
+    activation: a dense channels-last array is [n][position][group][K channel] already, the packing's
+    layout, where a group's K channels fill whole GEMM_PACK_ROW_BYTES rows (no padding) and the math
+    does not round in the packing (tf32 does: its main loop takes TF32 values) — so a caller's
+    channels-last x costs neither the NCHW copy nor the packing, and the values read are the same."""
+    if path.kind != "gemm" or path.math not in GEMM_PACKED_ACTIVATION_MATHS or path.math == "tf32":
+        return False
+    k_channels = geom.in_channels_per_group if pass_ == "forward" else geom.out_channels_per_group
+    if k_channels % (GEMM_PACK_ROW_BYTES // src.dtype.itemsize):
+        return False
+    shape, itemsize = tuple(src.shape), src.dtype.itemsize
+    outer = [itemsize * shape[1]]  # dense C-innermost strides, built outwards: the last spatial dim's first
+    for size in reversed(shape[2:]):
+        outer.insert(0, outer[0] * size)  # ends with N's stride in front
+    expected = (outer[0], itemsize, *outer[1:])  # N, C, the spatial dims
+    return all(stride == want for stride, want, size in zip(src.strides, expected, shape) if size > 1)
 
 
 def compile_module(backend, module):
