@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import test_emulator as emulator_tests
 import test_gemm as gemm_tests
+import test_gemm_tiles as tile_tests
 import test_kernels as kernel_tests
 import test_mma_primitives as mma_tests
 
+from cudeconv._dtypes import BFLOAT16
 from cudeconv._loader import source_with_headers
 from cudeconv.emulator import RawModule
 
@@ -200,6 +202,14 @@ CORRECT_KERNELS = {
                                                                    (np.float32, "tf32")),
     "gemm_f16": lambda mp: gemm_tests.test_gemm_matches_reference("emulator", None, gemm_tests.GEOMETRIES[0],
                                                                   (np.float16, "fp32")),
+    # the narrow tiles: packed-chunk copies with idle threads (tf32's n-major B by ldmatrix.x2),
+    # and M-narrow grad_weight staged through registers (f16)
+    "gemm_tile_128x32_tf32": lambda mp: tile_tests.test_every_tile_matches_the_reference(
+        "emulator", None, (np.float32, "tf32"), "forward", (128, 32)),
+    "gemm_tile_32x128_f16": lambda mp: tile_tests.test_every_tile_matches_the_reference(
+        "emulator", None, (np.float16, "fp32"), "grad_weight", (32, 128)),
+    "gemm_tile_64x64_bf16_grad_input": lambda mp: tile_tests.test_every_tile_matches_the_reference(
+        "emulator", None, (BFLOAT16, "fp32"), "grad_input", (64, 64)),
     "direct": lambda mp: kernel_tests.test_entry_points_match_reference("emulator", None, kernel_tests.CONFIGS[2],
                                                                         np.float32),
     "depthwise": lambda mp: kernel_tests.test_depthwise_kernels("emulator", None, mp, kernel_tests.DEPTHWISE[0],
