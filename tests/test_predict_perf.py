@@ -83,7 +83,7 @@ def synthetic_sample(grid=(132, 1, 1), loads=1000, stores=100, shared_bytes=1280
     operands = {"a": dict(kind="load", per="slice", requests=100, sectors=loads, bytes=loads * 16, distinct=loads // 2),
                 "c": dict(kind="store", per="tile", requests=10, sectors=stores, bytes=stores * 32, distinct=stores)}
     tiles = int(np.prod(grid))
-    return dict(entry="deconv_forward_gemm_f32", grid=list(grid), parts=1, sampled=[1, slices],
+    return dict(entry="deconv_forward_gemm_f32_128x128", grid=list(grid), parts=1, sampled=[1, slices],
                 grid_work=[tiles, tiles * slices], operands=operands,
                 shared=dict(requests=1, wavefronts=1, bytes=shared_bytes), mma={})
 
@@ -119,16 +119,16 @@ def test_the_time_model_follows_its_inputs():
 
 DETAILS_CSV = '''==PROF== Connected to process 1234
 "ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum","","2,048"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","sector","4,096"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","smsp__inst_executed_op_ldgsts.sum","inst","100"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_access.sum","sector","300"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_bypass.sum","sector","100"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum","","2,048"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","sector","4,096"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","smsp__inst_executed_op_ldgsts.sum","inst","100"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_access.sum","sector","300"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","(256, 1, 1)","(1, 1, 4)","0","9.0","Command line profiler metrics","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_bypass.sum","sector","100"
 "1","1234","python3","host","deconv_gemm_split_reduce_f32","1","7","(256, 1, 1)","(4, 1, 1)","0","9.0","Command line profiler metrics","l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum","","64"
 '''
 RAW_CSV = '''"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum","l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","smsp__inst_executed_op_ldgsts.sum","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_access.sum","l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_bypass.sum"
 "","","","","","","","","sector","inst","sector","sector"
-"0","1234","python3","host","deconv_forward_gemm_f32","1","7","2,048","4,096","100","300","100"
+"0","1234","python3","host","deconv_forward_gemm_f32_128x128","1","7","2,048","4,096","100","300","100"
 "1","1234","python3","host","deconv_gemm_split_reduce_f32","1","7","64","","","",""
 '''
 
@@ -136,7 +136,7 @@ RAW_CSV = '''"ID","Process ID","Process Name","Host Name","Kernel Name","Context
 @pytest.mark.parametrize("text", [DETAILS_CSV, RAW_CSV], ids=["details", "raw"])
 def test_ncu_csv_is_read_per_launch_in_order(text):
     launches = ncu_traffic.parse_ncu_csv(text)
-    assert [name for name, _ in launches] == ["deconv_forward_gemm_f32", "deconv_gemm_split_reduce_f32"]
+    assert [name for name, _ in launches] == ["deconv_forward_gemm_f32_128x128", "deconv_gemm_split_reduce_f32"]
     metrics = launches[0][1]
     assert metrics["l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum"] == 2048  # thousands separator gone
     assert metrics["l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts_cache_bypass.sum"] == 100
@@ -145,21 +145,21 @@ def test_ncu_csv_is_read_per_launch_in_order(text):
 
 
 def test_the_comparison_gives_sectors_per_request_of_both_and_their_ratio():
-    emulated = [("deconv_forward_gemm_f32", {"global_load": {"requests": 2048, "sectors": 8192},
+    emulated = [("deconv_forward_gemm_f32_128x128", {"global_load": {"requests": 2048, "sectors": 8192},
                                              "cp_async": {"requests": 100, "sectors": 800},
                                              "shared_load": {"requests": 0, "wavefronts": 0}}),
-                ("deconv_grad_input_gemm_f32", {"global_load": {"requests": 1, "sectors": 1}})]
+                ("deconv_grad_input_gemm_f32_128x128", {"global_load": {"requests": 1, "sectors": 1}})]
     rows = ncu_traffic.compare(ncu_traffic.parse_ncu_csv(DETAILS_CSV), emulated)
     by = {(r["launch"], r["kind"]): r for r in rows}
-    load = by[("deconv_forward_gemm_f32#0", "global_load")]
+    load = by[("deconv_forward_gemm_f32_128x128#0", "global_load")]
     assert (load["emulator_per_request"], load["ncu_per_request"], load["ratio"]) == (4.0, 2.0, 0.5)
-    copy = by[("deconv_forward_gemm_f32#0", "cp_async")]  # both ldgsts sector metrics summed
+    copy = by[("deconv_forward_gemm_f32_128x128#0", "cp_async")]  # both ldgsts sector metrics summed
     assert (copy["emulator_per_request"], copy["ncu_per_request"], copy["ratio"]) == (8.0, 4.0, 0.5)
-    assert ("deconv_forward_gemm_f32#0", "shared_load") not in by  # no requests on either side
+    assert ("deconv_forward_gemm_f32_128x128#0", "shared_load") not in by  # no requests on either side
     assert by[("deconv_gemm_split_reduce_f32#0", "unmatched")]["side"] == "ncu"
-    assert by[("deconv_grad_input_gemm_f32#0", "unmatched")]["side"] == "emulator"
+    assert by[("deconv_grad_input_gemm_f32_128x128#0", "unmatched")]["side"] == "emulator"
     table = ncu_traffic.format_rows(rows)
-    assert "| deconv_forward_gemm_f32#0 | global_load (sectors) | 2048 | 4.00 | 2048 | 2.00 | 0.50 |" in table
+    assert "| deconv_forward_gemm_f32_128x128#0 | global_load (sectors) | 2048 | 4.00 | 2048 | 2.00 | 0.50 |" in table
 
 
 def test_the_csv_travels_in_the_cubin_archive(tmp_path):
