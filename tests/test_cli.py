@@ -277,6 +277,7 @@ def test_bench_precision_flag_and_kernel_paths(tmp_path, capsys):
     assert paths["forward"]["kind"] == "gemm" and paths["forward"]["kernel"].startswith("deconv_forward_gemm_tf32_")
     assert paths["grad_input"]["kind"] == "direct"
     assert paths["grad_weight"]["kernel"].startswith("deconv_grad_weight_gemm_tf32_")
+    assert paths["grad_weight"]["parts"] >= 1 and len(paths["grad_weight"]["grid"]) == 3
     assert paths["grad_weight"]["workspace_bytes"] % (4 * math.prod(case["config"]["kernel_size"])) == 0
     assert re.search(r"kernels: forward gemm tf32 \([0-9.]+ MiB workspace\), grad_input direct fp32, grad_weight gemm tf32",
                      capsys.readouterr().out)
