@@ -24,32 +24,38 @@
 // in any main loop.
 //
 // Operand slices are double buffered in shared memory: the copies of slice s+1 fly while slice s
-// is multiplied. On the tensor cores (tf32, tf32x3, f16, bf16: kPacksWeight) the weight, B of the
-// forward and grad_input, is first packed, once per pass, by deconv_gemm_pack_weight_* into the
-// layout the slices read: per group, [tap][K channel][N channel], N innermost, each (tap, K
-// channel) row padded with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector) — so B
-// arrives by 16-byte cp.async, whole sectors per request (tf32 rounds it to TF32 in the packing,
-// once). The other operands go element-wise: cp.async of 4 or 8 bytes for float and double,
-// zero-filled outside the tensor; 16-bit types through registers (cp.async moves 4 bytes at least
-// and neighbouring halves of a gathered slice are not neighbours in memory), loaded before and
-// stored after the multiply; and so go float and double below compute capability 8.0, which has
-// no cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh).
+// is multiplied. On the tensor cores (tf32, tf32x3, f16, bf16) the forward's and grad_input's
+// operands are first packed, once per pass, into the layouts the slices read, every row padded
+// with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector): A (x, grad_output) by
+// deconv_gemm_pack_activation_* channels-last, [n][position][group][K channel] (a caller's dense
+// channels-last x already is that, and is read in place where no padding or rounding is needed:
+// kernel_backend.reads_packed_in_place); B (the weight) by deconv_gemm_pack_weight_*, per group
+// [tap][N channel][K channel] for tf32/tf32x3 (n-major slices, as A's) or [tap][K channel][N
+// channel] for f16/bf16 (k-major, for ldmatrix.trans). Both arrive by 16-byte cp.async, whole
+// sectors per copy instruction; tf32 rounds both to TF32 in the packing, once. Everything else goes
+// element-wise: cp.async of 4 or 8 bytes for float and double, zero-filled outside the tensor;
+// grad_weight's 16-bit operands through registers (cp.async moves 4 bytes at least and
+// neighbouring halves of a gathered slice are not neighbours in memory), loaded before and stored
+// after the multiply; and so go float and double below compute capability 8.0, which has no
+// cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh).
 //
-// Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>, and the packing
-// deconv_gemm_pack_weight_<math> the launch layer runs before the forward's and grad_input's):
-//   f32     exact FP32: 128×128 tile, 256 threads, 8×8 outputs per thread on FFMA, BK = 8
+// Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>_<BM>x<BN>, one per
+// tile of the math's menu in gemm_math.cuh, and the packings deconv_gemm_pack_{weight,activation}_
+// <math> the launch layer runs before the forward's and grad_input's):
+//   f32     exact FP32: 256 threads, 8×8 outputs per thread on FFMA on 128×128 (fewer on the
+//           smaller tiles), BK = 8
 //   f64     FP64: 64×64 tile, 4×4 per thread on DFMA, BK = 8
-//   tf32    TF32 tensor cores (mma.m16n8k8, FP32 accumulation): 128×128, 8 warps of 32×64, BK = 16;
-//           A's m-major slices read by ldmatrix, B's k-major ones by 4-byte loads; operands
-//           rounded with cvt.rna.tf32 (the packed weight in the packing)
+//   tf32    TF32 tensor cores (mma.m16n8k8, FP32 accumulation): 8 warps (32×64 each on 128×128),
+//           BK = 16; packed A and B from m-/n-major slices by ldmatrix, unrounded in the loop;
+//           grad_weight's operands rounded with cvt.rna.tf32 in the loop
 //   tf32x3  the split-TF32 trick: x = big + small (both TF32), three products
 //           (big·small + small·big + big·big) per mma step: near-FP32 accuracy on tensor cores
-//   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): 128×128, BK = 32, fragments by
-//           ldmatrix.trans; the output rounded once to half
+//   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): BK = 32, packed A by ldmatrix,
+//           B by ldmatrix.trans; the output rounded once to half
 //   bf16    the same on BF16 tensor cores (__nv_bfloat16 storage)
 // Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
-// workspaces are the packed weight and the split partials (splits × |output| accumulators). The direct
-// kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
+// workspaces are the packed operands and the split partials (splits × |output| accumulators). The
+// direct kernels (deconv_forward.cu, deconv_backward.cu) stay as the plain reference versions.
 //
 // Limits the host checks (kernel_backend.py): taps per phase <= GEMM_MAX_TAPS; N·(spatial size)
 // < 2^31; splits · phases · groups <= 65535 (grid z) and column tiles <= 65535 (grid y).
@@ -120,8 +126,8 @@ __device__ __forceinline__ void async_copy(double* to, const double* from, int b
 // weight does) B's; at least one, an array's least size.
 template <class M, class Ops>
 struct Staged {
-    static constexpr int kA = Ops::kPackedA ? 0 : RowsA<M>::kRows;
-    static constexpr int kCount = kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) > 0 ? kA + (Ops::kPackedB ? 0 : RowsB<M>::kRows) : 1;
+    static constexpr int kA = Ops::kPackedA ? 0 : RowsA<M>::kRows, kB = Ops::kPackedB ? 0 : RowsB<M>::kRows;
+    static constexpr int kCount = kA + kB > 0 ? kA + kB : 1;
 };
 
 // One element-wise operand value: cp.async of its 4 or 8 bytes into `to` (kAsync; zero-filled where
@@ -229,10 +235,10 @@ __device__ __forceinline__ void store_staged(const typename M::Element staged[St
 
 // ---------------------------------------------------------------------------------------------
 // The core: C tile = Σ over the iterator's slices of A·B, double-buffered, then the epilogue.
-// Ops: steps (slices), begin() / advance() (the first / next slice), kPackedB (B is the packed
-// weight), a_first() / a_next(row) and b_first() / b_next(row) (this thread's rows of each operand's
-// slice, in order), a_source(row) and, unless kPackedB, b_source(row) (null: zero), else
-// b_chunk(i), any_a / any_b (valid, 16-byte aligned addresses for zero-filled copies),
+// Ops: steps (slices), begin() / advance() (the first / next slice), kPackedA / kPackedB (A is the
+// packed activation, B the packed weight), a_first() / a_next(row) and b_first() / b_next(row)
+// (this thread's rows of each element-wise operand's slice, in order), a_source(row) and
+// b_source(row) (null: zero), else a_chunk(i) / b_chunk(i), any_a / any_b (valid, 16-byte aligned addresses for zero-filled copies),
 // row_offset(row) / column_offset(col) (-1 outside C) and store(row offset, column offset, column,
 // value).
 // Each step issues the next slice's copies (and loads), multiplies the current one, stores the
