@@ -25,7 +25,7 @@ from . import backends
 from ._geometry import check_float_dtypes, make_geometry
 from ._precision import ALGORITHMS, BACKWARD_ALGORITHMS, check_algorithm, resolve_precision
 from ._interop import take_arrays
-from ._memory_format import CONTIGUOUS, memory_format_of, to_memory_format
+from ._memory_format import memory_format_of, to_memory_format
 
 __all__ = [
     "conv_transpose1d",
@@ -114,9 +114,8 @@ def backward(ndim, grad_output, x, weight, stride=1, padding=0, output_padding=0
     precision = resolve_precision(precision)
     _autotune.check_autotune(autotune)
     impl = backends.resolve(backend, {"grad_output": grad_output, "input": x, "weight": weight})
-    # NCHW whatever its format (the kernels' launch layer would copy it so anyway): the NumPy
-    # backend's sums then add in one order, and every gradient is independent of its layout bitwise.
-    grad_output = to_memory_format(grad_output, CONTIGUOUS)
+    # grad_output in either format: the backends read a channels-last one in place where their
+    # kernels can (a tensor-core GEMM's packed operand), else make it NCHW — the same values either way
     grad_input, grad_weight, grad_bias = _autotune.backward(impl, grad_output, x, weight, geom, bool(bias), algorithm,
                                                             precision, memory_format, autotune)
     grad_input = to_memory_format(grad_input, memory_format)

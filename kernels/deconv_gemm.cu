@@ -81,14 +81,15 @@ struct SliceRows {
 template <class M> using RowsA = SliceRows<M, M::BM>;
 template <class M> using RowsB = SliceRows<M, M::BN>;
 
-// The packed weight's B slice (Ops::kPackedB) in 16-byte chunks of consecutive N channels: a
-// row of the k-major slice is BN / kWidth chunks, taken by consecutive threads (whole sectors per
-// request, each quarter warp's 128 bytes in distinct banks); this thread's chunks are the rows
+// A k-major slice `Columns` wide in 16-byte chunks of consecutive columns — the f16/bf16 packed
+// weight's B (N channels) and grad_weight's packed A and B (channels of x and grad_output): a row
+// of the slice is Columns / kWidth chunks, taken by consecutive threads (whole sectors per request,
+// each quarter warp's 128 bytes in distinct banks); this thread's chunks are the rows
 // threadIdx.x / kPerRow + i·kRowStep (i < kChunks), at column column(). A narrow tile's slice has
 // fewer chunks than the block has threads: only the first BK·kPerRow threads copy (active()).
-template <class M>
+template <class M, int Columns>
 struct PackedChunks {
-    static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BN / kWidth;
+    static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = Columns / kWidth;
     static constexpr int kCount = M::BK * kPerRow, kRowStep = kThreads / kPerRow;
     static constexpr int kChunks = kCount >= kThreads ? kCount / kThreads : 1;
     static_assert(kThreads % kPerRow == 0 && (kCount % kThreads == 0 || kThreads % kCount == 0),
@@ -167,7 +168,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                             staged[Staged<M, Ops>::kA + r]);
         }
     } else {
-        if constexpr (Ops::kPackedA) {
+        if constexpr (Ops::kPackedA && Ops::kMMajorA) {
             typedef ActivationChunks<M> Chunks;
             if (Chunks::active()) {
 #pragma unroll
@@ -175,6 +176,15 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                     const T* from = ops.a_chunk(i);
                     cp_async_16(a + M::a_packed_offset(Chunks::k(i), Chunks::row()), from ? from : ops.any_a,
                                 from ? 16 : 0);
+                }
+            }
+        } else if constexpr (Ops::kPackedA) {
+            typedef PackedChunks<M, M::BM> Chunks;
+            if (Chunks::active()) {
+#pragma unroll
+                for (int i = 0; i < Chunks::kChunks; ++i) {
+                    const T* from = ops.a_chunk(i);
+                    cp_async_16(a + M::a_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_a, from ? 16 : 0);
                 }
             }
         } else {
@@ -194,7 +204,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                 copy_element<M>(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), ops.b_source(row), ops.any_b,
                                 staged[Staged<M, Ops>::kA + r]);
             }
-        } else if constexpr (M::kPackedBNMajor) {
+        } else if constexpr (Ops::kNMajorB) {
             typedef WeightRowChunks<M> Chunks;
             if (Chunks::active()) {
 #pragma unroll
@@ -205,7 +215,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                 }
             }
         } else {
-            typedef PackedChunks<M> Chunks;
+            typedef PackedChunks<M, M::BN> Chunks;
             if (Chunks::active()) {
 #pragma unroll
                 for (int i = 0; i < Chunks::kChunks; ++i) {
@@ -274,7 +284,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
             ops.advance();
             fetch_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);  // in flight during the multiply
         }
-        M::template multiply<Ops::kPackedA, Ops::kPackedB>(a_slices[buffer], b_slices[buffer], acc);
+        M::template multiply<Ops::kMMajorA, Ops::kNMajorB>(a_slices[buffer], b_slices[buffer], acc);
         if (has_next) store_staged<M, Ops>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
         if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();  // the next slice is in place for all; everyone is done with `buffer`
@@ -320,7 +330,10 @@ struct ConvOperands {
     Problem<P> p;
     static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
     static constexpr bool kPackedA = M::kPacksActivation;  // else A is src's own elements, one per thread and row
-    typedef PackedChunks<M> Chunks;
+    // the slices' layouts (multiply): the packed activation in rows of K; the packed weight too where
+    // the math packs it N-major, else k-major (as every element-wise operand)
+    static constexpr bool kMMajorA = kPackedA, kNMajorB = kPackedB && M::kPackedBNMajor;
+    typedef PackedChunks<M, M::BN> Chunks;
     const TapEntry* taps;
     const T* any_a;
     const T* any_b;
@@ -365,7 +378,7 @@ struct ConvOperands {
                                : src + ((long long)n * p.src_channels + (long long)p.group * p.kc) * src_spatial;
         }
         const WeightAsB& b = p.weight;
-        if constexpr (kPackedB && M::kPackedBNMajor) {
+        if constexpr (kNMajorB) {
             b_stride_c = 1;  // K innermost: a row per (tap, N channel) of packed_row(kc) elements
             const int j = block_n + WeightRowChunks<M>::row();
             w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T, true>() + (long long)j * packed_row<T>(p.kc)
@@ -389,7 +402,7 @@ struct ConvOperands {
             inside = inside && pos[d] >= 0 && pos[d] < p.src_ext[d];
         }
         a_position = inside ? flatten3(pos, p.src_ext) : -1;
-        if constexpr (kPackedB && M::kPackedBNMajor) b_tap = (long long)e.index * p.nc * packed_row<T>(p.kc);
+        if constexpr (kNMajorB) b_tap = (long long)e.index * p.nc * packed_row<T>(p.kc);
         else if constexpr (kPackedB) b_tap = (long long)e.index * p.kc * b_stride_c;
         else b_tap = e.index;
     }
@@ -423,7 +436,7 @@ struct ConvOperands {
     }
     __device__ __forceinline__ const T* b_source(int c) const { return b_at(c); }  // unpacked
     __device__ __forceinline__ const T* b_chunk(int i) const {  // packed
-        if constexpr (M::kPackedBNMajor) return b_at(c0 + WeightRowChunks<M>::k(i));
+        if constexpr (kNMajorB) return b_at(c0 + WeightRowChunks<M>::k(i));
         else return b_at(c0 + Chunks::k(i));
     }
 
@@ -491,7 +504,7 @@ template <class M>
 struct WeightGradOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    static constexpr bool kPackedA = false, kPackedB = false;
+    static constexpr bool kPackedA = false, kPackedB = false, kMMajorA = false, kNMajorB = false;
     // A's and B's rows of a slice coincide on square tiles: one cursor serves both
     static constexpr bool kOneCursor = M::BM == M::BN;
     const Geometry& g;
@@ -591,14 +604,131 @@ struct WeightGradOperands {
     }
 };
 
+// Iterator 4: grad_weight on the packed activations, for the maths that pack them
+// (kPacksActivation: the tensor cores). x and grad_output arrive channels-last,
+// [n][position][group][channels padded to GEMM_PACK_ROW_BYTES] (deconv_gemm_pack_activation_*,
+// TF32-rounded for tf32), so a row k = (n, i) of a slice holds consecutive input channels of x
+// and, at one tap, consecutive output channels of grad_output: both slices k-major, in 16-byte
+// chunks (PackedChunks). The C columns are j = tap·P + co, P = C_out/groups padded as the packing
+// pads it, so a chunk never spans two taps; the epilogue maps them back to the weight's (co, tap)
+// and leaves out the padding's. A's rows are consecutive (sample, position) pairs of the packed x:
+// one offset walks them; each B row's output position comes from a cursor per chunk row.
+template <class M>
+struct WeightGradPackedOperands {
+    typedef typename M::Element T;
+    typedef typename M::Accumulator A;
+    typedef PackedChunks<M, M::BM> ChunksA;
+    typedef PackedChunks<M, M::BN> ChunksB;
+    static constexpr bool kPackedA = true, kPackedB = true, kMMajorA = false, kNMajorB = false;
+    const Geometry& g;
+    const T* any_a;
+    const T* any_b;
+    T* grad_weight;
+    A* workspace;
+    int steps, splits, group, split, cin_g, cout_g, taps, out_channels_row, in_spatial, out_spatial;
+    int total;                // K: N·in_spatial (sample, position) pairs, < 2^31 (the host checks)
+    int k0;                   // the current slice's first pair
+    const T* x_chunk;         // packed x at pair 0, this thread's chunk of channels; null past C_in/groups
+    int x_stride;             // elements per (sample, position) of packed x
+    const T* go_chunk;        // packed grad_output at (0, position 0), this thread's chunk of channels; null past them
+    int go_stride;            // elements per (sample, position) of packed grad_output
+    int offset[3];            // of this thread's tap: output position = i·stride + offset, per dim
+    Cursor b_cursor[ChunksB::kChunks];  // (sample, input position) of this thread's B rows of the current slice
+
+    __device__ __forceinline__ WeightGradPackedOperands(const Geometry& g_, const T* x, const T* grad_output,
+                                                        T* grad_weight_, A* workspace_, int splits_, int block_m,
+                                                        int block_n)
+        : g(g_), any_a(x), any_b(grad_output), grad_weight(grad_weight_), workspace(workspace_), splits(splits_) {
+        group = blockIdx.z / splits;
+        split = blockIdx.z % splits;
+        cin_g = g.cin_g();
+        cout_g = g.cout_g();
+        taps = g.taps();
+        in_spatial = g.in_spatial();
+        out_spatial = g.out_spatial();
+        total = g.N * in_spatial;
+        const int slices = (total + M::BK - 1) / M::BK;
+        const int first = split_begin(split, slices, splits);
+        steps = split_begin(split + 1, slices, splits) - first;
+        k0 = first * M::BK;
+        const int x_row = packed_row<T>(cin_g);
+        out_channels_row = packed_row<T>(cout_g);
+        x_stride = g.groups * x_row;
+        go_stride = g.groups * out_channels_row;
+        const int ci = block_m + ChunksA::column();
+        x_chunk = ci < cin_g ? x + group * x_row + ci : nullptr;
+        const int j = block_n + ChunksB::column(), tap = j / out_channels_row, co = j % out_channels_row;
+        go_chunk = nullptr;
+        if (tap < taps && co < cout_g) {
+            int k[3];
+            unflatten3(tap, g.k, k);
+            for (int d = 0; d < 3; ++d) offset[d] = k[d] * g.dil[d] - g.pad[d];
+            go_chunk = grad_output + group * out_channels_row + co;
+        }
+#pragma unroll
+        for (int i = 0; i < ChunksB::kChunks; ++i) {
+            const int flat = k0 + ChunksB::k(i);
+            b_cursor[i].n = flat / in_spatial;
+            b_cursor[i].flat = flat % in_spatial;
+            unflatten3(b_cursor[i].flat, g.in, b_cursor[i].i);
+        }
+    }
+
+    __device__ __forceinline__ void begin() {}
+    __device__ __forceinline__ void advance() {
+        k0 += M::BK;
+#pragma unroll
+        for (int i = 0; i < ChunksB::kChunks; ++i) b_cursor[i].advance(M::BK, g.in, in_spatial);
+    }
+    // chunk i of ChunksA: x's channels at pair k0 + its row (null: zero)
+    __device__ __forceinline__ const T* a_chunk(int i) const {
+        const int k = k0 + ChunksA::k(i);
+        return x_chunk && k < total ? x_chunk + (long long)k * x_stride : nullptr;
+    }
+    // chunk i of ChunksB: grad_output's channels at its row's output position for this thread's tap
+    __device__ __forceinline__ const T* b_chunk(int i) const {
+        const Cursor& c = b_cursor[i];
+        if (!go_chunk || c.n >= g.N) return nullptr;
+        int pos[3];
+        bool inside = true;
+#pragma unroll
+        for (int d = 0; d < 3; ++d) {
+            pos[d] = c.i[d] * g.stride[d] + offset[d];
+            inside = inside && (unsigned)pos[d] < (unsigned)g.out[d];  // 0 <= pos < out, one compare
+        }
+        return inside ? go_chunk + ((long long)c.n * out_spatial + flatten3(pos, g.out)) * go_stride : nullptr;
+    }
+
+    __device__ __forceinline__ long long row_offset(int row) const {
+        if (row >= cin_g) return -1;
+        const long long weight_row = ((long long)group * cin_g + row) * cout_g * taps;
+        return splits > 1 ? (long long)split * g.C_in * cout_g * taps + weight_row : weight_row;
+    }
+    // column j = tap·P + co: the weight's (co, tap), -1 in the padding
+    __device__ __forceinline__ long long column_offset(int col) const {
+        const int tap = col / out_channels_row, co = col % out_channels_row;
+        return tap < taps && co < cout_g ? co * taps + tap : -1;
+    }
+    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int, A value) const {
+        if (splits > 1) workspace[row_offset + column_offset] = value;
+        else grad_weight[row_offset + column_offset] = from_acc<T>(value);
+    }
+};
+
+// x and grad_output: packed (deconv_gemm_pack_activation_*) for the maths that pack activations.
 template <class M>
 __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
                                  const typename M::Element* __restrict__ grad_output,
                                  typename M::Element* __restrict__ grad_weight,
                                  typename M::Accumulator* __restrict__ workspace, int splits, const Geometry g) {
     const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
-    WeightGradOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
-    run_gemm<M>(ops, block_m, block_n);
+    if constexpr (M::kPacksActivation) {
+        WeightGradPackedOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
+        run_gemm<M>(ops, block_m, block_n);
+    } else {
+        WeightGradOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
+        run_gemm<M>(ops, block_m, block_n);
+    }
 }
 
 // The weight packed for the forward (grad_input = 0) or grad_input GEMM (WeightAsB): one element
@@ -686,7 +816,7 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
                                                              splits, DECONV_GEOMETRY_ARGS);                       \
     }
 #define DECONV_GEMM_GRAD_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
-    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocksWeightGrad)              \
+    extern "C" __global__ void __launch_bounds__(gemm::kThreads, MATH<BM, BN>::kMinBlocks)                        \
         deconv_grad_weight_gemm_##MATH_NAME##_##BM##x##BN(const T* x, const T* grad_output, T* grad_weight,       \
                                                          MATH<BM, BN>::Accumulator* workspace, int splits,        \
                                                          DECONV_GEOMETRY_PARAMS) {                                \
@@ -748,18 +878,18 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 #define GEMM_MAIN_MENU(ENTRY, BM, BN) \
     GEMM_F32(ENTRY, BM, BN) GEMM_TF32(ENTRY, BM, BN) GEMM_TF32X3(ENTRY, BM, BN) GEMM_F16(ENTRY, BM, BN) GEMM_BF16(ENTRY, BM, BN)
 
-// The packing, in the modules of the forward and grad_input (grad_weight reads no weight); the same
-// for every tile (rows padded to a sector, whatever BN).
+// The packings, the same for every tile (rows padded to a sector, whatever BN): the weight's in the
+// modules of the forward and grad_input (grad_weight reads no weight), the activation's in every pass's.
 #if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
 GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+#endif
 GEMM_TF32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
-GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
-GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
-#endif
 
 // The menus (gemm_math.cuh), each entry point kept where CUDECONV_WANTS_GEMM(pass, BM, BN) says so.
 #if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 128, 128)

@@ -52,7 +52,7 @@ struct SimtMath {
     static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
     static constexpr bool kPacksActivation = false;  // A: the tensors' own elements
     static constexpr bool kPackedBNMajor = false;
-    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocks;
+    static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
     static constexpr int kThreadsN = BN / TN;
     static_assert((BM / TM) * (BN / TN) == kThreads, "one thread per TM × TN outputs");
@@ -65,7 +65,7 @@ struct SimtMath {
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * TM + i / TN; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * TN + i % TN; }
 
-    template <bool kPackedA, bool kPackedB>  // always false: this math reads its operands unpacked
+    template <bool kMMajorA, bool kNMajorB>  // always false: this math's slices are k-major
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * TM, col0 = (threadIdx.x % kThreadsN) * TN;
 #pragma unroll
@@ -109,17 +109,17 @@ struct MmaTiles {
 };
 
 // TF32 (Split3 = false) or 3×TF32 (true). A fragment (PTX m16n8k8 .tf32): a0 (g, t), a1 (g+8, t),
-// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. A slices are
-// m-major rows of 16 floats + 4 of padding (80 bytes: the 8 rows an ldmatrix reads fall in
-// distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows × 4 floats, so
-// ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile. The packed weight's B slices are n-major
-// the same way (rows of one N channel's 16 K floats), so ldmatrix.x4 gives b0, b1 of two 8-column
-// tiles. The forward's and grad_input's A (the packed activation, channels-last) and B (the weight
-// packed N-major) land in those rows by 16-byte cp.async; both packings round to TF32 for tf32, so
-// its main loop rounds nothing; tf32x3 splits both in the loop. grad_weight's operands are not
-// packed: its B slices are k-major, rows of BN + 8 floats (BN + 8 ≡ 8 mod 32 for every BN of the
-// menu), b0 and b1 one 4-byte load each (the warp's 32 loads, rows t and columns g, hit banks
-// 8t + g, all distinct), and it rounds A and B in the loop.
+// a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g); g = lane >> 2, t = lane % 4. Every
+// operand arrives packed (TF32-rounded for tf32, so its main loop rounds nothing; tf32x3 splits
+// both in the loop), in one of two slice layouts:
+//   rows of K (the forward's and grad_input's A, the packed activation, m-major; their B, the
+//     weight packed N-major, n-major): rows of 16 floats + 4 of padding (80 bytes: the 8 rows an
+//     ldmatrix reads fall in distinct banks); read as b16 pairs, an 8 × 8 ldmatrix matrix is 8 rows
+//     × 4 floats, so ldmatrix.x4 (not .trans) gives a0..a3 of a 16 × 8 tile, ldmatrix.x2 b0, b1.
+//   k-major (grad_weight's A and B, both channels-last activations whose rows of a (sample,
+//     position) hold consecutive channels): rows of BM + 8 (BN + 8) floats, ≡ 8 mod 32 for every
+//     tile of the menu, each fragment register one 4-byte load — the warp's 32 loads, rows t and
+//     columns g, hit banks 8t + g, all distinct (ldmatrix cannot transpose 32-bit elements).
 template <bool Split3, int Tile_M, int Tile_N, int MinBlocks>
 struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     typedef MmaTiles<float, Tile_M, Tile_N, 16, 4> Tiles;
@@ -133,25 +133,23 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = true;
-    // the forward's and grad_input's A arrives packed (channels-last, TF32-rounded for tf32) too
     static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = !Split3;
-    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocks;
-    // The packed weight's B slices are n-major like A's (rows of BK + PAD floats, K innermost: the
-    // weight packed N-major), read by ldmatrix; grad_weight's element-wise B stays k-major.
-    static constexpr bool kPackedBNMajor = true;
-    static constexpr int kRowB = BN + 8;
-    static constexpr int kSliceA = BM * (BK + PAD);
+    static constexpr int kMinBlocks = MinBlocks;
+    static constexpr bool kPackedBNMajor = true;  // the forward's and grad_input's B: rows of K
+    static constexpr int kRowA = BM + 8, kRowB = BN + 8;  // k-major rows
+    static constexpr int kSliceA = BK * kRowA > BM * (BK + PAD) ? BK * kRowA : BM * (BK + PAD);
     static constexpr int kSliceB = BK * kRowB > BN * (BK + PAD) ? BK * kRowB : BN * (BK + PAD);
-    __device__ static __forceinline__ int a_offset(int k, int m) { return m * (BK + PAD) + k; }
-    __device__ static __forceinline__ int a_packed_offset(int k, int m) { return a_offset(k, m); }  // m-major either way
+    __device__ static __forceinline__ int a_offset(int k, int m) { return k * kRowA + m; }
+    __device__ static __forceinline__ int a_packed_offset(int k, int m) { return m * (BK + PAD) + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * kRowB + n; }
     __device__ static __forceinline__ int b_packed_offset(int k, int n) { return n * (BK + PAD) + k; }
-    __device__ static __forceinline__ void round(unsigned* r, int count, unsigned* small) {
+    // 3×TF32: each value split into its TF32 part (big, in place) and the TF32 rest (small)
+    __device__ static __forceinline__ void split(unsigned* r, int count, unsigned* small) {
 #pragma unroll
         for (int i = 0; i < count; ++i) {
             const float x = __uint_as_float(r[i]);
             r[i] = float_to_tf32(x);
-            if (Split3) small[i] = float_to_tf32(x - __uint_as_float(r[i]));
+            small[i] = float_to_tf32(x - __uint_as_float(r[i]));
         }
     }
     // mma tile (i, j) of the warp tile: big·big, after the small products for 3×TF32 (they would
@@ -166,52 +164,58 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
         }
         mma_m16n8k8_tf32(c, a_big, b_big, c);
     }
-    template <bool kPackedA, bool kPackedB>
+    // kMMajorA / kNMajorB: A's / B's slice is in rows of K (else k-major)
+    template <bool kMMajorA, bool kNMajorB>
     __device__ static __forceinline__ void multiply(const float* a, const float* b, float acc[kAccumulators]) {
-        const int lane = threadIdx.x % 32;
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
         const int row0 = warp_row(), col0 = warp_col();
 #pragma unroll
         for (int k = 0; k < BK; k += 8) {
             unsigned a_big[MI][4], a_small[MI][4], b_big[NJ][2], b_small[NJ][2];
-            // A: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7), (rows 8-15, k 4-7)
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
-                ldmatrix_x4(a_big[i], a + a_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
-                if (Split3 || !kPackedA) round(a_big[i], 4, a_small[i]);
-            }
-            // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g). Packed (n-major): ldmatrix.x2 of
-            // the matrices (tile j, k 0-3) and (tile j, k 4-7), each tile multiplied as it arrives (two
-            // B registers live, not the warp tile's 2·NJ: the 128 × 128 tile stays within 128 registers).
-            if constexpr (kPackedB) {
-#pragma unroll
-                for (int j = 0; j < NJ; ++j) {
-                    ldmatrix_x2(b_big[j], b + b_packed_offset(k + lane / 8 % 2 * 4, col0 + j * 8 + lane % 8));
-                    if (Split3) round(b_big[j], 2, b_small[j]);
-#pragma unroll
-                    for (int i = 0; i < MI; ++i) multiply_tile(acc, i, j, a_big[i], a_small[i], b_big[j], b_small[j]);
+                if constexpr (kMMajorA) {
+                    // matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7), (rows 8-15, k 4-7)
+                    ldmatrix_x4(a_big[i], a + a_packed_offset(k + (lane / 16) * 4, row0 + i * 16 + lane % 16));
+                } else {
+                    const float* a0 = a + a_offset(k + t, row0 + i * 16 + g);
+                    a_big[i][0] = __float_as_uint(a0[0]);
+                    a_big[i][1] = __float_as_uint(a0[8]);
+                    a_big[i][2] = __float_as_uint(a0[4 * kRowA]);
+                    a_big[i][3] = __float_as_uint(a0[4 * kRowA + 8]);
                 }
-            } else {
+                if (Split3) split(a_big[i], 4, a_small[i]);
+            }
+            // B: column tile j, b0 = (k + t, g), b1 = (k + t + 4, g), each tile multiplied as it
+            // arrives (two B registers live, not the warp tile's 2·NJ: the 128 × 128 tile stays
+            // within 128 registers). Rows of K: ldmatrix.x2 of the matrices (tile j, k 0-3) and (tile j, k 4-7).
 #pragma unroll
-                for (int j = 0; j < NJ; ++j) {
-                    const float* b0 = b + b_offset(k + lane % 4, col0 + j * 8 + lane / 4);
+            for (int j = 0; j < NJ; ++j) {
+                if constexpr (kNMajorB) {
+                    ldmatrix_x2(b_big[j], b + b_packed_offset(k + lane / 8 % 2 * 4, col0 + j * 8 + lane % 8));
+                } else {
+                    const float* b0 = b + b_offset(k + t, col0 + j * 8 + g);
                     b_big[j][0] = __float_as_uint(b0[0]);
                     b_big[j][1] = __float_as_uint(b0[4 * kRowB]);
-                    round(b_big[j], 2, b_small[j]);
                 }
+                if (Split3) split(b_big[j], 2, b_small[j]);
 #pragma unroll
-                for (int i = 0; i < MI; ++i)
-#pragma unroll
-                    for (int j = 0; j < NJ; ++j) multiply_tile(acc, i, j, a_big[i], a_small[i], b_big[j], b_small[j]);
+                for (int i = 0; i < MI; ++i) multiply_tile(acc, i, j, a_big[i], a_small[i], b_big[j], b_small[j]);
             }
         }
     }
 };
 
-// FP16 and BF16: fragments by ldmatrix.trans from the k-major slices (rows of tile + 8 halves: 272,
-// 144 or 80 bytes, an odd number of 16-byte units, so the 8 rows one ldmatrix reads fall in
-// distinct banks). A (m16n8k16): matrices (k 0-7,
-// m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n)
-// = b0, b1. The two types share the layout (16-bit elements); only the mma instruction differs.
+// FP16 and BF16. Every operand arrives packed by 16-byte cp.async, in one of two slice layouts:
+//   k-major (the forward's and grad_input's B, the weight packed [tap][K][N]; grad_weight's A and
+//     B, both channels-last activations): rows of tile + 8 halves (272, 144 or 80 bytes, an odd
+//     number of 16-byte units, so the 8 rows one ldmatrix reads fall in distinct banks), fragments
+//     by ldmatrix.trans — A (m16n8k16): matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7),
+//     (k 8-15, m 8-15) = a0..a3; B: (k 0-7, n), (k 8-15, n) = b0, b1;
+//   rows of K (the forward's and grad_input's A, the packed activation, m-major): rows of 32 + 8
+//     halves (80 bytes), by ldmatrix (not .trans): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7),
+//     (rows 0-7, k 8-15), (rows 8-15, k 8-15) are a0..a3.
+// The two types share the layouts (16-bit elements); only the mma instruction differs.
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
                                              const __half*) {
     mma_m16n8k16_f16(d, a, b, c);
@@ -221,7 +225,7 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], co
     mma_m16n8k16_bf16(d, a, b, c);
 }
 
-template <typename T16, int Tile_M, int Tile_N, int MinBlocks, int MinBlocksWeightGrad>
+template <typename T16, int Tile_M, int Tile_N, int MinBlocks>
 struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     typedef MmaTiles<T16, Tile_M, Tile_N, 32, 8> Tiles;
     using Tiles::MI;
@@ -233,21 +237,16 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::kAccumulators;
     using Tiles::warp_row;
     using Tiles::warp_col;
-    static constexpr bool kAsync = false;
-    // The forward's and grad_input's A arrives packed (channels-last) by 16-byte cp.async into
-    // m-major slices (rows of 32 + 8 halves: 80 bytes, an odd number of 16-byte units), read by
-    // ldmatrix (not .trans): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
-    // (rows 8-15, k 8-15) are a0..a3. grad_weight's element-wise A stays k-major.
+    static constexpr bool kAsync = false;  // no element-wise operand: every one arrives packed
     static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
-    // grad_weight stages both operands through registers: it gets its own, lower, bound
-    static constexpr int kMinBlocks = MinBlocks, kMinBlocksWeightGrad = MinBlocksWeightGrad;
+    static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kSliceA = BK * (BM + PAD) > BM * (BK + PAD) ? BK * (BM + PAD) : BM * (BK + PAD);
     static constexpr int kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
     __device__ static __forceinline__ int a_packed_offset(int k, int m) { return m * (BK + PAD) + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
-    template <bool kPackedA, bool kPackedB>  // the packed weight reads like any other B slice
+    template <bool kMMajorA, bool kNMajorB>  // kNMajorB always false: B's slices are k-major
     __device__ static __forceinline__ void multiply(const T16* a, const T16* b, float acc[kAccumulators]) {
         const int lane = threadIdx.x % 32;
         const int row0 = warp_row(), col0 = warp_col();
@@ -256,7 +255,7 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
             unsigned a_frag[MI][4], b_frag[NJ][2];
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
-                if constexpr (kPackedA)
+                if constexpr (kMMajorA)
                     ldmatrix_x4(a_frag[i], a + a_packed_offset(k + (lane / 16) * 8, row0 + i * 16 + lane % 16));
                 else
                     ldmatrix_x4_trans(a_frag[i], a + a_offset(k + lane % 8 + (lane / 16) * 8, row0 + i * 16 + (lane / 8 % 2) * 8));
@@ -304,22 +303,21 @@ using F64Math = SimtMath<double, BM, BN, BM >= 64 ? 4 : 2, BM * BN / kThreads / 
 
 // Tensor cores, by accumulators per thread (BM·BN / 256): tf32 2 blocks per SM from 32 (<= 128
 // registers; grad_weight's 64 × 128 needs more than 3 blocks' 80), 3 below; 3×TF32 keeps twice
-// the fragments: 1, 2, 3; FP16/BF16 2 (their forward and grad_input read both operands packed),
-// but grad_weight, which stages both through registers, 1 at 64.
+// the fragments: 1, 2, 3; FP16/BF16 2.
 template <int BM, int BN>
 struct MmaBlocks {
     static constexpr int kAccumulators = BM * BN / kThreads;
     static constexpr int kTf32 = kAccumulators >= 32 ? 2 : 3;
     static constexpr int kTf32x3 = kAccumulators >= 64 ? 1 : kAccumulators >= 32 ? 2 : 3;
-    static constexpr int k16 = 2, k16WeightGrad = kAccumulators >= 64 ? 1 : 2;
+    static constexpr int k16 = 2;
 };
 template <int BM, int BN>
 using Tf32MathTile = Tf32Math<false, BM, BN, MmaBlocks<BM, BN>::kTf32>;
 template <int BM, int BN>
 using Tf32x3MathTile = Tf32Math<true, BM, BN, MmaBlocks<BM, BN>::kTf32x3>;
 template <int BM, int BN>
-using F16Math = Mma16Math<__half, BM, BN, MmaBlocks<BM, BN>::k16, MmaBlocks<BM, BN>::k16WeightGrad>;
+using F16Math = Mma16Math<__half, BM, BN, MmaBlocks<BM, BN>::k16>;
 template <int BM, int BN>
-using Bf16Math = Mma16Math<__nv_bfloat16, BM, BN, MmaBlocks<BM, BN>::k16, MmaBlocks<BM, BN>::k16WeightGrad>;
+using Bf16Math = Mma16Math<__nv_bfloat16, BM, BN, MmaBlocks<BM, BN>::k16>;
 
 }  // namespace gemm

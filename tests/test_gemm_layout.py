@@ -89,7 +89,7 @@ def test_the_packings_are_the_operands_transposed_and_padded(pass_, math_):
     packed = impl._gemm_weight(path, weight, GROUPED, pass_)
     expected = expected_packing(weight, GROUPED, pass_, math_name)
     assert packed.tobytes() == expected.tobytes()  # every element, padding included: np.empty holds garbage
-    packed_src = impl._gemm_activation(path, src, GROUPED, pass_)
+    packed_src = impl._gemm_activation(path, src, GROUPED, "x" if pass_ == "forward" else "grad_output")
     expected_src = expected_activation(src, GROUPED, math_name)
     assert packed_src.tobytes() == expected_src.tobytes()
     assert weight.tobytes() == originals[0].tobytes() and src.tobytes() == originals[1].tobytes()
@@ -113,11 +113,13 @@ def test_the_workspace_counts_the_packed_operands_and_the_splits():
         split = 3 * math.prod(GROUPED.output_shape) * (8 if dtype == np.float64 else 4)
         assert (impl.kernel_path(GROUPED, "forward", "gemm", dtype, precision, 3).workspace_bytes
                 == weight + activation + split)
-        # grad_input: K = C_out/groups, N = C_in/groups, A = grad_output; grad_weight packs nothing
+        # grad_input: K = C_out/groups, N = C_in/groups, A = grad_output
         weight = 2 * 6 * (kc * padded(nc) if n_major else nc * padded(kc)) * itemsize
-        activation = 2 * out_positions * 2 * padded(nc) * itemsize
-        assert impl.kernel_path(GROUPED, "grad_input", "gemm", dtype, precision, 1).workspace_bytes == weight + activation
-        assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, precision, 1).workspace_bytes == 0
+        grad_output = 2 * out_positions * 2 * padded(nc) * itemsize
+        assert impl.kernel_path(GROUPED, "grad_input", "gemm", dtype, precision, 1).workspace_bytes == weight + grad_output
+        # grad_weight packs no weight, but both activations
+        assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, precision, 1).workspace_bytes == (activation
+                                                                                                        + grad_output)
     # f32 and f64 read the tensors unpacked: no workspace unsplit, the tensors themselves handed over
     for dtype in (np.float32, np.float64):
         weight = np.zeros(GROUPED.weight_shape, dtype)
@@ -125,7 +127,7 @@ def test_the_workspace_counts_the_packed_operands_and_the_splits():
             path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
             assert path.workspace_bytes == 0
             assert impl._gemm_weight(path, weight, GROUPED, pass_) is weight
-            assert impl._gemm_activation(path, weight, GROUPED, pass_) is weight
+            assert impl._gemm_activation(path, weight, GROUPED, "x") is weight
 
 
 def test_only_the_tensor_core_maths_define_the_packings():
@@ -151,7 +153,7 @@ def line_of(snippet):
 # bank conflicts: ldmatrix reads one wavefront per 8 × 16-byte matrix — tf32's A x4 (four) and its
 # n-major B x2 (two), f16's A x4 and B x4.trans (four).
 FRAGMENT_READS = {
-    "tf32": {"ldmatrix_x4(a_big[i], a + a_offset(": 4, "ldmatrix_x2(b_big[j], b + b_packed_offset(": 2},
+    "tf32": {"ldmatrix_x4(a_big[i], a + a_packed_offset(": 4, "ldmatrix_x2(b_big[j], b + b_packed_offset(": 2},
     "f16": {"ldmatrix_x4(a_frag[i], a + a_packed_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
 }
 
@@ -189,6 +191,43 @@ def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_na
             counts = profile["per_line"][line_of(snippet)]
             (kind, count), = counts.items()
             assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (snippet, count)
+
+
+# grad_weight's k-major fragment reads: tf32 one 4-byte load per register (a wavefront each without
+# conflicts), f16 ldmatrix.x4.trans (four)
+WEIGHT_GRAD_FRAGMENT_READS = {
+    "tf32": {"__float_as_uint(a0[": 1, "__float_as_uint(b0[": 1},
+    "f16": {"ldmatrix_x4_trans(a_frag[i], a + a_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
+}
+
+
+@pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16")],
+                         ids=["tf32", "f16"])
+def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, precision, math_name):
+    """grad_weight of the same layer on the 128 × 128 tile: x and grad_output packed channels-last
+    (one packing each), copied by cp.async only at most 1.25 sectors per sector of bytes asked for,
+    and the k-major fragment reads free of bank conflicts."""
+    _emulator()
+    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
+    rng = np.random.default_rng(0)
+    x, grad_output = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.output_shape))
+    impl = profile_gemm.ProfilingBackend()
+    impl.grad_weight(grad_output, x, geom, "gemm", precision, 1, (128, 128))
+    entries = [entry for entry, _ in impl.profiles]
+    assert entries == [f"deconv_gemm_pack_activation_{math_name}"] * 2 + [f"deconv_grad_weight_gemm_{math_name}_128x128"]
+    profile = impl.profiles[-1][1]
+    for position in (0, 1):  # packed x, packed grad_output
+        traffic = profile["per_argument"][position]
+        assert set(traffic) == {"cp_async", "dram_sectors", "parameter"}, (position, traffic)
+        copies = traffic["cp_async"]
+        assert copies["requests"] > 0 and copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (position, copies)
+    for snippet, per_request in WEIGHT_GRAD_FRAGMENT_READS[math_name].items():
+        places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("gemm_math.cuh"))
+                  for n, line in enumerate(path.read_text().splitlines(), 1) if snippet in line]
+        assert places, snippet
+        for place in places:
+            (kind, count), = profile["per_line"][place].items()
+            assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (place, count)
 
 
 # -- SASS ------------------------------------------------------------------------------------------
@@ -248,37 +287,59 @@ def test_the_operands_are_copied_in_16_byte_ldgsts(math_name):
     assert len(frames) == len(functions) and all(frame == ("0", "0", "0") for frame in frames), ptxas
 
 
-# -- a caller's channels-last x, read in place -------------------------------------------------------
+# -- a caller's channels-last x and grad_output, read in place ---------------------------------------
 
 def _channels_last(array):
     return np.ascontiguousarray(np.moveaxis(array, 1, -1)).transpose(0, array.ndim - 1, *range(1, array.ndim - 1))
 
 
-@pytest.mark.parametrize("dtype, precision, k_channels, in_place", [
+# each pass's activations (the packed operands of its GEMM), on a tile of its menu
+IN_PLACE_PASSES = {"forward": (("x",), (128, 32)), "grad_input": (("grad_output",), (128, 32)),
+                   "grad_weight": (("x", "grad_output"), (32, 128))}
+
+
+@pytest.mark.parametrize("pass_", sorted(IN_PLACE_PASSES))
+@pytest.mark.parametrize("dtype, precision, channels, in_place", [
     (np.float16, "fp32", 16, True), (BFLOAT16, "fp32", 32, True), (np.float32, "tf32x3", 8, True),
     (np.float32, "tf32", 8, False),    # tf32 rounds in the packing: its loop takes TF32 values
     (np.float16, "fp32", 12, False),   # 12 halves per group do not fill whole 32-byte rows
 ], ids=["f16", "bf16", "tf32x3", "tf32-packs", "f16-padded-packs"])
-def test_a_channels_last_x_is_the_packed_activation_in_place(monkeypatch, dtype, precision, k_channels, in_place):
-    """The forward of a dense channels-last x on the packing maths: where a group's K channels fill
-    whole sector rows and the packing would not round, x's own memory is the packed layout — no NCHW
-    copy, no packing launch — and the result is bitwise the NCHW input's."""
+def test_channels_last_activations_are_the_packed_operands_in_place(monkeypatch, pass_, dtype, precision, channels,
+                                                                   in_place):
+    """A pass given dense channels-last activations (x, grad_output) on the packing maths: where a
+    group's channels fill whole sector rows and the packing would not round, the array's own memory
+    is the packed layout — no NCHW copy, no packing launch — and the result is bitwise the NCHW
+    arrays'."""
     _emulator()
     impl = backends.get("emulator")
     launched = []
     launch = type(impl)._launch
     monkeypatch.setattr(type(impl), "_launch", lambda self, path, entry, *a: (launched.append(entry),
                                                                               launch(self, path, entry, *a)))
-    geom = make_geometry(2, (2, 2 * k_channels, 5, 4), (2 * k_channels, 9, 3, 3), 2, 1, 1, 2, 1)
+    geom = make_geometry(2, (2, 2 * channels, 5, 4), (2 * channels, channels, 3, 3), 2, 1, 1, 2, 1)
     rng = np.random.default_rng(7)
-    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
-    bias = rng.standard_normal(geom.out_channels).astype(dtype)
-    channels_last = _channels_last(x)
-    assert np.array_equal(channels_last, x) and not channels_last.flags.c_contiguous
-    reference = impl.forward(x, weight, bias, geom, "gemm", precision, 1, (128, 32))
-    assert sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched) == 1  # NCHW: packed
+    arrays = {"x": rng.standard_normal(geom.input_shape).astype(dtype),
+              "weight": rng.standard_normal(geom.weight_shape).astype(dtype),
+              "bias": rng.standard_normal(geom.out_channels).astype(dtype),
+              "grad_output": rng.standard_normal(geom.output_shape).astype(dtype)}
+    tensors, tile = IN_PLACE_PASSES[pass_]
+
+    def run(given):
+        if pass_ == "forward":
+            return impl.forward(given["x"], given["weight"], given["bias"], geom, "gemm", precision, 1, tile)
+        if pass_ == "grad_input":
+            return impl.grad_input(given["grad_output"], given["weight"], geom, "gemm", precision, 1, tile)
+        return impl.grad_weight(given["grad_output"], given["x"], geom, "gemm", precision, 1, tile)
+
+    def packings():
+        return sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched)
+
+    reference = run(arrays)
+    assert packings() == len(tensors), launched  # NCHW: each packed
     launched.clear()
-    result = impl.forward(channels_last, weight, bias, geom, "gemm", precision, 1, (128, 32))
-    packed = sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched)
-    assert packed == (0 if in_place else 1), launched
+    channels_last = dict(arrays, **{name: _channels_last(arrays[name]) for name in tensors})
+    for name in tensors:
+        assert np.array_equal(channels_last[name], arrays[name]) and not channels_last[name].flags.c_contiguous
+    result = run(channels_last)
+    assert packings() == (0 if in_place else len(tensors)), launched
     assert result.tobytes() == reference.tobytes()

@@ -2,15 +2,16 @@
 layer's modules (scripts/sass_report.py: the loop holding the most multiply-adds, its size and its
 opcodes with their modifiers), on the widest tile:
 
-- the tensor-core forward and grad_input (tf32, f16, bf16) issue at most 6 instructions per HMMA:
-  both operands arrive packed by 16-byte LDGSTS (no other copy in the loop) and fragments come from
-  ldmatrix; tf32 rounds nothing in the loop (both packings round to TF32 once);
+- the tensor-core GEMMs (tf32, f16, bf16) issue at most 6 instructions per HMMA in the forward's
+  and grad_input's loops, at most 8 in grad_weight's (whose B rows each find their output position
+  from a (sample, position) cursor): both operands arrive packed by 16-byte LDGSTS (no other copy
+  in the loop); tf32 rounds nothing in any loop (the packings round to TF32 once);
 - the FFMA GEMM (f32) keeps at least 70% FFMA in the forward's and grad_input's loops; grad_weight,
   whose rows walk (sample, position) cursors with carries and gather grad_output per tap, is at 55%
   (issue 19 asks 70%: not met yet), guarded here at 50% against regressions;
 - nothing spills or uses local memory (ptxas, cuobjdump).
 
-The detector of rounding is checked on grad_weight, which still rounds both operands in its loop.
+The detector of rounding is checked on tf32x3, which splits both operands into TF32 parts in its loop.
 """
 import pytest
 
@@ -19,7 +20,7 @@ from cudeconv._loader import kernels_dir
 from cudeconv.backends.kernel_backend import module_options
 
 TILE = (128, 128)
-MAX_ISSUE_PER_HMMA = 6.0
+MAX_ISSUE_PER_HMMA = {"forward": 6.0, "grad_input": 6.0, "grad_weight": 8.0}
 MIN_FFMA_SHARE = {"forward": 0.70, "grad_input": 0.70, "grad_weight": 0.50}
 # cvt.rna.tf32.f32 on sm_90: FSETP.GEU |x|, +INF, then an add and a mask (no single opcode)
 TF32_ROUNDING = "FSETP.GEU.AND"
@@ -39,13 +40,14 @@ def _gemm(math_name, pass_):
     return _rows(math_name)[f"deconv_{pass_}_gemm_{math_name}_{TILE[0]}x{TILE[1]}"]
 
 
-@pytest.mark.parametrize("pass_", ["forward", "grad_input"])
+@pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
 @pytest.mark.parametrize("math_name", ["tf32", "f16", "bf16"])
-def test_tensor_core_loops_issue_at_most_6_per_hmma(math_name, pass_):
+def test_tensor_core_loops_issue_few_instructions_per_hmma(math_name, pass_):
     row = _gemm(math_name, pass_)
     assert row["loop_fma"] == row["loop_opcodes"].count("HMMA.1688.F32.TF32" if math_name == "tf32"
                                                         else "HMMA.16816.F32" + (".BF16" if math_name == "bf16" else ""))
-    assert row["loop_fma"] > 0 and row["loop"] / row["loop_fma"] <= MAX_ISSUE_PER_HMMA, (row["loop"], row["loop_fma"])
+    assert row["loop_fma"] > 0 and row["loop"] / row["loop_fma"] <= MAX_ISSUE_PER_HMMA[pass_], (row["loop"],
+                                                                                                row["loop_fma"])
     copies = [op for op in row["loop_opcodes"] if op.startswith("LDGSTS")]
     assert copies and all(op.endswith(".128") for op in copies), copies
     assert not [op for op in row["loop_opcodes"] if op.startswith("LDG.")], "a register-staged copy in the loop"
@@ -53,8 +55,8 @@ def test_tensor_core_loops_issue_at_most_6_per_hmma(math_name, pass_):
         assert TF32_ROUNDING not in row["loop_opcodes"]
 
 
-def test_the_rounding_detector_sees_grad_weights_rounding():
-    assert _gemm("tf32", "grad_weight")["loop_opcodes"].count(TF32_ROUNDING) > 0
+def test_the_rounding_detector_sees_tf32x3_split_its_operands():
+    assert _gemm("tf32x3", "grad_weight")["loop_opcodes"].count(TF32_ROUNDING) > 0
 
 
 @pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
@@ -64,7 +66,7 @@ def test_the_ffma_loops_stay_mostly_ffma(pass_):
     assert row["loop_fma"] / row["loop"] >= MIN_FFMA_SHARE[pass_], (row["loop"], row["loop_fma"])
 
 
-@pytest.mark.parametrize("math_name", ["tf32", "f16", "bf16", "f32"])
+@pytest.mark.parametrize("math_name", ["tf32", "tf32x3", "f16", "bf16", "f32"])
 def test_no_spills_and_no_local_memory(math_name):
     for name, row in _rows(math_name).items():
         assert row["spill_stores"] == row["spill_loads"] == row["local"] == row["stack"] == 0, name

@@ -90,33 +90,44 @@ def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
     return math.prod(ceil_div(k, s // math.gcd(s, d)) for k, s, d in zip(geom.kernel_size, geom.stride, geom.dilation))
 
 
-def gemm_sides(geom: ConvTransposeGeometry, pass_: str):
-    """(rows, columns) of the GEMM's C per group — of the largest stride phase for the forward."""
+def gemm_sides(geom: ConvTransposeGeometry, pass_: str, math_name: str):
+    """(rows, columns) of the GEMM's C per group — of the largest stride phase for the forward. The
+    columns of grad_weight are (output channel, tap) pairs; where the math reads the activations
+    packed (GEMM_PACKED_ACTIVATION_MATHS) they go tap by tap, each tap's output channels padded to
+    whole GEMM_PACK_ROW_BYTES as the packed grad_output's rows are."""
     if pass_ == "forward":
         return (geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride)),
                 geom.out_channels_per_group)
     if pass_ == "grad_input":
         return geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
+    if math_name in GEMM_PACKED_ACTIVATION_MATHS:
+        return geom.in_channels_per_group, geom.taps * packed_channels(geom.out_channels_per_group, math_name)
     return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
+
+
+def packed_channels(channels: int, math_name: str) -> int:
+    """``channels`` padded to whole GEMM_PACK_ROW_BYTES of ``math_name``'s elements: a packed row."""
+    per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
+    return ceil_div(channels, per_row) * per_row
 
 
 def gemm_slice_bytes(math_name: str, tile) -> tuple:
     """Bytes of one (A, B) shared-memory slice of ``math_name``'s GEMM on ``tile`` (BM, BN)."""
     rows, columns = tile
     slice_k, element = GEMM_SLICE_K[math_name], GEMM_ELEMENT_BYTES[math_name]
-    if math_name in ("tf32", "tf32x3"):  # B: k-major for grad_weight, n-major (as A) packed; the larger
-        return rows * (slice_k + 4) * element, max(slice_k * (columns + 8), columns * (slice_k + 4)) * element
+    if math_name in ("tf32", "tf32x3"):  # k-major for grad_weight, rows of K for the others; the larger
+        return (max(slice_k * (rows + 8), rows * (slice_k + 4)) * element,
+                max(slice_k * (columns + 8), columns * (slice_k + 4)) * element)
     pad = 4 if math_name == "f64" else 8
-    if math_name in ("f16", "bf16"):  # A: k-major for grad_weight, m-major packed; the larger
+    if math_name in ("f16", "bf16"):  # A: k-major for grad_weight, m-major for the others; the larger
         return max(slice_k * (rows + pad), rows * (slice_k + pad)) * element, slice_k * (columns + pad) * element
     return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
 
 
-def gemm_min_blocks(math_name: str, tile, pass_: str = "forward") -> int:
+def gemm_min_blocks(math_name: str, tile) -> int:
     """The blocks per SM the tile's __launch_bounds__ asks the registers to allow (gemm_math.cuh):
     by accumulators per thread (BM·BN / 256) — FFMA 2 from 32, 4 below; DFMA 2; tf32 2 from 32, else
-    3; tf32x3 1, 2 (32), 3; FP16/BF16 2, but 1 for grad_weight at 64 (it stages both operands
-    through registers)."""
+    3; tf32x3 1, 2 (32), 3; FP16/BF16 2."""
     accumulators = tile[0] * tile[1] // GEMM_THREADS
     if math_name == "f32":
         return 2 if accumulators >= 32 else 4
@@ -126,7 +137,7 @@ def gemm_min_blocks(math_name: str, tile, pass_: str = "forward") -> int:
         return 2 if accumulators >= 32 else 3
     if math_name == "tf32x3":
         return 1 if accumulators >= 64 else 2 if accumulators >= 32 else 3
-    return 1 if pass_ == "grad_weight" and accumulators >= 64 else 2
+    return 2
 
 
 def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=None) -> KernelResources:
@@ -135,7 +146,7 @@ def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=No
     tile = tile or GEMM_TILES[math_name][pass_][0]
     shared = 2 * sum(gemm_slice_bytes(math_name, tile)) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
     return KernelResources(GEMM_THREADS,
-                           launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile, pass_)), shared)
+                           launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile)), shared)
 
 
 def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
@@ -163,20 +174,29 @@ def packed_weight_elements(geom: ConvTransposeGeometry, pass_: str, math_name: s
     k_channels, n_channels = ((geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
                               else (geom.out_channels_per_group, geom.in_channels_per_group))
     rows, row = (n_channels, k_channels) if math_name in GEMM_PACKED_N_MAJOR_MATHS else (k_channels, n_channels)
-    per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
-    return geom.groups * geom.taps * rows * ceil_div(row, per_row) * per_row
+    return geom.groups * geom.taps * rows * packed_channels(row, math_name)
+
+
+def packed_tensor_elements(geom: ConvTransposeGeometry, tensor: str, math_name: str) -> int:
+    """Elements of ``tensor`` ("x" or "grad_output") packed channels-last by
+    deconv_gemm_pack_activation_*: N × positions × groups × channels per group padded to whole
+    GEMM_PACK_ROW_BYTES."""
+    channels, positions = ((geom.in_channels_per_group, math.prod(geom.in_size)) if tensor == "x"
+                           else (geom.out_channels_per_group, math.prod(geom.out_size)))
+    return geom.batch * positions * geom.groups * packed_channels(channels, math_name)
+
+
+# The activations each pass's GEMM reads packed (for the maths of GEMM_PACKED_ACTIVATION_MATHS):
+# the forward's A, grad_input's A, and both of grad_weight's operands.
+GEMM_PACKED_TENSORS = {"forward": ("x",), "grad_input": ("grad_output",), "grad_weight": ("x", "grad_output")}
 
 
 def packed_activation_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
-    """Elements of the activation packed for the forward's (x) or grad_input's (grad_output) GEMM:
-    N × positions × groups × K channels per group padded to whole GEMM_PACK_ROW_BYTES; 0 for
-    grad_weight and the maths that read A unpacked (not in GEMM_PACKED_ACTIVATION_MATHS)."""
-    if pass_ == "grad_weight" or math_name not in GEMM_PACKED_ACTIVATION_MATHS:
+    """Elements of the activations packed for the GEMM of ``pass_`` (GEMM_PACKED_TENSORS), all of
+    them; 0 for the maths that read them unpacked (not in GEMM_PACKED_ACTIVATION_MATHS)."""
+    if math_name not in GEMM_PACKED_ACTIVATION_MATHS:
         return 0
-    k_channels, positions = ((geom.in_channels_per_group, math.prod(geom.in_size)) if pass_ == "forward"
-                             else (geom.out_channels_per_group, math.prod(geom.out_size)))
-    per_row = GEMM_PACK_ROW_BYTES // GEMM_ELEMENT_BYTES[math_name]
-    return geom.batch * positions * geom.groups * ceil_div(k_channels, per_row) * per_row
+    return sum(packed_tensor_elements(geom, tensor, math_name) for tensor in GEMM_PACKED_TENSORS[pass_])
 
 
 def wave_fill(blocks: int, full_wave: int) -> float:
@@ -268,7 +288,7 @@ def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: i
     (phase 0: ⌈out/stride⌉ positions per dim); grad_input: z = splits × groups; grad_weight: z =
     groups × splits (of K)."""
     tile_rows, tile_columns = tile or GEMM_TILES[math_name][pass_][0]
-    rows, columns = gemm_sides(geom, pass_)
+    rows, columns = gemm_sides(geom, pass_, math_name)
     phases = math.prod(geom.stride) if pass_ == "forward" else 1
     taps = _taps_per_phase_bound(geom, pass_)
     if taps > GEMM_MAX_TAPS:

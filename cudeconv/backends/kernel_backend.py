@@ -41,7 +41,7 @@ from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one plac
     GEMM_PACKED_ACTIVATION_MATHS, GEMM_PACKED_MATHS,
     GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
     SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_resources, gemm_sides, gemm_splits,
-    gemm_tile, packed_activation_elements, packed_weight_elements, split_limit)
+    gemm_tile, packed_activation_elements, packed_tensor_elements, packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
@@ -510,16 +510,20 @@ class KernelBackend:
                      (BLOCK, 1, 1), (weight, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
         return packed
 
-    def _gemm_activation(self, path: KernelPath, src, geom: ConvTransposeGeometry, pass_: str):
-        """A of the forward's (``src`` = x) or grad_input's (grad_output) GEMM of ``path``: packed
-        channels-last by deconv_gemm_pack_activation_* (a workspace from the array module's pool)
-        for the maths of GEMM_PACKED_ACTIVATION_MATHS, else ``src`` itself."""
+    def _gemm_activation(self, path: KernelPath, src, geom: ConvTransposeGeometry, tensor: str):
+        """``src``, the activation ``tensor`` ("x" or "grad_output") as the GEMM of ``path`` reads it:
+        for the maths of GEMM_PACKED_ACTIVATION_MATHS packed channels-last by
+        deconv_gemm_pack_activation_* (a workspace from the array module's pool), or ``src``'s own
+        memory viewed so where it is laid out so already (reads_packed_in_place); else ``src`` in NCHW."""
         if path.math not in GEMM_PACKED_ACTIVATION_MATHS:
-            return src
-        packed = self._output(packed_activation_elements(geom, pass_, path.math), src.dtype)
+            return self.xp.ascontiguousarray(src)
+        if reads_packed_in_place(path, src, geom, tensor):
+            return self.xp.moveaxis(src, 1, -1)  # its C-innermost view: a dense (N, *spatial, C) array
+        src = self.xp.ascontiguousarray(src)
+        packed = self._output(packed_tensor_elements(geom, tensor, path.math), src.dtype)
         self._launch(path, f"deconv_gemm_pack_activation_{path.math}",
                      (loop_blocks(packed.size, BLOCK, MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
-                     (src, packed, np.int32(pass_ == "grad_input")) + geometry_args(geom))
+                     (src, packed, np.int32(tensor == "grad_output")) + geometry_args(geom))
         return packed
 
     @on_arrays_device("x", "weight", "bias")
@@ -530,9 +534,7 @@ class KernelBackend:
         check_index_limits(geom)
         suffix = _SUFFIX[x.dtype]
         path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x), tile)
-        # x's own memory as the packed activation: its C-innermost view, a dense (N, *spatial, C) array
-        packed_x = self.xp.moveaxis(x, 1, -1) if reads_packed_in_place(path, x, geom, "forward") else None
-        x, weight = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
+        weight = self.xp.ascontiguousarray(weight)
         # The kernels read bias only when has_bias is 1; the weight stands in for a null pointer.
         bias_arg = weight if bias is None else self.xp.ascontiguousarray(bias)
         has_bias = np.int32(bias is not None)
@@ -540,12 +542,13 @@ class KernelBackend:
         rows, out_positions = geom.batch * geom.out_channels, math.prod(geom.out_size)
         if rows == 0:
             return y
+        if path.kind == "gemm":  # x as the caller laid it out: _gemm_activation may read it in place
+            self._run_gemm(path, (self._gemm_activation(path, x, geom, "x"), self._gemm_weight(path, weight, geom, "forward"),
+                                  bias_arg, has_bias), y, geom, bias)
+            return y
+        x = self.xp.ascontiguousarray(x)
         conv_args = (x, weight, bias_arg, has_bias, y) + geometry_args(geom)
-        if path.kind == "gemm":
-            activation = packed_x if packed_x is not None else self._gemm_activation(path, x, geom, "forward")
-            self._run_gemm(path, (activation, self._gemm_weight(path, weight, geom, "forward"), bias_arg, has_bias), y,
-                           geom, bias)
-        elif path.kind == "depthwise":
+        if path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(rows, out_positions), (BLOCK, 1, 1), conv_args)
         elif path.kind == "direct":
             self._launch(path, path.entry,
@@ -567,7 +570,6 @@ class KernelBackend:
         """grad_input by the kernel kernel_path picks; ``splits`` and ``tile``: the GEMM's K splits
         and tile (None chooses; tests and the autotuner pin them)."""
         check_index_limits(geom)
-        grad_output = self.xp.ascontiguousarray(grad_output)
         weight = self.xp.ascontiguousarray(weight)
         grad_input = self._output(geom.input_shape, weight.dtype)
         path = self.kernel_path(geom, "grad_input", algorithm, weight.dtype, precision, splits,
@@ -575,11 +577,13 @@ class KernelBackend:
         positions = math.prod(geom.in_size)
         if not geom.batch * geom.in_channels * positions:
             return grad_input
-        args = (grad_output, weight, grad_input) + geometry_args(geom)
         if path.kind == "gemm":
-            self._run_gemm(path, (self._gemm_activation(path, grad_output, geom, "grad_input"),
+            self._run_gemm(path, (self._gemm_activation(path, grad_output, geom, "grad_output"),
                                   self._gemm_weight(path, weight, geom, "grad_input")), grad_input, geom)
-        elif path.kind == "depthwise":
+            return grad_input
+        grad_output = self.xp.ascontiguousarray(grad_output)
+        args = (grad_output, weight, grad_input) + geometry_args(geom)
+        if path.kind == "depthwise":
             self._launch(path, path.entry, rows_grid(geom.batch * geom.in_channels, positions),
                          (BLOCK, 1, 1), args)
         else:
@@ -595,13 +599,15 @@ class KernelBackend:
         in the accumulation type: float32, float64 for float64) come from the array module's pool,
         only where there is more than one part."""
         check_index_limits(geom)
-        grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
         grad_weight = self._output(geom.weight_shape, x.dtype)
         path = self.kernel_path(geom, "grad_weight", algorithm, x.dtype, precision, splits, self.device_descriptor(x),
                                 tile)
         if path.kind == "gemm":
-            self._run_gemm(path, (x, grad_output), grad_weight, geom)
-        elif path.kind == "depthwise":
+            self._run_gemm(path, (self._gemm_activation(path, x, geom, "x"),
+                                  self._gemm_activation(path, grad_output, geom, "grad_output")), grad_weight, geom)
+            return grad_weight
+        grad_output, x = self.xp.ascontiguousarray(grad_output), self.xp.ascontiguousarray(x)
+        if path.kind == "depthwise":
             self._depthwise_grad_weight(path, grad_output, x, grad_weight, geom)
         else:
             work_items = geom.in_channels * geom.out_channels_per_group * ceil_div(geom.taps, TAP_TILE)
@@ -653,7 +659,13 @@ class KernelBackend:
     @on_arrays_device("grad_output", "x", "weight")
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
                  precision="fp32"):
-        grad_output = self.xp.ascontiguousarray(grad_output)
+        """grad_input, grad_weight and (``need_bias``) grad_bias. A channels-last grad_output that a
+        tensor-core GEMM of grad_input or grad_weight reads in place (reads_packed_in_place) reaches
+        them as it is; any other is made NCHW once, here, for all three."""
+        paths = [self.kernel_path(geom, pass_, algorithm, weight.dtype, precision, device=self.device_descriptor(weight))
+                 for pass_ in ("grad_input", "grad_weight")]
+        if not any(reads_packed_in_place(path, grad_output, geom, "grad_output") for path in paths):
+            grad_output = self.xp.ascontiguousarray(grad_output)
         return (
             self.grad_input(grad_output, weight, geom, algorithm, precision),
             self.grad_weight(grad_output, x, geom, algorithm, precision),
@@ -692,16 +704,17 @@ class KernelBackend:
         return placeholder
 
 
-def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, pass_: str) -> bool:
-    """Whether the GEMM of ``path`` reads ``src`` (x of the forward) in place as its packed
-    activation: a dense channels-last array is [n][position][group][K channel] already, the packing's
-    layout, where a group's K channels fill whole GEMM_PACK_ROW_BYTES rows (no padding) and the math
-    does not round in the packing (tf32 does: its main loop takes TF32 values) — so a caller's
-    channels-last x costs neither the NCHW copy nor the packing, and the values read are the same."""
+def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, tensor: str) -> bool:
+    """Whether the GEMM of ``path`` reads ``src``, the activation ``tensor`` ("x" or "grad_output"),
+    in place as its packed operand: a dense channels-last array is [n][position][group][channel]
+    already, the packing's layout, where a group's channels fill whole GEMM_PACK_ROW_BYTES rows (no
+    padding) and the math does not round in the packing (tf32 does: its main loop takes TF32
+    values) — so a caller's channels-last x or grad_output costs neither the NCHW copy nor the
+    packing, and the values read are the same."""
     if path.kind != "gemm" or path.math not in GEMM_PACKED_ACTIVATION_MATHS or path.math == "tf32":
         return False
-    k_channels = geom.in_channels_per_group if pass_ == "forward" else geom.out_channels_per_group
-    if k_channels % (GEMM_PACK_ROW_BYTES // src.dtype.itemsize):
+    channels = geom.in_channels_per_group if tensor == "x" else geom.out_channels_per_group
+    if channels % (GEMM_PACK_ROW_BYTES // src.dtype.itemsize):
         return False
     shape, itemsize = tuple(src.shape), src.dtype.itemsize
     outer = [itemsize * shape[1]]  # dense C-innermost strides, built outwards: the last spatial dim's first

@@ -246,6 +246,9 @@ class NumpyBackend:
 
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
                  precision="fp32"):
+        # NCHW whatever its format: the sums then add in one order, so every gradient is bitwise
+        # independent of grad_output's layout
+        grad_output = np.ascontiguousarray(grad_output)
         dtype = compute_dtype(x.dtype)
         grad_bias = None
         if need_bias:
