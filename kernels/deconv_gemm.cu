@@ -1,5 +1,6 @@
 // deconv_gemm.cu — forward (one GEMM per stride phase), grad_input and grad_weight (split K) as
-// implicit GEMMs: one core, three operand iterators.
+// implicit GEMMs: one core, four operand iterators (the conv passes; grad_weight on the tensors'
+// own elements, or on packed ones).
 //
 // The core computes a tile of C[m][j] = Σ_kk A[m][kk] · B[kk][j], with A and B gathered from the
 // tensors slice by slice (BK values of kk at a time) by the pass's iterator:
@@ -9,9 +10,10 @@
 //     kk = (tap of the phase, input channel). A phase that no tap reaches gets bias only.
 //   grad_input: a strided, dilated correlation: m = (n, input position i), j = input channel,
 //     kk = (tap, output channel); A = grad_output[n, co, i·stride + tap·dilation - padding].
-//   grad_weight: m = input channel, j = (output channel, tap) — the weight's own layout — and
-//     kk = (n, i) over every sample and input position: A = x, B = grad_output at i·stride +
-//     tap·dilation - padding.
+//   grad_weight: m = input channel, j = an (output channel, tap) pair and kk = (n, i) over every
+//     sample and input position: A = x, B = grad_output at i·stride + tap·dilation - padding. On
+//     the tensors' own elements j is the weight's own layout (co outer); on packed ones it goes
+//     tap by tap, j = tap·P + co (P: C_out/groups padded as the packing pads a row).
 // Split K: where M × N gives too few tiles to fill the GPU (always for grad_weight, whose K is
 // long; for the forward and grad_input of deep layers at small spatial size), K is split into
 // `splits` parts (the outer part of blockIdx.z) whose partial tiles go to a workspace, one copy
@@ -20,38 +22,39 @@
 // split the tiles are stored as they are, bias included, and no workspace is touched.
 // Outside the tensors A and B read as zero. The conv iterators first build the phase's tap table
 // in shared memory (offsets and weight tap index per tap), so their main loop walks kk = (tap,
-// slice of BK channels) with counters; grad_weight walks (n, i) with a carry cursor: no division
+// slice of BK channels) with counters; grad_weight walks (n, i) with carry cursors: no division
 // in any main loop.
 //
 // Operand slices are double buffered in shared memory: the copies of slice s+1 fly while slice s
-// is multiplied. On the tensor cores (tf32, tf32x3, f16, bf16) the forward's and grad_input's
-// operands are first packed, once per pass, into the layouts the slices read, every row padded
-// with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector): A (x, grad_output) by
-// deconv_gemm_pack_activation_* channels-last, [n][position][group][K channel] (a caller's dense
-// channels-last x already is that, and is read in place where no padding or rounding is needed:
-// kernel_backend.reads_packed_in_place); B (the weight) by deconv_gemm_pack_weight_*, per group
-// [tap][N channel][K channel] for tf32/tf32x3 (n-major slices, as A's) or [tap][K channel][N
-// channel] for f16/bf16 (k-major, for ldmatrix.trans). Both arrive by 16-byte cp.async, whole
-// sectors per copy instruction; tf32 rounds both to TF32 in the packing, once. Everything else goes
-// element-wise: cp.async of 4 or 8 bytes for float and double, zero-filled outside the tensor;
-// grad_weight's 16-bit operands through registers (cp.async moves 4 bytes at least and
-// neighbouring halves of a gathered slice are not neighbours in memory), loaded before and stored
-// after the multiply; and so go float and double below compute capability 8.0, which has no
-// cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh).
+// is multiplied. Operands are first packed, once per pass, into the layouts the slices read,
+// every row padded with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector): the
+// activations (x, grad_output) by deconv_gemm_pack_activation_* channels-last,
+// [n][position][group][channel] (a caller's dense channels-last array already is that, and is
+// read in place where no padding or rounding is needed: kernel_backend.reads_packed_in_place);
+// the weight by deconv_gemm_pack_weight_*, per group [tap][N channel][K channel] for tf32/tf32x3
+// (n-major slices, as A's) or [tap][K channel][N channel] for the others (k-major). Packed
+// operands arrive by 16-byte cp.async, whole sectors per copy instruction; tf32 rounds them to
+// TF32 in the packing, once. Which are packed (kernel_backend's KernelPath.packed): on the tensor
+// cores (tf32, tf32x3, f16, bf16) every operand of every pass; on FFMA and DFMA the forward's and
+// grad_input's weight and grad_weight's x and grad_output — their forward's and grad_input's A
+// goes element-wise by cp.async of 4 or 8 bytes, zero-filled outside the tensor. Below compute
+// capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh), float and double
+// read every operand element-wise through registers, loaded before and stored after the multiply.
 //
 // Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>_<BM>x<BN>, one per
 // tile of the math's menu in gemm_math.cuh, and the packings deconv_gemm_pack_{weight,activation}_
-// <math> the launch layer runs before the forward's and grad_input's):
+// <math> the launch layer runs before the GEMMs that read packed operands):
 //   f32     exact FP32: 256 threads, 8×8 outputs per thread on FFMA on 128×128 (fewer on the
 //           smaller tiles), BK = 8
 //   f64     FP64: 64×64 tile, 4×4 per thread on DFMA, BK = 8
 //   tf32    TF32 tensor cores (mma.m16n8k8, FP32 accumulation): 8 warps (32×64 each on 128×128),
-//           BK = 16; packed A and B from m-/n-major slices by ldmatrix, unrounded in the loop;
-//           grad_weight's operands rounded with cvt.rna.tf32 in the loop
+//           BK = 16; the forward's and grad_input's A and B from m-/n-major slices by ldmatrix,
+//           grad_weight's from k-major ones by 4-byte loads, unrounded in the loop
 //   tf32x3  the split-TF32 trick: x = big + small (both TF32), three products
 //           (big·small + small·big + big·big) per mma step: near-FP32 accuracy on tensor cores
-//   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): BK = 32, packed A by ldmatrix,
-//           B by ldmatrix.trans; the output rounded once to half
+//   f16     FP16 tensor cores (mma.m16n8k16, FP32 accumulation): BK = 32, the forward's and
+//           grad_input's A by ldmatrix, every other operand by ldmatrix.trans; the output rounded
+//           once to half
 //   bf16    the same on BF16 tensor cores (__nv_bfloat16 storage)
 // Every output is summed in a fixed order, so results are bitwise reproducible; no atomics. The
 // workspaces are the packed operands and the split partials (splits × |output| accumulators). The
@@ -473,8 +476,9 @@ __device__ void conv_gemm(const typename M::Element* __restrict__ src, const typ
 }
 
 // ---------------------------------------------------------------------------------------------
-// Iterator 3: grad_weight. C[ci][j] with j = (co, tap) (the weight's own layout), K = (n, i) over
-// every sample and input position: A[ci][(n, i)] = x[n, group·C_in/g + ci, i] and
+// Iterator 3: grad_weight on the tensors' own elements (FFMA and DFMA without cp.async). C[ci][j]
+// with j = (co, tap) (the weight's own layout), K = (n, i) over every sample and input position:
+// A[ci][(n, i)] = x[n, group·C_in/g + ci, i] and
 // B[(n, i)][(co, tap)] = grad_output[n, group·C_out/g + co, i·stride + tap·dilation - padding]
 // (zero outside). blockIdx.z = group·splits + split: split s sums the slices [s·per, (s+1)·per) of
 // K and writes its partial tile to workspace[s] (a fixed-order reduction adds them up), or
@@ -605,7 +609,7 @@ struct WeightGradOperands {
 };
 
 // Iterator 4: grad_weight on the packed activations, for the maths that pack them
-// (kPacksActivation: the tensor cores). x and grad_output arrive channels-last,
+// (kPacksWeightGradOperands: the tensor cores, and FFMA and DFMA with cp.async). x and grad_output arrive channels-last,
 // [n][position][group][channels padded to GEMM_PACK_ROW_BYTES] (deconv_gemm_pack_activation_*,
 // TF32-rounded for tf32), so a row k = (n, i) of a slice holds consecutive input channels of x
 // and, at one tap, consecutive output channels of grad_output: both slices k-major, in 16-byte
@@ -715,14 +719,14 @@ struct WeightGradPackedOperands {
     }
 };
 
-// x and grad_output: packed (deconv_gemm_pack_activation_*) for the maths that pack activations.
+// x and grad_output: packed (deconv_gemm_pack_activation_*) where the math packs them.
 template <class M>
 __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
                                  const typename M::Element* __restrict__ grad_output,
                                  typename M::Element* __restrict__ grad_weight,
                                  typename M::Accumulator* __restrict__ workspace, int splits, const Geometry g) {
     const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
-    if constexpr (M::kPacksActivation) {
+    if constexpr (M::kPacksWeightGradOperands) {
         WeightGradPackedOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
         run_gemm<M>(ops, block_m, block_n);
     } else {
@@ -827,17 +831,16 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 #define DECONV_GEMM_PACK_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_weight_##MATH_NAME(const T* w, T* packed_w, int grad_input, DECONV_GEOMETRY_PARAMS) {    \
-        static_assert(MATH<BM, BN>::kPacksWeight, "a math whose GEMMs read the packed weight");                   \
         gemm::pack_weight<T, MATH<BM, BN>::kPackRoundsTf32, MATH<BM, BN>::kPackedBNMajor>(w, packed_w, grad_input, \
                                                                                         DECONV_GEOMETRY_ARGS);    \
     }
 
-// The activation's packing, of the maths whose forward and grad_input read it packed (kPacksActivation).
+// The activations' packing (x or grad_output), of the maths that read them packed (kPacksActivation:
+// the forward's and grad_input's A; kPacksWeightGradOperands: grad_weight's A and B).
 #define DECONV_GEMM_PACK_ACTIVATION(MATH_NAME, T, MATH, BM, BN)                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_activation_##MATH_NAME(const T* src, T* packed_src, int grad_input,                      \
                                                 DECONV_GEOMETRY_PARAMS) {                                         \
-        static_assert(MATH<BM, BN>::kPacksActivation, "a math whose GEMMs read the packed activation");           \
         gemm::pack_activation<T, MATH<BM, BN>::kPackRoundsTf32>(src, packed_src, grad_input, DECONV_GEOMETRY_ARGS); \
     }
 
@@ -879,12 +882,23 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
     GEMM_F32(ENTRY, BM, BN) GEMM_TF32(ENTRY, BM, BN) GEMM_TF32X3(ENTRY, BM, BN) GEMM_F16(ENTRY, BM, BN) GEMM_BF16(ENTRY, BM, BN)
 
 // The packings, the same for every tile (rows padded to a sector, whatever BN): the weight's in the
-// modules of the forward and grad_input (grad_weight reads no weight), the activation's in every pass's.
+// modules of the forward and grad_input (grad_weight reads no weight), the activations' in those of
+// every pass on the tensor cores, of grad_weight for FFMA and DFMA (their forward and grad_input
+// read x and grad_output as they are) — without cp.async (CUDECONV_NO_CP_ASYNC, below compute
+// capability 8.0) FFMA and DFMA read every operand as it is, and have none.
 #if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
+#ifndef CUDECONV_NO_CP_ASYNC
+GEMM_F32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+GEMM_F64(DECONV_GEMM_PACK_WEIGHT, 64, 64)
+#endif
 GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
+#endif
+#if (CUDECONV_GEMM_PASS == 0 || CUDECONV_GEMM_PASS == CUDECONV_PASS_GRAD_WEIGHT) && !defined(CUDECONV_NO_CP_ASYNC)
+GEMM_F32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+GEMM_F64(DECONV_GEMM_PACK_ACTIVATION, 64, 64)
 #endif
 GEMM_TF32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_ACTIVATION, 128, 128)

@@ -49,9 +49,12 @@ struct SimtMath {
     typedef T Accumulator;
     static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
-    static constexpr bool kPacksWeight = false;  // B of the forward and grad_input: the weight's own elements
-    static constexpr bool kPacksActivation = false;  // A: the tensors' own elements
-    static constexpr bool kPackedBNMajor = false;
+    // With cp.async, the forward's and grad_input's B is the weight packed k-major ([tap][K][N], as
+    // the slices are) and grad_weight reads x and grad_output packed channels-last, all in 16-byte
+    // chunks; their A (x, grad_output gathered along positions) stays element-wise. Without, every
+    // operand is the tensor's own elements, staged through registers.
+    static constexpr bool kPacksWeight = kHasCpAsync, kPacksActivation = false, kPacksWeightGradOperands = kHasCpAsync;
+    static constexpr bool kPackRoundsTf32 = false, kPackedBNMajor = false;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
     static constexpr int kThreadsN = BN / TN;
@@ -133,7 +136,8 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = true;
-    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = !Split3;
+    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPackRoundsTf32 = !Split3;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr bool kPackedBNMajor = true;  // the forward's and grad_input's B: rows of K
     static constexpr int kRowA = BM + 8, kRowB = BN + 8;  // k-major rows
@@ -238,7 +242,8 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = false;  // no element-wise operand: every one arrives packed
-    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPackRoundsTf32 = false;
+    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kSliceA = BK * (BM + PAD) > BM * (BK + PAD) ? BK * (BM + PAD) : BM * (BK + PAD);

@@ -22,7 +22,7 @@ from cudeconv._loader import kernels_dir
 from cudeconv.backends.device_descriptor import (H100_SXM, KernelResources, launch_bound_registers,
                                                  resident_blocks, wave, with_sm_count)
 from cudeconv.backends.gemm_plan import (GEMM_MATHS, GEMM_PASSES, GEMM_TILES, SPLIT_MIN_WAVE_FILL, gemm_min_blocks,
-                                         packed_activation_elements, packed_weight_elements)
+                                         packed_elements)
 from cudeconv.backends.kernel_backend import (BLOCK, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
                                               SPLIT_WORKSPACE_CAP, KernelBackend, gemm_grid, gemm_k, gemm_resources,
                                               gemm_splits)
@@ -136,9 +136,10 @@ PINNED = [
     ("dcgan_g2", np.float32, SMALL_PART, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 2)}),
     # float16: two blocks per SM as float32, and 256 output channels fill the packed rows: the same
     ("dcgan_g2", np.float16, H100_SXM, {"forward": (W, 1), "grad_input": (W, 2), "grad_weight": (W, 6)}),
-    # 3 output channels: the forward on the N-narrow tile; grad_weight's 64 × 48 on one 64 × 64 tile
-    ("dcgan_g4", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_weight": (QUARTER, 256)}),
-    ("dcgan_g4", np.float32, SMALL_PART, {"forward": (NARROW_N, 1), "grad_weight": (QUARTER, 184)}),
+    # 3 output channels: the forward on the N-narrow tile; grad_weight's columns, 16 taps × 3
+    # channels padded to a 32-byte row of 8 (the packed grad_output's), on one 128 × 128 tile
+    ("dcgan_g4", np.float32, H100_SXM, {"forward": (NARROW_N, 1), "grad_weight": (W, 256)}),
+    ("dcgan_g4", np.float32, SMALL_PART, {"forward": (NARROW_N, 1), "grad_weight": (W, 184)}),
     ("dcgan_g3", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 23)}),
     ("hifigan_up1", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 4), "grad_weight": (W, 6)}),
     ("unet_up", np.float32, H100_SXM, {"forward": (W, 1), "grad_input": (W, 1), "grad_weight": (W, 64)}),
@@ -175,8 +176,7 @@ def test_split_counts_on_real_layers(name, dtype, device, expected):
             continue
         assert path.tile == tile, (pass_, path)
         # the partial copies within the cap (the packed operands come on top)
-        partial_bytes = path.workspace_bytes - (packed_weight_elements(geom, pass_, math_name)
-                                                + packed_activation_elements(geom, pass_, math_name)) * np.dtype(dtype).itemsize
+        partial_bytes = path.workspace_bytes - packed_elements(geom, pass_, math_name, device) * np.dtype(dtype).itemsize
         assert partial_bytes <= SPLIT_WORKSPACE_CAP
         unsplit = math.prod(gemm_grid(geom, pass_, math_name, 1, tile)[0])
         assert math.prod(path.grid) == unsplit * splits
@@ -266,9 +266,10 @@ def test_split_k_launches_the_reduce_only_when_split(monkeypatch):
     geom = _geometry(SPLIT_GEOMETRY)
     x, weight, bias, _ = _arrays(geom, np.float32, 1)
     impl.forward(x, weight, bias, geom, "gemm", "fp32", 1, (128, 128))
-    assert launched == ["deconv_forward_gemm_f32_128x128"]
+    assert launched == ["deconv_gemm_pack_weight_f32", "deconv_forward_gemm_f32_128x128"]
     impl.forward(x, weight, bias, geom, "gemm", "fp32", 2, (128, 128))
-    assert launched[1:] == ["deconv_forward_gemm_f32_128x128", "deconv_gemm_split_reduce_f32"]
+    assert launched[2:] == ["deconv_gemm_pack_weight_f32", "deconv_forward_gemm_f32_128x128",
+                            "deconv_gemm_split_reduce_f32"]
 
 
 # -- depthwise grad_weight -----------------------------------------------------------------------

@@ -1,17 +1,19 @@
 """The packed operands of the implicit GEMMs (kernels/deconv_gemm.cu, deconv_gemm_pack_weight_* and
 deconv_gemm_pack_activation_*).
 
-On the tensor-core maths (tf32, tf32x3, f16, bf16) the forward's and grad_input's operands are
-packed once per pass, rows padded to whole 32-byte sectors, so the GEMM copies them into shared
-memory in 16-byte cp.async chunks: the weight per group as [tap][N channel][K channel] (tf32,
-tf32x3: n-major B slices) or [tap][K channel][N channel] (f16, bf16), the activation (x, or
-grad_output for grad_input) channels-last as [n][position][group][K channel]; tf32 rounds both to
-TF32. f32 and f64 read the tensors as they are. Checked here: the packings against NumPy
+Rows padded to whole 32-byte sectors, so the GEMM copies them into shared memory in 16-byte
+cp.async chunks: on the tensor-core maths (tf32, tf32x3, f16, bf16) every operand of every pass —
+the weight per group as [tap][N channel][K channel] (tf32, tf32x3: n-major B slices) or [tap][K
+channel][N channel] (f16, bf16), the activations (x, grad_output) channels-last as
+[n][position][group][channel]; tf32 rounds them to TF32. f32 and f64 pack the forward's and
+grad_input's weight ([tap][K][N]) and grad_weight's x and grad_output (from compute capability
+8.0; below it they read the tensors as they are). Checked here: the packings against NumPy
 transposes (padding zeros and tf32's rounding included, every element written), the workspace the
-launch layer counts for them, the emulator's memory-traffic profile (whole sectors per request for
-both operands, no bank conflicts where fragments are read), and nvcc's SASS (16-byte LDGSTS only
-in the forward and grad_input, no local memory).
+launch layer counts for them, caller's channels-last arrays read in place, the emulator's
+memory-traffic profile (whole sectors per request, no bank conflicts where fragments are read), and
+nvcc's SASS (16-byte LDGSTS, no local memory).
 """
+import dataclasses
 import math
 import re
 import subprocess
@@ -27,6 +29,7 @@ from cudeconv import backends
 from cudeconv._dtypes import BFLOAT16
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
+from cudeconv.backends.device_descriptor import H100_SXM
 from cudeconv.backends.kernel_backend import KernelBackend, module_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -120,23 +123,54 @@ def test_the_workspace_counts_the_packed_operands_and_the_splits():
         # grad_weight packs no weight, but both activations
         assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, precision, 1).workspace_bytes == (activation
                                                                                                         + grad_output)
-    # f32 and f64 read the tensors unpacked: no workspace unsplit, the tensors themselves handed over
-    for dtype in (np.float32, np.float64):
-        weight = np.zeros(GROUPED.weight_shape, dtype)
-        for pass_ in ("forward", "grad_input"):
+    # f32 and f64 pack the forward's and grad_input's weight k-major but read their A as it is, and
+    # pack both of grad_weight's operands; without cp.async (compute capability 7.5) nothing
+    turing = dataclasses.replace(H100_SXM, compute_capability=(7, 5))
+    for dtype, per_row in ((np.float32, 8), (np.float64, 4)):
+        itemsize = np.dtype(dtype).itemsize
+        padded = lambda channels: math.ceil(channels / per_row) * per_row  # noqa: E731
+        x = np.zeros(GROUPED.input_shape, dtype)
+        for pass_, (k_channels, n_channels) in (("forward", (kc, nc)), ("grad_input", (nc, kc))):
             path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
-            assert path.workspace_bytes == 0
-            assert impl._gemm_weight(path, weight, GROUPED, pass_) is weight
-            assert impl._gemm_activation(path, weight, GROUPED, "x") is weight
+            assert path.packed == ("weight",)
+            assert path.workspace_bytes == 2 * 6 * k_channels * padded(n_channels) * itemsize
+            assert impl._gemm_activation(path, x, GROUPED, "x") is x
+            unpacked = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1, turing)
+            assert unpacked.packed == () and unpacked.workspace_bytes == 0
+            assert impl._gemm_weight(unpacked, x, GROUPED, pass_) is x
+        path = impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, "fp32", 1)
+        assert path.packed == ("x", "grad_output")
+        assert path.workspace_bytes == (2 * in_positions * 2 * padded(kc) + 2 * out_positions * 2 * padded(nc)) * itemsize
+        assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, "fp32", 1, turing).workspace_bytes == 0
 
 
-def test_only_the_tensor_core_maths_define_the_packings():
+def test_every_math_defines_both_packings():
     sass_report = _sass_report()
     skip_unless_kernel_checks_can_run("a C++ preprocessor", None if sass_report.find_preprocessor() else "no g++")
     defined = sass_report.library_entry_points()["deconv_gemm.cu"]
     for kind in ("weight", "activation"):
         packings = {entry for entry in defined if entry.startswith(f"deconv_gemm_pack_{kind}_")}
-        assert packings == {f"deconv_gemm_pack_{kind}_{m}" for m in ("tf32", "tf32x3", "f16", "bf16")}
+        assert packings == {f"deconv_gemm_pack_{kind}_{m}" for m in ("f32", "f64", "tf32", "tf32x3", "f16", "bf16")}
+
+
+@pytest.mark.parametrize("dtype, math_name", [(np.float32, "f32"), (np.float64, "f64")])
+def test_the_ffma_and_dfma_packings(dtype, math_name):
+    """FFMA and DFMA pack the forward's and grad_input's weight k-major ([tap][K][N], rows padded)
+    and grad_weight's x and grad_output channels-last, values unchanged."""
+    _emulator()
+    impl = backends.get("emulator")
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal(GROUPED.weight_shape).astype(dtype)
+    x = rng.standard_normal(GROUPED.input_shape).astype(dtype)
+    grad_output = rng.standard_normal(GROUPED.output_shape).astype(dtype)
+    for pass_ in ("forward", "grad_input"):
+        path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
+        packed = impl._gemm_weight(path, weight, GROUPED, pass_)
+        assert packed.tobytes() == expected_packing(weight, GROUPED, pass_, math_name).tobytes()
+    path = impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, "fp32", 1)
+    for name, tensor in (("x", x), ("grad_output", grad_output)):
+        packed = impl._gemm_activation(path, tensor, GROUPED, name)
+        assert packed.tobytes() == expected_activation(tensor, GROUPED, math_name).tobytes()
 
 
 # -- the emulator's memory-traffic profile --------------------------------------------------------

@@ -133,8 +133,11 @@ def test_modules_per_math_compute_what_one_module_per_source_does():
         np.testing.assert_array_equal(mine, theirs)
     for path in paths.values():
         names = per_math.module(path.source, path.math, path.gemm_pass, path.tile).kernel_names
-        if path.kind == "gemm":  # the one GEMM kernel of its pass and tile, with its dtype's split reduce
-            assert sorted(names) == sorted([path.entry, "deconv_gemm_split_reduce_f32"]), names
+        if path.kind == "gemm":  # the one GEMM kernel of its pass and tile, its dtype's split reduce, its packings
+            packings = {"weight": "deconv_gemm_pack_weight_f32", "x": "deconv_gemm_pack_activation_f32",
+                        "grad_output": "deconv_gemm_pack_activation_f32"}
+            assert sorted(names) == sorted({path.entry, "deconv_gemm_split_reduce_f32"}
+                                           | {packings[operand] for operand in path.packed}), names
         else:
             assert names and all(name.endswith("_f32") for name in names), (path.source, names)
         assert len(names) < len(per_source.module(path.source, path.math).kernel_names)

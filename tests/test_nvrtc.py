@@ -17,7 +17,7 @@ import pytest
 from conftest import sass_report, skip_unless_kernel_checks_can_run
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir, source_with_headers
-from cudeconv.backends.kernel_backend import (GEMM_PACKED_ACTIVATION_MATHS, GEMM_PACKED_MATHS, GEMM_PASSES,
+from cudeconv.backends.kernel_backend import (GEMM_PASSES, gemm_packed_operands,
                                               GEMM_TILES, MODULE_MATHS, SOURCES, KernelBackend, gemm_math,
                                               module_options)
 from cudeconv.emulator._compiler import find_cuda_include
@@ -119,14 +119,15 @@ def _widest(module):
                          ids=lambda value: value if isinstance(value, str) else "{}-{}-{}x{}".format(*value[:2], *value[2]))
 def test_each_gemm_module_holds_its_one_kernel(arch, module):
     """The launch layer's module of one GEMM kernel: that entry point, its storage dtype's split
-    reduce and, for the forward and grad_input of the maths that pack, the packings — nothing else."""
+    reduce and the packings of the operands its pass packs (on an 8.0+ GPU) — nothing else."""
     _require_nvrtc()
     math_name, pass_, tile = module
     expected = {f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}",
                 f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
-    if pass_ != "grad_weight" and math_name in GEMM_PACKED_MATHS:
+    packed = gemm_packed_operands(math_name, pass_)
+    if "weight" in packed:
         expected.add(f"deconv_gemm_pack_weight_{math_name}")
-    if pass_ != "grad_weight" and math_name in GEMM_PACKED_ACTIVATION_MATHS:
+    if {"x", "grad_output"} & set(packed):
         expected.add(f"deconv_gemm_pack_activation_{math_name}")
     assert gemm_module_entry_points(arch, *module) == expected
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 from .._geometry import ConvTransposeGeometry
-from .device_descriptor import DeviceDescriptor, KernelResources, launch_bound_registers, resident_blocks, wave
+from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, launch_bound_registers, resident_blocks,
+                                wave)
 
 GEMM_THREADS = 256  # kThreads of deconv_gemm.cu
 GEMM_MAX_TAPS = 256  # taps of one stride phase the GEMM's shared tap table holds
@@ -33,19 +34,22 @@ GEMM_TILES = {math_name: (_DFMA_MENU if math_name == "f64" else _MAIN_MENU) for 
 # table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256, MinBlocks)
 # allows (gemm_min_blocks; the SASS test checks both against nvcc).
 GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
-# On the tensor-core maths the forward's and grad_input's B is the weight packed per pass
-# (deconv_gemm_pack_weight_*): per group, taps × (K channels) rows of the N channels, each row
-# padded to GEMM_PACK_ROW_BYTES (one 32-byte sector) so the GEMM reads it in aligned 16-byte
-# chunks. ELEMENT_BYTES: the storage type.
-GEMM_PACKED_MATHS = ("tf32", "tf32x3", "f16", "bf16")
-# On the same maths the forward's and grad_input's A (x, grad_output) is packed too
-# (deconv_gemm_pack_activation_*): channels-last, [n][position][group][K channels], each group's K
-# channels padded to GEMM_PACK_ROW_BYTES, TF32-rounded for tf32 — read in 16-byte chunks into
-# m-major A slices, whose fragments ldmatrix reads.
-GEMM_PACKED_ACTIVATION_MATHS = ("tf32", "tf32x3", "f16", "bf16")
-# Their packed weight is N-major too (per group [tap][N channel][K channels padded]), so that B's
-# slices are n-major like A's and ldmatrix reads both; f16/bf16 keep [tap][K channel][N channels
-# padded] for ldmatrix.trans.
+# The operands a GEMM reads packed, each row padded to GEMM_PACK_ROW_BYTES (one 32-byte sector)
+# so that it arrives in aligned 16-byte cp.async chunks (gemm_packed_operands): the weight
+# (deconv_gemm_pack_weight_*: per group taps × (K channels) rows of the N channels, or N-major on
+# GEMM_PACKED_N_MAJOR_MATHS) and the activations x and grad_output
+# (deconv_gemm_pack_activation_*: channels-last, [n][position][group][channels]; TF32-rounded for
+# tf32). The tensor-core maths pack every operand of every pass; FFMA and DFMA, from compute
+# capability GEMM_CP_ASYNC_CAPABILITY, the forward's and grad_input's weight (their A, gathered
+# along positions, is read as it is) and both of grad_weight's operands; below it (no cp.async)
+# nothing. ELEMENT_BYTES: the storage type.
+GEMM_TENSOR_CORE_MATHS = ("tf32", "tf32x3", "f16", "bf16")
+GEMM_CP_ASYNC_CAPABILITY = 80
+GEMM_PACKED_TENSORS = {"forward": ("x", "weight"), "grad_input": ("grad_output", "weight"),
+                       "grad_weight": ("x", "grad_output")}
+# tf32's packed weight is N-major (per group [tap][N channel][K channels padded]), so that B's
+# slices are n-major like A's and ldmatrix reads both; the others keep [tap][K channel][N channels
+# padded] (k-major slices: ldmatrix.trans for f16/bf16, vector loads for FFMA and DFMA).
 GEMM_PACKED_N_MAJOR_MATHS = ("tf32", "tf32x3")
 GEMM_PACK_ROW_BYTES = 32
 GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
@@ -90,17 +94,27 @@ def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
     return math.prod(ceil_div(k, s // math.gcd(s, d)) for k, s, d in zip(geom.kernel_size, geom.stride, geom.dilation))
 
 
-def gemm_sides(geom: ConvTransposeGeometry, pass_: str, math_name: str):
+def gemm_packed_operands(math_name: str, pass_: str, device: DeviceDescriptor = None) -> tuple:
+    """The operands ("x", "weight", "grad_output") the GEMM of ``pass_`` reads packed on ``device``
+    (None: an H100's descriptor): see GEMM_PACKED_TENSORS."""
+    if math_name in GEMM_TENSOR_CORE_MATHS:
+        return GEMM_PACKED_TENSORS[pass_]
+    if (device or H100_SXM).capability < GEMM_CP_ASYNC_CAPABILITY:
+        return ()
+    return GEMM_PACKED_TENSORS[pass_] if pass_ == "grad_weight" else ("weight",)
+
+
+def gemm_sides(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor = None):
     """(rows, columns) of the GEMM's C per group — of the largest stride phase for the forward. The
-    columns of grad_weight are (output channel, tap) pairs; where the math reads the activations
-    packed (GEMM_PACKED_ACTIVATION_MATHS) they go tap by tap, each tap's output channels padded to
+    columns of grad_weight are (output channel, tap) pairs; where it reads the activations packed
+    (gemm_packed_operands on ``device``) they go tap by tap, each tap's output channels padded to
     whole GEMM_PACK_ROW_BYTES as the packed grad_output's rows are."""
     if pass_ == "forward":
         return (geom.batch * math.prod(ceil_div(o, s) for o, s in zip(geom.out_size, geom.stride)),
                 geom.out_channels_per_group)
     if pass_ == "grad_input":
         return geom.batch * math.prod(geom.in_size), geom.in_channels_per_group
-    if math_name in GEMM_PACKED_ACTIVATION_MATHS:
+    if gemm_packed_operands(math_name, pass_, device):
         return geom.in_channels_per_group, geom.taps * packed_channels(geom.out_channels_per_group, math_name)
     return geom.in_channels_per_group, geom.out_channels_per_group * geom.taps
 
@@ -167,10 +181,7 @@ def gemm_k(geom: ConvTransposeGeometry, pass_: str, math_name: str):
 def packed_weight_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
     """Elements of the weight packed for the forward's or grad_input's GEMM: groups × taps × K
     channels rows of the N channels, or (N-major, GEMM_PACKED_N_MAJOR_MATHS) groups × taps × N
-    channels rows of the K channels, rows padded to whole GEMM_PACK_ROW_BYTES; 0 for grad_weight,
-    which reads no weight, and for the maths that read it unpacked (not in GEMM_PACKED_MATHS)."""
-    if pass_ == "grad_weight" or math_name not in GEMM_PACKED_MATHS:
-        return 0
+    channels rows of the K channels, rows padded to whole GEMM_PACK_ROW_BYTES."""
     k_channels, n_channels = ((geom.in_channels_per_group, geom.out_channels_per_group) if pass_ == "forward"
                               else (geom.out_channels_per_group, geom.in_channels_per_group))
     rows, row = (n_channels, k_channels) if math_name in GEMM_PACKED_N_MAJOR_MATHS else (k_channels, n_channels)
@@ -186,17 +197,11 @@ def packed_tensor_elements(geom: ConvTransposeGeometry, tensor: str, math_name: 
     return geom.batch * positions * geom.groups * packed_channels(channels, math_name)
 
 
-# The activations each pass's GEMM reads packed (for the maths of GEMM_PACKED_ACTIVATION_MATHS):
-# the forward's A, grad_input's A, and both of grad_weight's operands.
-GEMM_PACKED_TENSORS = {"forward": ("x",), "grad_input": ("grad_output",), "grad_weight": ("x", "grad_output")}
-
-
-def packed_activation_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str) -> int:
-    """Elements of the activations packed for the GEMM of ``pass_`` (GEMM_PACKED_TENSORS), all of
-    them; 0 for the maths that read them unpacked (not in GEMM_PACKED_ACTIVATION_MATHS)."""
-    if math_name not in GEMM_PACKED_ACTIVATION_MATHS:
-        return 0
-    return sum(packed_tensor_elements(geom, tensor, math_name) for tensor in GEMM_PACKED_TENSORS[pass_])
+def packed_elements(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor = None) -> int:
+    """Elements of every operand the GEMM of ``pass_`` packs on ``device`` (gemm_packed_operands)."""
+    return sum(packed_weight_elements(geom, pass_, math_name) if operand == "weight"
+               else packed_tensor_elements(geom, operand, math_name)
+               for operand in gemm_packed_operands(math_name, pass_, device))
 
 
 def wave_fill(blocks: int, full_wave: int) -> float:
@@ -222,7 +227,7 @@ def gemm_splits(geom: ConvTransposeGeometry, pass_: str, math_name: str, device:
     count that first reaches the waves; else the best filled); the forward and grad_input, when
     their grid is shorter than one wave, into as many parts as still fit in one (⌊wave / blocks⌋:
     every block runs at once)."""
-    grid, _ = gemm_grid(geom, pass_, math_name, 1, tile)
+    grid, _ = gemm_grid(geom, pass_, math_name, 1, tile, device)
     blocks = math.prod(grid) if grid else 0
     if not blocks:
         return 1
@@ -247,7 +252,7 @@ def gemm_time(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: D
     waves each cost the blocks an SM holds at once (they share its throughput), the last partial
     wave the most blocks it puts on one SM. Padding (partial tiles, slices) is counted as work.
     None where the GEMM cannot run the problem on ``tile``."""
-    grid, _ = gemm_grid(geom, pass_, math_name, splits, tile)
+    grid, _ = gemm_grid(geom, pass_, math_name, splits, tile, device)
     if grid is None:
         return None
     blocks = math.prod(grid)
@@ -271,7 +276,7 @@ def gemm_tile(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: D
         splits = gemm_splits(geom, pass_, math_name, device, tile)
         time = gemm_time(geom, pass_, math_name, device, tile, splits)
         if time is not None:
-            blocks = math.prod(gemm_grid(geom, pass_, math_name, splits, tile)[0])
+            blocks = math.prod(gemm_grid(geom, pass_, math_name, splits, tile, device)[0])
             candidates.append((blocks, time, order, tile))
     if not candidates:
         return menu[0]
@@ -281,14 +286,15 @@ def gemm_tile(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: D
     return min(candidates, key=lambda c: (-c[0], c[1], c[2]))[3]
 
 
-def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1, tile=None):
+def gemm_grid(geom: ConvTransposeGeometry, pass_: str, math_name: str, splits: int = 1, tile=None,
+              device: DeviceDescriptor = None):
     """(grid, None) for the implicit GEMM of ``pass_`` ("forward", "grad_input", "grad_weight") on
     ``tile`` (BM, BN; None: the menu's widest), or (None, why) where the GEMM cannot run this
     problem. Forward: grid z = splits × stride phases × groups, x over the rows of the largest phase
     (phase 0: ⌈out/stride⌉ positions per dim); grad_input: z = splits × groups; grad_weight: z =
     groups × splits (of K)."""
     tile_rows, tile_columns = tile or GEMM_TILES[math_name][pass_][0]
-    rows, columns = gemm_sides(geom, pass_, math_name)
+    rows, columns = gemm_sides(geom, pass_, math_name, device)
     phases = math.prod(geom.stride) if pass_ == "forward" else 1
     taps = _taps_per_phase_bound(geom, pass_)
     if taps > GEMM_MAX_TAPS:

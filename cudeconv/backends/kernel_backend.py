@@ -38,10 +38,10 @@ from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, fro
                                 wave)
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
     GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
-    GEMM_PACKED_ACTIVATION_MATHS, GEMM_PACKED_MATHS,
-    GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K, SPLIT_TARGET_WAVES,
-    SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_resources, gemm_sides, gemm_splits,
-    gemm_tile, packed_activation_elements, packed_tensor_elements, packed_weight_elements, split_limit)
+    GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K,
+    SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_packed_operands,
+    gemm_resources, gemm_sides, gemm_splits, gemm_tile, packed_elements, packed_tensor_elements,
+    packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
@@ -118,7 +118,8 @@ class KernelPath(NamedTuple):
     K splits, the depthwise grad_weight's and grad_bias's slabs), the workspace it takes from the
     memory pool, in bytes, and the module its entry points are in: ``source`` (a kernels/ file)
     and ``math`` (a MODULE_MATHS name); a GEMM's ``tile`` (BM, BN), whose module is its
-    ``gemm_pass``'s and tile's alone on "cuda" (module_options)."""
+    ``gemm_pass``'s and tile's alone on "cuda" (module_options), and the operands it reads
+    ``packed`` ("x", "weight", "grad_output": gemm_plan.gemm_packed_operands), its layout decision."""
     kind: str
     entry: str
     grid: tuple = ()
@@ -128,6 +129,7 @@ class KernelPath(NamedTuple):
     math: str = ""
     tile: tuple = ()
     gemm_pass: str = ""
+    packed: tuple = ()
 
 
 # The maths a source can be compiled for, one module each (CUDECONV_MATH_<NAME> in
@@ -367,7 +369,7 @@ class KernelBackend:
         tile = tuple(tile)
         if splits is None:
             splits = gemm_splits(geom, pass_, math_name, device, tile)
-        grid, reason = gemm_grid(geom, pass_, math_name, splits, tile)
+        grid, reason = gemm_grid(geom, pass_, math_name, splits, tile, device)
         needed = GEMM_MIN_COMPUTE_CAPABILITY[math_name]
         if device.capability < needed:
             reason = (f"the GPU has compute capability {device.compute_capability[0]}.{device.compute_capability[1]}; "
@@ -383,10 +385,9 @@ class KernelBackend:
                 return None
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
-        workspace += (packed_weight_elements(geom, pass_, math_name)
-                      + packed_activation_elements(geom, pass_, math_name)) * np.dtype(dtype).itemsize
+        workspace += packed_elements(geom, pass_, math_name, device) * np.dtype(dtype).itemsize
         return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}", grid, splits, workspace,
-                          "deconv_gemm.cu", math_name, tile, pass_)
+                          "deconv_gemm.cu", math_name, tile, pass_, gemm_packed_operands(math_name, pass_, device))
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                     parts=None, device: DeviceDescriptor = None, tile=None) -> KernelPath:
@@ -448,14 +449,14 @@ class KernelBackend:
         paths = [self.kernel_path(geom, pass_, "auto", dtype, precision, device=device)]
         math_name = gemm_math(dtype, precision)
         chosen = gemm_tile(geom, pass_, math_name, device)
-        grid, _ = gemm_grid(geom, pass_, math_name, 1, chosen)
+        grid, _ = gemm_grid(geom, pass_, math_name, 1, chosen, device)
         if grid is not None and device.capability >= GEMM_MIN_COMPUTE_CAPABILITY[math_name]:
             heuristic = gemm_splits(geom, pass_, math_name, device, chosen)
             limit = split_limit(geom, pass_, math_name, grid[2])
             paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, splits, device, chosen)
                       for splits in (heuristic, heuristic // 2, 2 * heuristic, 1) if 1 <= splits <= limit]
             paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, None, device, tile)
-                      for tile in GEMM_TILES[math_name][pass_] if gemm_grid(geom, pass_, math_name, 1, tile)[0]]
+                      for tile in GEMM_TILES[math_name][pass_] if gemm_grid(geom, pass_, math_name, 1, tile, device)[0]]
         paths.append(self.kernel_path(geom, pass_, "gather", dtype, precision, device=device))
         return list(dict.fromkeys(paths))
 
@@ -502,8 +503,8 @@ class KernelBackend:
     def _gemm_weight(self, path: KernelPath, weight, geom: ConvTransposeGeometry, pass_: str):
         """The weight as the forward's or grad_input's GEMM of ``path`` reads it: packed by
         deconv_gemm_pack_weight_* (the layout its 16-byte copies read; a workspace from the array
-        module's pool) for the maths of GEMM_PACKED_MATHS, else ``weight`` itself."""
-        if path.math not in GEMM_PACKED_MATHS:
+        module's pool) where ``path`` packs it, else ``weight`` itself."""
+        if "weight" not in path.packed:
             return weight
         packed = self._output(packed_weight_elements(geom, pass_, path.math), weight.dtype)
         self._launch(path, f"deconv_gemm_pack_weight_{path.math}", (loop_blocks(packed.size, BLOCK, MAX_GRID_X), 1, 1),
@@ -512,10 +513,10 @@ class KernelBackend:
 
     def _gemm_activation(self, path: KernelPath, src, geom: ConvTransposeGeometry, tensor: str):
         """``src``, the activation ``tensor`` ("x" or "grad_output") as the GEMM of ``path`` reads it:
-        for the maths of GEMM_PACKED_ACTIVATION_MATHS packed channels-last by
-        deconv_gemm_pack_activation_* (a workspace from the array module's pool), or ``src``'s own
-        memory viewed so where it is laid out so already (reads_packed_in_place); else ``src`` in NCHW."""
-        if path.math not in GEMM_PACKED_ACTIVATION_MATHS:
+        where ``path`` packs it, packed channels-last by deconv_gemm_pack_activation_* (a workspace
+        from the array module's pool), or ``src``'s own memory viewed so where it is laid out so
+        already (reads_packed_in_place); else ``src`` in NCHW."""
+        if tensor not in path.packed:
             return self.xp.ascontiguousarray(src)
         if reads_packed_in_place(path, src, geom, tensor):
             return self.xp.moveaxis(src, 1, -1)  # its C-innermost view: a dense (N, *spatial, C) array
@@ -710,8 +711,9 @@ def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, te
     already, the packing's layout, where a group's channels fill whole GEMM_PACK_ROW_BYTES rows (no
     padding) and the math does not round in the packing (tf32 does: its main loop takes TF32
     values) — so a caller's channels-last x or grad_output costs neither the NCHW copy nor the
-    packing, and the values read are the same."""
-    if path.kind != "gemm" or path.math not in GEMM_PACKED_ACTIVATION_MATHS or path.math == "tf32":
+    packing, and the values read are the same. (The path packs ``tensor`` at all: every tensor-core
+    pass, and the FFMA and DFMA grad_weight.)"""
+    if path.kind != "gemm" or tensor not in path.packed or path.math == "tf32":
         return False
     channels = geom.in_channels_per_group if tensor == "x" else geom.out_channels_per_group
     if channels % (GEMM_PACK_ROW_BYTES // src.dtype.itemsize):
