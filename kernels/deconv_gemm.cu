@@ -25,8 +25,9 @@
 // slice of BK channels) with counters; grad_weight walks (n, i) with carry cursors: no division
 // in any main loop.
 //
-// Operand slices are double buffered in shared memory: the copies of slice s+1 fly while slice s
-// is multiplied. Operands are first packed, once per pass, into the layouts the slices read,
+// Operand slices pass through shared memory in stages: three on the tensor cores (dynamic shared
+// memory; the copies of slices s+1 and s+2 fly while slice s is multiplied), two on FFMA and DFMA
+// (static; s+1 flies). Operands are first packed, once per pass, into the layouts the slices read,
 // every row padded with zeros to a multiple of GEMM_PACK_ROW_BYTES (a 32-byte sector): the
 // activations (x, grad_output) by deconv_gemm_pack_activation_* channels-last,
 // [n][position][group][channel] (a caller's dense channels-last array already is that, and is
@@ -100,6 +101,22 @@ struct PackedChunks {
     __device__ static __forceinline__ bool active() { return kCount >= kThreads || (int)threadIdx.x < kCount; }
     __device__ static __forceinline__ int k(int i) { return threadIdx.x / kPerRow + i * kRowStep; }
     __device__ static __forceinline__ int column() { return threadIdx.x % kPerRow * kWidth; }
+    __device__ static __forceinline__ int column(int) { return column(); }
+};
+
+// The same slice with a thread's chunks in one row (grad_weight's B: one (sample, position) cursor
+// per thread, not per chunk): kThreadsPerRow consecutive threads share a row, chunk i of thread t
+// at column t % kThreadsPerRow + i·kThreadsPerRow — so one copy instruction of a warp still takes
+// runs of at least 2 consecutive chunks of a row, whole 32-byte sectors.
+template <class M, int Columns>
+struct PackedRowChunks {
+    typedef PackedChunks<M, Columns> Spread;
+    static constexpr int kWidth = Spread::kWidth, kChunks = Spread::kChunks;
+    static constexpr int kThreadsPerRow = Spread::kPerRow / kChunks, kCount = Spread::kCount;
+    static_assert(kThreadsPerRow >= 32 / (int)(kWidth * sizeof(typename M::Element)), "whole sectors per copy instruction");
+    __device__ static __forceinline__ bool active() { return Spread::active(); }
+    __device__ static __forceinline__ int k(int) { return threadIdx.x / kThreadsPerRow; }
+    __device__ static __forceinline__ int column(int i) { return (threadIdx.x % kThreadsPerRow + i * kThreadsPerRow) * kWidth; }
 };
 
 // Slices whose rows (of the tile's `Side`) hold K contiguously — the packed activation's A (Side
@@ -218,17 +235,17 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                 }
             }
         } else {
-            typedef PackedChunks<M, M::BN> Chunks;
+            typedef typename Ops::ChunksB Chunks;  // PackedChunks or PackedRowChunks
             if (Chunks::active()) {
 #pragma unroll
                 for (int i = 0; i < Chunks::kChunks; ++i) {
                     const T* from = ops.b_chunk(i);
-                    cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column()), from ? from : ops.any_b, from ? 16 : 0);
+                    cp_async_16(b + M::b_offset(Chunks::k(i), Chunks::column(i)), from ? from : ops.any_b,
+                                from ? 16 : 0);
                 }
             }
         }
     }
-    if constexpr (M::kAsync || Ops::kPackedA || Ops::kPackedB) cp_async_commit();  // run_gemm's kCopies
 }
 template <class M, class Ops>
 __device__ __forceinline__ void store_staged(const typename M::Element staged[Staged<M, Ops>::kCount],
@@ -247,21 +264,42 @@ __device__ __forceinline__ void store_staged(const typename M::Element staged[St
 }
 
 // ---------------------------------------------------------------------------------------------
-// The core: C tile = Σ over the iterator's slices of A·B, double-buffered, then the epilogue.
-// Ops: steps (slices), begin() / advance() (the first / next slice), kPackedA / kPackedB (A is the
-// packed activation, B the packed weight), a_first() / a_next(row) and b_first() / b_next(row)
-// (this thread's rows of each element-wise operand's slice, in order), a_source(row) and
-// b_source(row) (null: zero), else a_chunk(i) / b_chunk(i), any_a / any_b (valid, 16-byte aligned addresses for zero-filled copies),
+// The core: C tile = Σ over the iterator's slices of A·B, the slices pipelined through shared
+// memory, then the epilogue.
+// Ops: steps (slices), begin() / advance() (the first / next slice), kPackedA / kPackedB (A / B
+// arrive packed, in 16-byte chunks) and kMMajorA / kNMajorB (their slices are in rows of K),
+// a_first() / a_next(row) and b_first() / b_next(row) (this thread's rows of each element-wise
+// operand's slice, in order), a_source(row) and b_source(row) (null: zero), else a_chunk(i) /
+// b_chunk(i), any_a / any_b (valid, 16-byte aligned addresses for zero-filled copies),
 // row_offset(row) / column_offset(col) (-1 outside C) and store(row offset, column offset, column,
 // value).
-// Each step issues the next slice's copies (and loads), multiplies the current one, stores the
-// staged registers, waits for its own copies, and one barrier makes the next slice visible to
-// all and frees the current one for refilling. (A single loop with one fetch site, the first slice
-// fetched in its first iteration, is less code but costs the 128×128 FFMA tiles spills at their
-// 128-register bound.)
 
+// The tile's accumulators to C through the iterator (which skips what lies outside).
 template <class M, class Ops>
-__device__ void run_gemm(Ops& ops, int block_m, int block_n) {
+__device__ __forceinline__ void store_tile(const Ops& ops, const typename M::Accumulator acc[M::kAccumulators],
+                                           int block_m, int block_n) {
+    long long row_offset = -1;
+    int last_row = -1;
+#pragma unroll
+    for (int i = 0; i < M::kAccumulators; ++i) {
+        const int row = block_m + M::row_of(i), col = block_n + M::col_of(i);
+        if (row != last_row) {  // accumulators come row by row (SIMT) or in pairs of a row (mma)
+            row_offset = ops.row_offset(row);
+            last_row = row;
+        }
+        const long long column_offset = ops.column_offset(col);
+        if (row_offset >= 0 && column_offset >= 0) ops.store(row_offset, column_offset, col, acc[i]);
+    }
+}
+
+// Two stages (M::kStages == 2: FFMA and DFMA, whose element-wise operands may be staged through
+// registers), in static shared memory: each step issues the next slice's copies (and loads),
+// multiplies the current one, stores the staged registers, waits for its own copies, and one
+// barrier makes the next slice visible to all and frees the current one for refilling. (A single
+// loop with one fetch site, the first slice fetched in its first iteration, is less code but costs
+// the 128×128 FFMA tiles spills at their 128-register bound.)
+template <class M, class Ops>
+__device__ void run_double_buffered(Ops& ops, int block_m, int block_n) {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
     __shared__ __align__(16) T a_slices[2][M::kSliceA];
@@ -276,6 +314,7 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
     if (steps > 0) {
         ops.begin();
         fetch_slice<M>(staged, a_slices[0], b_slices[0], ops);
+        if constexpr (kCopies) cp_async_commit();
         store_staged<M, Ops>(staged, a_slices[0], b_slices[0]);
         if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();
@@ -286,25 +325,71 @@ __device__ void run_gemm(Ops& ops, int block_m, int block_n) {
         if (has_next) {
             ops.advance();
             fetch_slice<M>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1], ops);  // in flight during the multiply
+            if constexpr (kCopies) cp_async_commit();
         }
         M::template multiply<Ops::kMMajorA, Ops::kNMajorB>(a_slices[buffer], b_slices[buffer], acc);
         if (has_next) store_staged<M, Ops>(staged, a_slices[buffer ^ 1], b_slices[buffer ^ 1]);
         if constexpr (kCopies) cp_async_wait<0>();
         __syncthreads();  // the next slice is in place for all; everyone is done with `buffer`
     }
+    store_tile<M>(ops, acc, block_m, block_n);
+}
 
-    long long row_offset = -1;
-    int last_row = -1;
+// The stages' slices in dynamic shared memory (gemm_plan.gemm_dynamic_shared_bytes: more than the
+// 48 KiB a block gets without opting in): kStages × (an A slice, then a B slice).
+extern __shared__ __align__(16) unsigned char gemm_stages[];
+
+// kStages >= 3 (the tensor cores, whose operands all arrive packed by cp.async): slices s + 1 ..
+// s + kStages - 1 are in flight while slice s is multiplied. Every thread commits one cp.async
+// group per slice, empty past the last, so cp_async_wait<kStages - 2> means "my copies of the
+// slice about to be multiplied have landed"; the barrier after it makes them everyone's and
+// tells that everyone is done with the previous step's buffer, which this step refills. One
+// barrier per step.
+template <class M, class Ops>
+__device__ void run_pipelined(Ops& ops, int block_m, int block_n) {
+    typedef typename M::Element T;
+    typedef typename M::Accumulator A;
+    constexpr int kStages = M::kStages;
+    static_assert(Ops::kPackedA && Ops::kPackedB, "every operand by cp.async: nothing staged through registers");
+    constexpr int kStage = M::kSliceA + M::kSliceB;  // elements per stage: A's slice, then B's
+    T* const stages = reinterpret_cast<T*>(gemm_stages);
+    A acc[M::kAccumulators];
 #pragma unroll
-    for (int i = 0; i < M::kAccumulators; ++i) {
-        const int row = block_m + M::row_of(i), col = block_n + M::col_of(i);
-        if (row != last_row) {  // accumulators come row by row (SIMT) or in pairs of a row (mma)
-            row_offset = ops.row_offset(row);
-            last_row = row;
+    for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
+
+    T* const no_staging = nullptr;  // fetch_slice's staged registers: none (every operand is packed)
+    const int steps = ops.steps;
+    if (steps > 0) ops.begin();
+#pragma unroll
+    for (int stage = 0; stage < kStages - 1; ++stage) {  // the prologue: slices 0 .. kStages - 2
+        if (stage < steps) {
+            if (stage > 0) ops.advance();
+            fetch_slice<M>(no_staging, stages + stage * kStage, stages + stage * kStage + M::kSliceA, ops);
         }
-        const long long column_offset = ops.column_offset(col);
-        if (row_offset >= 0 && column_offset >= 0) ops.store(row_offset, column_offset, col, acc[i]);
+        cp_async_commit();
     }
+    // offsets of step % kStages's stage and of (step - 1) % kStages's, without a division
+    int buffer = 0, refill = (kStages - 1) * kStage;
+    for (int step = 0; step < steps; ++step) {
+        cp_async_wait<kStages - 2>();
+        __syncthreads();  // slice `step` is in place for all; everyone is done with step - 1's buffer
+        if (step + kStages - 1 < steps) {
+            ops.advance();
+            fetch_slice<M>(no_staging, stages + refill, stages + refill + M::kSliceA, ops);
+        }
+        cp_async_commit();
+        M::template multiply<Ops::kMMajorA, Ops::kNMajorB>(stages + buffer, stages + buffer + M::kSliceA, acc);
+        refill = buffer;
+        buffer = buffer == (kStages - 1) * kStage ? 0 : buffer + kStage;
+    }
+    cp_async_wait<0>();  // no copy outlives the block (the empty groups past the last slice)
+    store_tile<M>(ops, acc, block_m, block_n);
+}
+
+template <class M, class Ops>
+__device__ __forceinline__ void run_gemm(Ops& ops, int block_m, int block_n) {
+    if constexpr (M::kStages > 2) run_pipelined<M>(ops, block_m, block_n);
+    else run_double_buffered<M>(ops, block_m, block_n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +422,7 @@ struct ConvOperands {
     // the math packs it N-major, else k-major (as every element-wise operand)
     static constexpr bool kMMajorA = kPackedA, kNMajorB = kPackedB && M::kPackedBNMajor;
     typedef PackedChunks<M, M::BN> Chunks;
+    typedef Chunks ChunksB;  // the k-major packed weight's
     const TapEntry* taps;
     const T* any_a;
     const T* any_b;
@@ -616,13 +702,14 @@ struct WeightGradOperands {
 // chunks (PackedChunks). The C columns are j = tap·P + co, P = C_out/groups padded as the packing
 // pads it, so a chunk never spans two taps; the epilogue maps them back to the weight's (co, tap)
 // and leaves out the padding's. A's rows are consecutive (sample, position) pairs of the packed x:
-// one offset walks them; each B row's output position comes from a cursor per chunk row.
+// one offset walks them; a thread's B chunks share a row (PackedRowChunks), whose
+// (sample, position) one carry cursor walks; each chunk adds its own tap's offsets.
 template <class M>
 struct WeightGradPackedOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
     typedef PackedChunks<M, M::BM> ChunksA;
-    typedef PackedChunks<M, M::BN> ChunksB;
+    typedef PackedRowChunks<M, M::BN> ChunksB;  // one row per thread: one cursor
     static constexpr bool kPackedA = true, kPackedB = true, kMMajorA = false, kNMajorB = false;
     const Geometry& g;
     const T* any_a;
@@ -634,10 +721,12 @@ struct WeightGradPackedOperands {
     int k0;                   // the current slice's first pair
     const T* x_chunk;         // packed x at pair 0, this thread's chunk of channels; null past C_in/groups
     int x_stride;             // elements per (sample, position) of packed x
-    const T* go_chunk;        // packed grad_output at (0, position 0), this thread's chunk of channels; null past them
+    // per chunk of B: packed grad_output at (0, position 0) and the chunk's output channels (null:
+    // padding or past the last column), and its tap's offsets: output position = i·stride + offset
+    const T* go_chunk[ChunksB::kChunks];
+    int offset[ChunksB::kChunks][3];
     int go_stride;            // elements per (sample, position) of packed grad_output
-    int offset[3];            // of this thread's tap: output position = i·stride + offset, per dim
-    Cursor b_cursor[ChunksB::kChunks];  // (sample, input position) of this thread's B rows of the current slice
+    Cursor b_cursor;          // (sample, input position) of this thread's B row of the current slice
 
     __device__ __forceinline__ WeightGradPackedOperands(const Geometry& g_, const T* x, const T* grad_output,
                                                         T* grad_weight_, A* workspace_, int splits_, int block_m,
@@ -661,46 +750,43 @@ struct WeightGradPackedOperands {
         go_stride = g.groups * out_channels_row;
         const int ci = block_m + ChunksA::column();
         x_chunk = ci < cin_g ? x + group * x_row + ci : nullptr;
-        const int j = block_n + ChunksB::column(), tap = j / out_channels_row, co = j % out_channels_row;
-        go_chunk = nullptr;
-        if (tap < taps && co < cout_g) {
-            int k[3];
-            unflatten3(tap, g.k, k);
-            for (int d = 0; d < 3; ++d) offset[d] = k[d] * g.dil[d] - g.pad[d];
-            go_chunk = grad_output + group * out_channels_row + co;
-        }
 #pragma unroll
-        for (int i = 0; i < ChunksB::kChunks; ++i) {
-            const int flat = k0 + ChunksB::k(i);
-            b_cursor[i].n = flat / in_spatial;
-            b_cursor[i].flat = flat % in_spatial;
-            unflatten3(b_cursor[i].flat, g.in, b_cursor[i].i);
+        for (int c = 0; c < ChunksB::kChunks; ++c) {
+            const int j = block_n + ChunksB::column(c), tap = j / out_channels_row, co = j % out_channels_row;
+            go_chunk[c] = nullptr;
+            int k[3];
+            unflatten3(tap < taps ? tap : 0, g.k, k);
+            for (int d = 0; d < 3; ++d) offset[c][d] = k[d] * g.dil[d] - g.pad[d];
+            if (tap < taps && co < cout_g) go_chunk[c] = grad_output + group * out_channels_row + co;
         }
+        const int flat = k0 + ChunksB::k(0);
+        b_cursor.n = flat / in_spatial;
+        b_cursor.flat = flat % in_spatial;
+        unflatten3(b_cursor.flat, g.in, b_cursor.i);
     }
 
     __device__ __forceinline__ void begin() {}
     __device__ __forceinline__ void advance() {
         k0 += M::BK;
-#pragma unroll
-        for (int i = 0; i < ChunksB::kChunks; ++i) b_cursor[i].advance(M::BK, g.in, in_spatial);
+        b_cursor.advance(M::BK, g.in, in_spatial);
     }
     // chunk i of ChunksA: x's channels at pair k0 + its row (null: zero)
     __device__ __forceinline__ const T* a_chunk(int i) const {
         const int k = k0 + ChunksA::k(i);
         return x_chunk && k < total ? x_chunk + (long long)k * x_stride : nullptr;
     }
-    // chunk i of ChunksB: grad_output's channels at its row's output position for this thread's tap
+    // chunk i of ChunksB: grad_output's channels at the row's output position for the chunk's tap
     __device__ __forceinline__ const T* b_chunk(int i) const {
-        const Cursor& c = b_cursor[i];
-        if (!go_chunk || c.n >= g.N) return nullptr;
+        const Cursor& c = b_cursor;
+        if (!go_chunk[i] || c.n >= g.N) return nullptr;
         int pos[3];
         bool inside = true;
 #pragma unroll
         for (int d = 0; d < 3; ++d) {
-            pos[d] = c.i[d] * g.stride[d] + offset[d];
+            pos[d] = c.i[d] * g.stride[d] + offset[i][d];
             inside = inside && (unsigned)pos[d] < (unsigned)g.out[d];  // 0 <= pos < out, one compare
         }
-        return inside ? go_chunk + ((long long)c.n * out_spatial + flatten3(pos, g.out)) * go_stride : nullptr;
+        return inside ? go_chunk[i] + ((long long)c.n * out_spatial + flatten3(pos, g.out)) * go_stride : nullptr;
     }
 
     __device__ __forceinline__ long long row_offset(int row) const {

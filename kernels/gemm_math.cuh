@@ -48,6 +48,7 @@ struct SimtMath {
     typedef T Element;
     typedef T Accumulator;
     static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
+    static constexpr int kStages = 2;  // double-buffered in static shared memory (run_double_buffered)
     static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
     // With cp.async, the forward's and grad_input's B is the weight packed k-major ([tap][K][N], as
     // the slices are) and grad_weight reads x and grad_output packed channels-last, all in 16-byte
@@ -94,6 +95,8 @@ struct MmaTiles {
     typedef T Element;
     typedef float Accumulator;
     static constexpr int BM = Tile_M, BN = Tile_N, BK = SliceK, PAD = Pad;
+    // slices in flight: 3 stages in dynamic shared memory (run_pipelined; gemm_plan.GEMM_STAGES)
+    static constexpr int kStages = 3;
     static constexpr int WarpsM = BM >= 128 ? 4 : 2, WarpsN = kThreads / 32 / WarpsM;
     static constexpr int WM = BM / WarpsM, WN = BN / WarpsN, MI = WM / 16, NJ = WN / 8;
     static constexpr int kAccumulators = MI * NJ * 4;

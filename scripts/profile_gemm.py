@@ -34,7 +34,7 @@ import cudeconv
 from cudeconv import backends, emulator
 from cudeconv.backends.device_descriptor import H100_SXM
 from cudeconv.backends.gemm_plan import GEMM_SLICE_K, GEMM_TILES, ceil_div
-from cudeconv.backends.kernel_backend import KernelBackend
+from cudeconv.backends.kernel_backend import KernelBackend, dynamic_shared
 from cudeconv.cases import SUITE
 
 # DCGAN-like up-sampling layer, small enough for the emulator's traced build: 2 × 32 × 8 × 8 in,
@@ -198,7 +198,7 @@ class SampledBackend(KernelBackend):
         if entry != path.entry:
             return
         kernel = self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)
-        kernel(self.box, block, args)
+        kernel(self.box, block, args, shared_mem=dynamic_shared(kernel, path, entry))
         self.sampled.append((path, entry, tuple(grid), kernel.last_profile))
 
 

@@ -34,6 +34,11 @@ GEMM_TILES = {math_name: (_DFMA_MENU if math_name == "f64" else _MAIN_MENU) for 
 # table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256, MinBlocks)
 # allows (gemm_min_blocks; the SASS test checks both against nvcc).
 GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
+# Slices in shared memory at once (M::kStages): FFMA and DFMA double-buffer in static shared memory;
+# the tensor cores pipeline three stages (two slices in flight while one is multiplied) in dynamic
+# shared memory, more than the 48 KiB a block gets without opting in on the widest tiles
+# (gemm_dynamic_shared_bytes; the launch layer opts in).
+GEMM_STAGES = {"f32": 2, "f64": 2, "tf32": 3, "tf32x3": 3, "f16": 3, "bf16": 3}
 # The operands a GEMM reads packed, each row padded to GEMM_PACK_ROW_BYTES (one 32-byte sector)
 # so that it arrives in aligned 16-byte cp.async chunks (gemm_packed_operands): the weight
 # (deconv_gemm_pack_weight_*: per group taps × (K channels) rows of the N channels, or N-major on
@@ -138,6 +143,13 @@ def gemm_slice_bytes(math_name: str, tile) -> tuple:
     return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
 
 
+def gemm_dynamic_shared_bytes(math_name: str, tile) -> int:
+    """Bytes of dynamic shared memory the GEMM of ``math_name`` on ``tile`` launches with: its
+    stages' slices where it pipelines more than two (GEMM_STAGES), else 0 (static slices)."""
+    stages = GEMM_STAGES[math_name]
+    return stages * sum(gemm_slice_bytes(math_name, tile)) if stages > 2 else 0
+
+
 def gemm_min_blocks(math_name: str, tile) -> int:
     """The blocks per SM the tile's __launch_bounds__ asks the registers to allow (gemm_math.cuh):
     by accumulators per thread (BM·BN / 256) — FFMA 2 from 32, 4 below; DFMA 2; tf32 2 from 32, else
@@ -155,10 +167,12 @@ def gemm_min_blocks(math_name: str, tile) -> int:
 
 
 def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=None) -> KernelResources:
-    """Threads, registers per thread (the launch bounds' most) and static shared memory of one
-    block of ``math_name``'s GEMM for ``pass_`` on ``tile`` (None: the menu's widest)."""
+    """Threads, registers per thread (the launch bounds' most) and shared memory (static and
+    dynamic) of one block of ``math_name``'s GEMM for ``pass_`` on ``tile`` (None: the menu's
+    widest): GEMM_STAGES slices, and the forward's and grad_input's tap table."""
     tile = tile or GEMM_TILES[math_name][pass_][0]
-    shared = 2 * sum(gemm_slice_bytes(math_name, tile)) + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
+    shared = (GEMM_STAGES[math_name] * sum(gemm_slice_bytes(math_name, tile))
+              + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES))
     return KernelResources(GEMM_THREADS,
                            launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile)), shared)
 

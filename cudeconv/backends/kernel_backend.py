@@ -39,11 +39,13 @@ from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, fro
 from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
     GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
     GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K,
-    SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_grid, gemm_k, gemm_min_blocks, gemm_packed_operands,
+    SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_dynamic_shared_bytes, gemm_grid, gemm_k,
+    gemm_min_blocks, gemm_packed_operands,
     gemm_resources, gemm_sides, gemm_splits, gemm_tile, packed_elements, packed_tensor_elements,
     packed_weight_elements, split_limit)
 
 BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
+DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024  # what a block may take without opting in, on every GPU
 # Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
 # depthwise grad_weight's tile, passed to the compiler from here because the grids are sized from
 # them. (The GEMMs' tiles are template arguments, one entry point each: gemm_plan.GEMM_TILES.)
@@ -301,7 +303,9 @@ class KernelBackend:
                            module_options(math_name, self.module_per_math, gemm_pass, tile))
 
     def _launch(self, path: KernelPath, entry, grid, block, args):
-        self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)(grid, block, args)
+        """``entry`` of ``path``'s module on ``grid`` × ``block`` (with dynamic_shared's memory)."""
+        function = self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)
+        function(grid, block, args, shared_mem=dynamic_shared(function, path, entry))
 
     def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name, gemm_pass, tile: None,
                jobs=1):
@@ -703,6 +707,17 @@ class KernelBackend:
         if placeholder is None:
             placeholder = self._float32_placeholders[device] = self.xp.zeros(1, dtype=np.float32)
         return placeholder
+
+
+def dynamic_shared(function, path: KernelPath, entry: str) -> int:
+    """Bytes of dynamic shared memory ``function`` (``entry`` of ``path``'s module) launches with:
+    the GEMM kernel itself its stages' (gemm_dynamic_shared_bytes), opted in to where that is more
+    than a block gets by default (cudaFuncSetAttribute: no synchronization, and allowed while a CUDA
+    graph is captured); every other kernel none."""
+    shared = gemm_dynamic_shared_bytes(path.math, path.tile) if path.kind == "gemm" and entry == path.entry else 0
+    if shared > DEFAULT_DYNAMIC_SHARED_BYTES:
+        function.max_dynamic_shared_size_bytes = shared
+    return shared
 
 
 def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, tensor: str) -> bool:

@@ -120,14 +120,14 @@ def _case_record(problem: Problem, mine: Checked, times: PassTimes, baselines: D
 
 
 def kernel_paths(impl, problem: Problem, precision: str):
-    """{pass: {"kind", "kernel", "parts", "grid", "workspace_bytes"}}: which kernel the benchmarked
-    backend ran for each pass of this case, split (or slabbed) into how many parts, on which grid
-    (None for the NumPy backend, which has no kernels)."""
+    """{pass: {"kind", "kernel", "parts", "grid", "workspace_bytes", "packed"}}: which kernel the
+    benchmarked backend ran for each pass of this case, split (or slabbed) into how many parts, on
+    which grid, with which operands packed (None for the NumPy backend, which has no kernels)."""
     if not hasattr(impl, "kernel_paths"):
         return None
     paths = impl.kernel_paths(problem.geom, problem.dtype, precision=precision, need_bias=problem.bias is not None)
     return {p: {"kind": path.kind, "kernel": path.entry, "parts": path.parts, "grid": list(path.grid),
-                "workspace_bytes": path.workspace_bytes}
+                "workspace_bytes": path.workspace_bytes, "packed": list(path.packed)}
             for p, path in paths.items()}
 
 
