@@ -183,6 +183,17 @@ def line_of(snippet):
     return places[0]
 
 
+def assert_copy_stores(profile, most_per_line):
+    """Every cp.async line of the GEMM's source (in kernels/deconv_gemm.cu) stores into shared
+    memory in at most ``most_per_line`` wavefronts per 128 bytes (1: no bank conflict)."""
+    copy_lines = [place for place, counts in profile["per_line"].items()
+                  if "cp_async" in counts and place.startswith("deconv_gemm.cu:")]
+    assert copy_lines
+    for place in copy_lines:
+        stores = profile["per_line"][place]["shared_store"]
+        assert stores["wavefronts"] <= most_per_line * stores["bytes"] / 128, (place, stores)
+
+
 # Where the fragments leave shared memory, and what one warp-level request of each costs without
 # bank conflicts: ldmatrix reads one wavefront per 8 × 16-byte matrix — tf32's A x4 (four) and its
 # n-major B x2 (two), f16's A x4 and B x4.trans (four).
@@ -225,6 +236,9 @@ def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_na
             counts = profile["per_line"][line_of(snippet)]
             (kind, count), = counts.items()
             assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (snippet, count)
+        # the copies' shared-memory side: a quarter warp's 8 chunks span two 80-byte m-major rows, two
+        # of them in one bank group — at most 2 wavefronts per 128 bytes (1 would take a swizzle)
+        assert_copy_stores(profile, 2.0)
 
 
 # grad_weight's k-major fragment reads: tf32 one 4-byte load per register (a wavefront each without
@@ -255,6 +269,9 @@ def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, preci
         assert set(traffic) == {"cp_async", "dram_sectors", "parameter"}, (position, traffic)
         copies = traffic["cp_async"]
         assert copies["requests"] > 0 and copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (position, copies)
+    # the copies into k-major rows (a quarter warp's chunks in one row): stores free of bank
+    # conflicts for tf32; f16's 272-byte rows put a few quarter warps across a row end
+    assert_copy_stores(profile, 1.0 if math_name == "tf32" else 1.25)
     for snippet, per_request in WEIGHT_GRAD_FRAGMENT_READS[math_name].items():
         places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("gemm_math.cuh"))
                   for n, line in enumerate(path.read_text().splitlines(), 1) if snippet in line]

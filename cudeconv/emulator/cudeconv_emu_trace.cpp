@@ -466,10 +466,14 @@ void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void*
     const uint64_t offset = pc_offset(pc);
     if (w->mode & kRacecheck)  // the copy may write any time from its issue on
         check_shared(*w, reinterpret_cast<uintptr_t>(destination) - w->tls_begin, size, true, false, offset);
-    if ((w->mode & kProfile) && source_bytes > 0) {
-        const uintptr_t a = reinterpret_cast<uintptr_t>(source);
-        const int argument = argument_of(*w->session, a);
-        if (argument >= 0) add_record(*w, CpAsync, a, source_bytes, argument, offset);
+    if (w->mode & kProfile) {
+        // the shared-memory side: the copy's store, zero-fill or not (its bank wavefronts)
+        add_record(*w, SharedStore, reinterpret_cast<uintptr_t>(destination), size, -1, offset);
+        if (source_bytes > 0) {
+            const uintptr_t a = reinterpret_cast<uintptr_t>(source);
+            const int argument = argument_of(*w->session, a);
+            if (argument >= 0) add_record(*w, CpAsync, a, source_bytes, argument, offset);
+        }
     }
 }
 
