@@ -32,6 +32,9 @@ three times, plus its split reduce and a launch:
 - **DRAM time** = each tensor once (compulsory bytes) plus, split, the partials' write, ÷ (HBM
   bandwidth × ``MEMORY_EFFICIENCY``); the split reduce adds its read of the partials and write of
   the output at the same rate, and ``LAUNCH_FLOOR_MS``.
+- **Packing** (``pack ms``, added): each operand the pass packs (``KernelPath.packed``) read once
+  and its packed copy written once at the same DRAM rate, each packing at least
+  ``LAUNCH_FLOOR_MS`` (a launch of its own); NCHW inputs assumed.
 
 Traffic per pass comes from ``profile_gemm.sampled_pass``: the pass's own launch, real arrays and
 channel counts, its grid cut to block (0, 0, 0) (the forward: blocks up to the phase with the most
@@ -60,7 +63,7 @@ import numpy as np  # noqa: E402
 import profile_gemm  # noqa: E402  (a script beside this one)
 from cudeconv.backends.device_descriptor import H100_SXM, resident_blocks, with_sm_count  # noqa: E402
 from cudeconv.backends.gemm_plan import (  # noqa: E402
-    GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_THREADS, gemm_resources,
+    GEMM_OUTPUT_SHAPE, GEMM_SLICE_K, GEMM_THREADS, gemm_resources, packed_tensor_elements, packed_weight_elements,
 )  # noqa: E402
 from cudeconv.backends.kernel_backend import KernelBackend  # noqa: E402
 from cudeconv.cases import SUITE  # noqa: E402
@@ -116,8 +119,24 @@ def sass_rows(path=None):
     return {row["kernel"]: row for row in sass_report.report(sass_report.REPO / "kernels" / "deconv_gemm.cu")}
 
 
-def gemm_terms(spec, device, geom, pass_, math_name, tile, sample, sass, itemsize):
-    """The model's terms for one GEMM pass (see the module docstring), a dict of ms and counts."""
+def packing_ms(spec, geom, pass_, math_name, packed, itemsize):
+    """The packing launches before the GEMM (``packed``: KernelPath.packed), each reading its
+    tensor once and writing the packed copy once at the DRAM rate, at least LAUNCH_FLOOR_MS. NCHW
+    inputs are assumed (a caller's channels-last x or grad_output, read in place, skips its own)."""
+    tensors = {"x": math.prod(geom.input_shape), "grad_output": math.prod(geom.output_shape),
+               "weight": math.prod(geom.weight_shape)}
+    total = 0.0
+    for operand in packed:
+        written = (packed_weight_elements(geom, pass_, math_name) if operand == "weight"
+                   else packed_tensor_elements(geom, operand, math_name))
+        moved = (tensors[operand] + written) * itemsize
+        total += max(moved / (spec["bandwidth"] * 1e12 * MEMORY_EFFICIENCY) * 1e3, LAUNCH_FLOOR_MS)
+    return total
+
+
+def gemm_terms(spec, device, geom, pass_, math_name, tile, sample, sass, itemsize, packed=()):
+    """The model's terms for one GEMM pass (see the module docstring), a dict of ms and counts;
+    ``packed``: the operands packed before it (packing_ms, added to the expected time)."""
     clock = spec["clock_ghz"] * 1e9
     operands, shared = profile_gemm.scaled_traffic(sample)
     grid_tiles, grid_slices = sample["grid_work"]
@@ -146,14 +165,15 @@ def gemm_terms(spec, device, geom, pass_, math_name, tile, sample, sass, itemsiz
         output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
         reduce_ms = max((partials + output * itemsize) / (spec["bandwidth"] * 1e12 * MEMORY_EFFICIENCY) * 1e3,
                         LAUNCH_FLOOR_MS)
+    pack_ms = packing_ms(spec, geom, pass_, math_name, packed, itemsize)
     times = {"SM": sm_ms, "L2": l2_ms, "DRAM": dram_ms}
     bound = max(times, key=times.get)
     pipe = max(pipes, key=pipes.get)
     return dict(blocks=blocks, waves=grid_tiles / (device.sm_count * resident), resident=resident,
                 pipes_ms={k: v * math.ceil(grid_tiles / device.sm_count) / clock * 1e3 for k, v in pipes.items()},
                 sm_ms=sm_ms, l2_mb=l2_bytes / 1e6, l2_ms=l2_ms, dram_mb=dram_bytes / 1e6, dram_ms=dram_ms,
-                reduce_ms=reduce_ms, bound=f"{bound} ({pipe})" if bound == "SM" else bound,
-                expected_ms=max(max(times.values()), LAUNCH_FLOOR_MS) + reduce_ms)
+                reduce_ms=reduce_ms, pack_ms=pack_ms, bound=f"{bound} ({pipe})" if bound == "SM" else bound,
+                expected_ms=max(max(times.values()), LAUNCH_FLOOR_MS) + reduce_ms + pack_ms)
 
 
 def sample_workspace_bytes(geom, pass_, parts):
@@ -187,7 +207,7 @@ def predict(gpu, dtype, precision, samples, sass, device=None, cases=SUITE):
                     raise ValueError(f"no traffic sample of {case.name} {pass_} as {path.entry} in {path.parts} "
                                      f"parts: profile it again (profile_gemm.py --suite)")
                 row.update(gemm_terms(spec, device, geom, pass_, path.math, path.tile, sample, sass[path.entry],
-                                      itemsize))
+                                      itemsize, path.packed))
                 row["waste"] = executed_macs(geom, pass_, path.math, path.tile) / useful
             elif path.kind in ("depthwise", "slabs"):
                 row["expected_ms"] = max(2 * memory_ms, LAUNCH_FLOOR_MS)
@@ -196,8 +216,8 @@ def predict(gpu, dtype, precision, samples, sass, device=None, cases=SUITE):
 
 
 HEADER = ("| case | pass | kernel | parts | waves | issue ms | tensor ms | shared ms | L1 ms | L2 MB | L2 ms | "
-          "DRAM MB | DRAM ms | bound | expected ms |\n"
-          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "DRAM MB | DRAM ms | bound | pack ms | expected ms |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
 
 
 def format_row(row):
@@ -205,14 +225,14 @@ def format_row(row):
     if row["kind"] != "gemm":
         return (f"| {row['case']} | {row['pass_']} | {row['entry']} | {row['parts']} | "
                 f"{' | '.join('—' * 8)} | {row['memory_ms']:.3f} | "
-                f"{'memory' if row['expected_ms'] else 'not modelled'} | "
+                f"{'memory' if row['expected_ms'] else 'not modelled'} | — | "
                 f"{fmt(row['expected_ms'], '.3f')} |")
     pipes = row["pipes_ms"]
     return (f"| {row['case']} | {row['pass_']} | {row['entry']} | {row['parts']} | {row['waves']:.2f} | "
             f"{pipes['issue']:.3f} | {pipes['tensor']:.3f} | {pipes['shared']:.3f} | {pipes['L1']:.3f} | "
             f"{row['l2_mb']:.0f} | "
             f"{row['l2_ms']:.3f} | {row['dram_mb']:.1f} | {row['dram_ms']:.3f} | {row['bound']} | "
-            f"{row['expected_ms']:.3f} |")
+            f"{row['pack_ms']:.3f} | {row['expected_ms']:.3f} |")
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ The sampled launch (one block of the real grid, scaled by K slices and tiles) is
 the profile of the whole grid; the time model's terms against what they must do when one input
 changes; the CSV reader on both of ncu's CSV layouts, written here by hand.
 """
+import math
 import sys
 import tarfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import skip_unless_kernel_checks_can_run
 from cudeconv import backends
 from cudeconv._geometry import make_geometry
 from cudeconv.backends.device_descriptor import H100_SXM
+from cudeconv.backends.gemm_plan import packed_weight_elements
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import ncu_traffic  # noqa: E402
@@ -115,6 +117,14 @@ def test_the_time_model_follows_its_inputs():
     assert tensor["pipes_ms"]["tensor"] > 0 and tensor["bound"] == "SM (tensor)"
     # waves from the descriptor's occupancy: 2 f32 GEMM blocks per SM
     assert base["resident"] == 2 and base["waves"] == pytest.approx(0.5)
+    # packing: each packed operand read and written once at the DRAM rate, a launch floor each
+    assert base["pack_ms"] == 0
+    packed = predict_perf.gemm_terms(predict_perf.GPUS["h100"], H100_SXM, GEOM, "forward", "f32", (128, 128),
+                                     synthetic_sample(), {"loop": 700, "HMMA": 0}, 4, ("weight",))
+    rate = predict_perf.GPUS["h100"]["bandwidth"] * 1e12 * predict_perf.MEMORY_EFFICIENCY
+    moved = (math.prod(GEOM.weight_shape) + packed_weight_elements(GEOM, "forward", "f32")) * 4
+    assert packed["pack_ms"] == pytest.approx(max(moved / rate * 1e3, predict_perf.LAUNCH_FLOOR_MS))
+    assert packed["expected_ms"] == pytest.approx(base["expected_ms"] + packed["pack_ms"])
 
 
 DETAILS_CSV = '''==PROF== Connected to process 1234
