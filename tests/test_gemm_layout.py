@@ -175,14 +175,6 @@ def test_the_ffma_and_dfma_packings(dtype, math_name):
 
 # -- the emulator's memory-traffic profile --------------------------------------------------------
 
-def line_of(snippet):
-    """``file:N`` of the one line of the GEMM's source or its headers holding ``snippet``."""
-    places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("*gemm*.cu*"))
-              for n, line in enumerate(path.read_text().splitlines(), 1) if snippet in line]
-    assert len(places) == 1, (snippet, places)
-    return places[0]
-
-
 def assert_copy_stores(profile, most_per_line):
     """Every cp.async line of the GEMM's source (in kernels/deconv_gemm.cu) stores into shared
     memory in at most ``most_per_line`` wavefronts per 128 bytes (1: no bank conflict)."""
@@ -194,17 +186,32 @@ def assert_copy_stores(profile, most_per_line):
         assert stores["wavefronts"] <= most_per_line * stores["bytes"] / 128, (place, stores)
 
 
-# Where the fragments leave shared memory, and what one warp-level request of each costs without
-# bank conflicts: ldmatrix reads one wavefront per 8 × 16-byte matrix — tf32's A x4 (four) and its
-# n-major B x2 (two), f16's A x4 and B x4.trans (four).
+# Where the fragments leave shared memory (a snippet of their lines in gemm_math.cuh), by math and
+# pass, and what one warp-level request of each costs without bank conflicts: ldmatrix reads one
+# wavefront per 8 × 16-byte matrix — tf32's A x4 (four) and its n-major B x2 (two), f16's A x4 and
+# B x4.trans (four); grad_weight's k-major tf32 fragments one 4-byte load per register (one).
 FRAGMENT_READS = {
-    "tf32": {"ldmatrix_x4(a_big[i], a + a_packed_offset(": 4, "ldmatrix_x2(b_big[j], b + b_packed_offset(": 2},
-    "f16": {"ldmatrix_x4(a_frag[i], a + a_packed_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
+    ("tf32", "conv"): {"ldmatrix_x4(a_big[i], a + a_packed_offset(": 4, "ldmatrix_x2(b_big[j], b + b_packed_offset(": 2},
+    ("f16", "conv"): {"ldmatrix_x4(a_frag[i], a + a_packed_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
+    ("tf32", "grad_weight"): {"__float_as_uint(a0[": 1, "__float_as_uint(b0[": 1},
+    ("f16", "grad_weight"): {"ldmatrix_x4_trans(a_frag[i], a + a_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
 }
+PROFILED_MATHS = pytest.mark.parametrize("dtype, precision, math_name",
+                                         [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16")], ids=["tf32", "f16"])
 
 
-@pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16")],
-                         ids=["tf32", "f16"])
+def assert_fragment_reads(profile, reads):
+    """Each line of gemm_math.cuh holding a snippet of ``reads`` ran, at its wavefronts per request."""
+    source = (kernels_dir() / "gemm_math.cuh").read_text().splitlines()
+    for snippet, per_request in reads.items():
+        places = [f"gemm_math.cuh:{n}" for n, line in enumerate(source, 1) if snippet in line]
+        assert places, snippet
+        for place in places:
+            (kind, count), = profile["per_line"][place].items()
+            assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (place, count)
+
+
+@PROFILED_MATHS
 def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_name):
     """A DCGAN-like layer (2 × 32 × 8 × 8, 32 → 32 channels, k4 s2 p1) on the 128 × 128 tile: the
     forward and grad_input read both packed operands by cp.async only, at most 1.25 sectors per
@@ -232,25 +239,13 @@ def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_na
             copies = traffic["cp_async"]
             assert copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (entry, position, copies)
         assert profile["per_argument"][1]["cp_async"]["bytes"] == weight.nbytes, entry  # once: one M tile per phase
-        for snippet, per_request in FRAGMENT_READS[math_name].items():
-            counts = profile["per_line"][line_of(snippet)]
-            (kind, count), = counts.items()
-            assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (snippet, count)
+        assert_fragment_reads(profile, FRAGMENT_READS[math_name, "conv"])
         # the copies' shared-memory side: a quarter warp's 8 chunks span two 80-byte m-major rows, two
         # of them in one bank group — at most 2 wavefronts per 128 bytes (1 would take a swizzle)
         assert_copy_stores(profile, 2.0)
 
 
-# grad_weight's k-major fragment reads: tf32 one 4-byte load per register (a wavefront each without
-# conflicts), f16 ldmatrix.x4.trans (four)
-WEIGHT_GRAD_FRAGMENT_READS = {
-    "tf32": {"__float_as_uint(a0[": 1, "__float_as_uint(b0[": 1},
-    "f16": {"ldmatrix_x4_trans(a_frag[i], a + a_offset(": 4, "ldmatrix_x4_trans(pair, b + b_offset(": 4},
-}
-
-
-@pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16")],
-                         ids=["tf32", "f16"])
+@PROFILED_MATHS
 def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, precision, math_name):
     """grad_weight of the same layer on the 128 × 128 tile: x and grad_output packed channels-last
     (one packing each), copied by cp.async only at most 1.25 sectors per sector of bytes asked for,
@@ -272,13 +267,7 @@ def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, preci
     # the copies into k-major rows (a quarter warp's chunks in one row): stores free of bank
     # conflicts for tf32; f16's 272-byte rows put a few quarter warps across a row end
     assert_copy_stores(profile, 1.0 if math_name == "tf32" else 1.25)
-    for snippet, per_request in WEIGHT_GRAD_FRAGMENT_READS[math_name].items():
-        places = [f"{path.name}:{n}" for path in sorted(kernels_dir().glob("gemm_math.cuh"))
-                  for n, line in enumerate(path.read_text().splitlines(), 1) if snippet in line]
-        assert places, snippet
-        for place in places:
-            (kind, count), = profile["per_line"][place].items()
-            assert count["requests"] > 0 and count["wavefronts"] == per_request * count["requests"], (place, count)
+    assert_fragment_reads(profile, FRAGMENT_READS[math_name, "grad_weight"])
 
 
 # -- SASS ------------------------------------------------------------------------------------------
