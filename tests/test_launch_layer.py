@@ -227,3 +227,33 @@ def test_cuda_runs_on_the_arrays_device_when_another_is_current():
         weight0 = cupy.asarray(weight)
         with pytest.raises(ValueError, match=r"on device 1.*on device 0"):
             functional.conv_transpose2d(x1, weight0, None, stride=2, padding=1, output_padding=1)
+
+
+def test_the_pipelined_gemms_opt_in_to_their_stages_once():
+    """A tensor-core GEMM launches with its stages' dynamic shared memory (more than the default
+    48 KiB on the widest tile), opting its kernel in once; its packings and the FFMA GEMM take none."""
+    from cudeconv.backends.kernel_backend import DEFAULT_DYNAMIC_SHARED_BYTES, dynamic_shared, gemm_dynamic_shared_bytes
+
+    class Kernel:
+        def __init__(self):
+            self.settings = []
+
+        @property
+        def max_dynamic_shared_size_bytes(self):
+            return self.settings[-1] if self.settings else DEFAULT_DYNAMIC_SHARED_BYTES
+
+        @max_dynamic_shared_size_bytes.setter
+        def max_dynamic_shared_size_bytes(self, value):
+            self.settings.append(value)
+
+    impl = KernelBackend("recording", np, None, lambda: "cpu")
+    x, weight, _, geom = _problem(np.random.default_rng(0))
+    path = impl.kernel_path(geom, "forward", "gemm", np.float32, "tf32", 1, tile=(128, 128))
+    kernel, packing = Kernel(), Kernel()
+    stages = gemm_dynamic_shared_bytes("tf32", (128, 128))
+    assert stages > DEFAULT_DYNAMIC_SHARED_BYTES
+    assert [dynamic_shared(kernel, path, path.entry) for _ in range(3)] == [stages] * 3
+    assert kernel.settings == [stages]  # once
+    assert dynamic_shared(packing, path, "deconv_gemm_pack_weight_tf32") == 0 and packing.settings == []
+    ffma = impl.kernel_path(geom, "forward", "gemm", np.float32, "fp32", 1, tile=(128, 128))
+    assert dynamic_shared(Kernel(), ffma, ffma.entry) == 0

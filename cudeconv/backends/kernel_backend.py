@@ -709,14 +709,21 @@ class KernelBackend:
         return placeholder
 
 
+# Kernels opted in to more dynamic shared memory than the default: id → (the kernel, kept alive so
+# that its id stays its own; the bytes it may take).
+_OPTED_IN = {}
+
+
 def dynamic_shared(function, path: KernelPath, entry: str) -> int:
     """Bytes of dynamic shared memory ``function`` (``entry`` of ``path``'s module) launches with:
-    the GEMM kernel itself its stages' (gemm_dynamic_shared_bytes), opted in to where that is more
-    than a block gets by default (cudaFuncSetAttribute: no synchronization, and allowed while a CUDA
-    graph is captured); every other kernel none."""
+    the GEMM kernel itself its stages' (gemm_dynamic_shared_bytes), every other kernel none. Where
+    that is more than a block gets by default the kernel is opted in (cudaFuncSetAttribute, no
+    synchronization), once per kernel object — the modules and their kernels are memoized per
+    device, so a later launch, one captured into a CUDA graph included, makes no driver call."""
     shared = gemm_dynamic_shared_bytes(path.math, path.tile) if path.kind == "gemm" and entry == path.entry else 0
-    if shared > DEFAULT_DYNAMIC_SHARED_BYTES:
+    if shared > DEFAULT_DYNAMIC_SHARED_BYTES and _OPTED_IN.get(id(function), (None, 0))[1] < shared:
         function.max_dynamic_shared_size_bytes = shared
+        _OPTED_IN[id(function)] = (function, shared)
     return shared
 
 
