@@ -28,11 +28,10 @@ _DFMA_MENU = {"forward": ((64, 64), (64, 32)), "grad_input": ((64, 64), (64, 32)
               "grad_weight": ((64, 64), (32, 64))}
 GEMM_TILES = {math_name: (_DFMA_MENU if math_name == "f64" else _MAIN_MENU) for math_name in GEMM_MATHS}
 # What one GEMM block holds on an SM (docs/kernels.md, "Filling the GPU"), from gemm_math.cuh: K
-# per shared-memory slice (BK), and the (A, B) slices' shapes in elements — k-major BK × (side +
-# pad) for f32 (pad 8), f64 (pad 4), f16/bf16 (pad 8) and tf32/tf32x3's B (pad 8), m-major BM ×
-# (BK + 4) for tf32/tf32x3's A — each double-buffered; the forward and grad_input add their tap
-# table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most __launch_bounds__(256, MinBlocks)
-# allows (gemm_min_blocks; the SASS test checks both against nvcc).
+# per shared-memory slice (BK), and the (A, B) slices' shapes in elements (gemm_slice_bytes) —
+# k-major BK × (side + pad), or rows of K, side × (BK + pad) — GEMM_STAGES of them; the forward
+# and grad_input add their tap table (16-byte TapEntry × GEMM_MAX_TAPS). Registers: the most
+# __launch_bounds__(256, MinBlocks) allows (gemm_min_blocks; the SASS test checks both against nvcc).
 GEMM_SLICE_K = {"f32": 8, "f64": 8, "tf32": 16, "tf32x3": 16, "f16": 32, "bf16": 32}
 # Slices in shared memory at once (M::kStages): FFMA and DFMA double-buffer in static shared memory;
 # the tensor cores pipeline three stages (two slices in flight while one is multiplied) in dynamic
