@@ -665,11 +665,14 @@ class KernelBackend:
     def backward(self, grad_output, x, weight, geom: ConvTransposeGeometry, need_bias: bool, algorithm="auto",
                  precision="fp32"):
         """grad_input, grad_weight and (``need_bias``) grad_bias. A channels-last grad_output that a
-        tensor-core GEMM of grad_input or grad_weight reads in place (reads_packed_in_place) reaches
-        them as it is; any other is made NCHW once, here, for all three."""
-        paths = [self.kernel_path(geom, pass_, algorithm, weight.dtype, precision, device=self.device_descriptor(weight))
-                 for pass_ in ("grad_input", "grad_weight")]
-        if not any(reads_packed_in_place(path, grad_output, geom, "grad_output") for path in paths):
+        GEMM of grad_input or grad_weight reads in place (reads_packed_in_place) reaches them as it
+        is; any other is made NCHW once, here, for all three. (The usual NCHW grad_output skips the
+        question: the paths are chosen once more by each pass, and a backward should not pay twice.)"""
+        if not grad_output.flags.c_contiguous and not any(
+                reads_packed_in_place(self.kernel_path(geom, pass_, algorithm, weight.dtype, precision,
+                                                       device=self.device_descriptor(weight)),
+                                      grad_output, geom, "grad_output")
+                for pass_ in ("grad_input", "grad_weight")):
             grad_output = self.xp.ascontiguousarray(grad_output)
         return (
             self.grad_input(grad_output, weight, geom, algorithm, precision),
