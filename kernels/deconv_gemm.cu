@@ -590,19 +590,69 @@ struct Cursor {
     }
 };
 
+// What both grad_weight iterators share: the block's group and its split of K (blockIdx.z =
+// group·splits + split), cursors into the (sample, position) pairs, and the epilogue's rows and
+// stores — grad_weight's row (ci of the group) of C_out/groups · taps values, or this split's copy
+// of it in the workspace.
 template <class M>
-struct WeightGradOperands {
+struct WeightGradSplit {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
-    static constexpr bool kPackedA = false, kPackedB = false, kMMajorA = false, kNMajorB = false;
-    // A's and B's rows of a slice coincide on square tiles: one cursor serves both
-    static constexpr bool kOneCursor = M::BM == M::BN;
     const Geometry& g;
     const T* any_a;
     const T* any_b;
     T* grad_weight;
     A* workspace;
-    int steps, splits, group, split, cin_g, columns, in_spatial, out_spatial;
+    int steps, splits, group, split, cin_g, cout_g, taps, in_spatial, out_spatial;
+    int first;  // this split's first slice of BK pairs
+
+    __device__ __forceinline__ WeightGradSplit(const Geometry& g_, const T* x, const T* grad_output, T* grad_weight_,
+                                               A* workspace_, int splits_)
+        : g(g_), any_a(x), any_b(grad_output), grad_weight(grad_weight_), workspace(workspace_), splits(splits_) {
+        group = blockIdx.z / splits;
+        split = blockIdx.z % splits;
+        cin_g = g.cin_g();
+        cout_g = g.cout_g();
+        taps = g.taps();
+        in_spatial = g.in_spatial();
+        out_spatial = g.out_spatial();
+        const int slices = (g.N * in_spatial + M::BK - 1) / M::BK;  // N·in_spatial < 2^31 (the host checks)
+        first = split_begin(split, slices, splits);
+        steps = split_begin(split + 1, slices, splits) - first;
+    }
+    // the cursor at (sample, position) number `flat` = n·in_spatial + position
+    __device__ __forceinline__ Cursor start_of(int flat) const {
+        Cursor c;
+        c.n = flat / in_spatial;
+        c.flat = flat % in_spatial;
+        unflatten3(c.flat, g.in, c.i);
+        return c;
+    }
+    __device__ __forceinline__ void begin() {}
+    __device__ __forceinline__ long long row_offset(int row) const {
+        if (row >= cin_g) return -1;
+        const long long weight_row = ((long long)group * cin_g + row) * cout_g * taps;
+        return splits > 1 ? (long long)split * g.C_in * cout_g * taps + weight_row : weight_row;
+    }
+    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int, A value) const {
+        if (splits > 1) workspace[row_offset + column_offset] = value;
+        else grad_weight[row_offset + column_offset] = from_acc<T>(value);
+    }
+};
+
+template <class M>
+struct WeightGradOperands : WeightGradSplit<M> {
+    typedef WeightGradSplit<M> Split;
+    typedef typename M::Element T;
+    using Split::g;
+    using Split::cin_g;
+    using Split::cout_g;
+    using Split::taps;
+    using Split::in_spatial;
+    using Split::out_spatial;
+    static constexpr bool kPackedA = false, kPackedB = false, kMMajorA = false, kNMajorB = false;
+    // A's and B's rows of a slice coincide on square tiles: one cursor serves both
+    static constexpr bool kOneCursor = M::BM == M::BN;
     const T* x_row;          // x[0, group·cin_g + ci, 0]; null past the last row
     const T* go_column;      // grad_output[0, group·cout_g + co, 0]; null past the last column
     int offset[3];           // of this thread's tap: position = i·stride + offset, per dim
@@ -610,44 +660,26 @@ struct WeightGradOperands {
     Cursor a_cursor, b_cursor;  // positions of this thread's first row of the current slice, per operand
 
     __device__ __forceinline__ WeightGradOperands(const Geometry& g_, const T* x, const T* grad_output, T* grad_weight_,
-                                                  A* workspace_, int splits_, int block_m, int block_n)
-        : g(g_), any_a(x), any_b(grad_output), grad_weight(grad_weight_), workspace(workspace_), splits(splits_) {
-        group = blockIdx.z / splits;
-        split = blockIdx.z % splits;
-        cin_g = g.cin_g();
-        const int cout_g = g.cout_g(), taps = g.taps();
-        columns = cout_g * taps;
-        in_spatial = g.in_spatial();
-        out_spatial = g.out_spatial();
-        const int slices = (int)(((long long)g.N * in_spatial + M::BK - 1) / M::BK);
-        const int first = split_begin(split, slices, splits);
-        steps = split_begin(split + 1, slices, splits) - first;
+                                                  typename M::Accumulator* workspace_, int splits_, int block_m,
+                                                  int block_n)
+        : Split(g_, x, grad_output, grad_weight_, workspace_, splits_) {
         x_sample = (long long)g.C_in * in_spatial;
         go_sample = (long long)g.C_out * out_spatial;
         const int ci = block_m + RowsA<M>::column();
-        x_row = ci < cin_g ? x + ((long long)group * cin_g + ci) * in_spatial : nullptr;
+        x_row = ci < cin_g ? x + ((long long)this->group * cin_g + ci) * in_spatial : nullptr;
         const int j = block_n + RowsB<M>::column();
         go_column = nullptr;
-        if (j < columns) {
+        if (j < cout_g * taps) {
             const int co = j / taps;
             int k[3];
             unflatten3(j % taps, g.k, k);
             for (int d = 0; d < 3; ++d) offset[d] = k[d] * g.dil[d] - g.pad[d];
-            go_column = grad_output + ((long long)group * cout_g + co) * out_spatial;
+            go_column = grad_output + ((long long)this->group * cout_g + co) * out_spatial;
         }
-        a_cursor = start_of((long long)first * M::BK + RowsA<M>::k(0));
-        if constexpr (!kOneCursor) b_cursor = start_of((long long)first * M::BK + RowsB<M>::k(0));
-    }
-    // the cursor at (sample, position) number `flat` = n·in_spatial + position
-    __device__ __forceinline__ Cursor start_of(long long flat) const {
-        Cursor c;
-        c.n = (int)(flat / in_spatial);
-        c.flat = (int)(flat % in_spatial);
-        unflatten3(c.flat, g.in, c.i);
-        return c;
+        a_cursor = this->start_of(this->first * M::BK + RowsA<M>::k(0));
+        if constexpr (!kOneCursor) b_cursor = this->start_of(this->first * M::BK + RowsB<M>::k(0));
     }
 
-    __device__ __forceinline__ void begin() {}
     __device__ __forceinline__ void advance() {
         a_cursor.advance(M::BK, g.in, in_spatial);
         if constexpr (!kOneCursor) b_cursor.advance(M::BK, g.in, in_spatial);
@@ -682,16 +714,7 @@ struct WeightGradOperands {
         return inside ? go_column + c.n * go_sample + flatten3(pos, g.out) : nullptr;
     }
 
-    __device__ __forceinline__ long long row_offset(int row) const {
-        if (row >= cin_g) return -1;
-        const long long weight_row = ((long long)group * cin_g + row) * columns;
-        return splits > 1 ? (long long)split * g.C_in * columns + weight_row : weight_row;
-    }
-    __device__ __forceinline__ long long column_offset(int col) const { return col < columns ? col : -1; }
-    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int, A value) const {
-        if (splits > 1) workspace[row_offset + column_offset] = value;
-        else grad_weight[row_offset + column_offset] = from_acc<T>(value);
-    }
+    __device__ __forceinline__ long long column_offset(int col) const { return col < cout_g * taps ? col : -1; }
 };
 
 // Iterator 4: grad_weight on the packed activations, for the maths that pack them
@@ -705,18 +728,18 @@ struct WeightGradOperands {
 // one offset walks them; a thread's B chunks share a row (PackedRowChunks), whose
 // (sample, position) one carry cursor walks; each chunk adds its own tap's offsets.
 template <class M>
-struct WeightGradPackedOperands {
+struct WeightGradPackedOperands : WeightGradSplit<M> {
+    typedef WeightGradSplit<M> Split;
     typedef typename M::Element T;
-    typedef typename M::Accumulator A;
+    using Split::g;
+    using Split::cin_g;
+    using Split::cout_g;
+    using Split::taps;
+    using Split::in_spatial;
     typedef PackedChunks<M, M::BM> ChunksA;
     typedef PackedRowChunks<M, M::BN> ChunksB;  // one row per thread: one cursor
     static constexpr bool kPackedA = true, kPackedB = true, kMMajorA = false, kNMajorB = false;
-    const Geometry& g;
-    const T* any_a;
-    const T* any_b;
-    T* grad_weight;
-    A* workspace;
-    int steps, splits, group, split, cin_g, cout_g, taps, out_channels_row, in_spatial, out_spatial;
+    int out_channels_row;     // P: C_out/groups padded as the packing pads a row
     int total;                // K: N·in_spatial (sample, position) pairs, < 2^31 (the host checks)
     int k0;                   // the current slice's first pair
     const T* x_chunk;         // packed x at pair 0, this thread's chunk of channels; null past C_in/groups
@@ -729,21 +752,12 @@ struct WeightGradPackedOperands {
     Cursor b_cursor;          // (sample, input position) of this thread's B row of the current slice
 
     __device__ __forceinline__ WeightGradPackedOperands(const Geometry& g_, const T* x, const T* grad_output,
-                                                        T* grad_weight_, A* workspace_, int splits_, int block_m,
-                                                        int block_n)
-        : g(g_), any_a(x), any_b(grad_output), grad_weight(grad_weight_), workspace(workspace_), splits(splits_) {
-        group = blockIdx.z / splits;
-        split = blockIdx.z % splits;
-        cin_g = g.cin_g();
-        cout_g = g.cout_g();
-        taps = g.taps();
-        in_spatial = g.in_spatial();
-        out_spatial = g.out_spatial();
+                                                        T* grad_weight_, typename M::Accumulator* workspace_,
+                                                        int splits_, int block_m, int block_n)
+        : Split(g_, x, grad_output, grad_weight_, workspace_, splits_) {
+        const int group = this->group;
         total = g.N * in_spatial;
-        const int slices = (total + M::BK - 1) / M::BK;
-        const int first = split_begin(split, slices, splits);
-        steps = split_begin(split + 1, slices, splits) - first;
-        k0 = first * M::BK;
+        k0 = this->first * M::BK;
         const int x_row = packed_row<T>(cin_g);
         out_channels_row = packed_row<T>(cout_g);
         x_stride = g.groups * x_row;
@@ -759,13 +773,9 @@ struct WeightGradPackedOperands {
             for (int d = 0; d < 3; ++d) offset[c][d] = k[d] * g.dil[d] - g.pad[d];
             if (tap < taps && co < cout_g) go_chunk[c] = grad_output + group * out_channels_row + co;
         }
-        const int flat = k0 + ChunksB::k(0);
-        b_cursor.n = flat / in_spatial;
-        b_cursor.flat = flat % in_spatial;
-        unflatten3(b_cursor.flat, g.in, b_cursor.i);
+        b_cursor = this->start_of(k0 + ChunksB::k(0));
     }
 
-    __device__ __forceinline__ void begin() {}
     __device__ __forceinline__ void advance() {
         k0 += M::BK;
         b_cursor.advance(M::BK, g.in, in_spatial);
@@ -786,22 +796,14 @@ struct WeightGradPackedOperands {
             pos[d] = c.i[d] * g.stride[d] + offset[i][d];
             inside = inside && (unsigned)pos[d] < (unsigned)g.out[d];  // 0 <= pos < out, one compare
         }
-        return inside ? go_chunk[i] + ((long long)c.n * out_spatial + flatten3(pos, g.out)) * go_stride : nullptr;
+        return inside ? go_chunk[i] + ((long long)c.n * this->out_spatial + flatten3(pos, g.out)) * go_stride
+                      : nullptr;
     }
 
-    __device__ __forceinline__ long long row_offset(int row) const {
-        if (row >= cin_g) return -1;
-        const long long weight_row = ((long long)group * cin_g + row) * cout_g * taps;
-        return splits > 1 ? (long long)split * g.C_in * cout_g * taps + weight_row : weight_row;
-    }
     // column j = tap·P + co: the weight's (co, tap), -1 in the padding
     __device__ __forceinline__ long long column_offset(int col) const {
         const int tap = col / out_channels_row, co = col % out_channels_row;
         return tap < taps && co < cout_g ? co * taps + tap : -1;
-    }
-    __device__ __forceinline__ void store(long long row_offset, long long column_offset, int, A value) const {
-        if (splits > 1) workspace[row_offset + column_offset] = value;
-        else grad_weight[row_offset + column_offset] = from_acc<T>(value);
     }
 };
 
