@@ -199,7 +199,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
                 }
             }
         } else if constexpr (Ops::kPackedA) {
-            typedef PackedChunks<M, M::BM> Chunks;
+            typedef typename Ops::ChunksA Chunks;  // k-major: grad_weight's packed x
             if (Chunks::active()) {
 #pragma unroll
                 for (int i = 0; i < Chunks::kChunks; ++i) {
@@ -421,8 +421,7 @@ struct ConvOperands {
     // the slices' layouts (multiply): the packed activation in rows of K; the packed weight too where
     // the math packs it N-major, else k-major (as every element-wise operand)
     static constexpr bool kMMajorA = kPackedA, kNMajorB = kPackedB && M::kPackedBNMajor;
-    typedef PackedChunks<M, M::BN> Chunks;
-    typedef Chunks ChunksB;  // the k-major packed weight's
+    typedef PackedChunks<M, M::BN> ChunksB;  // the k-major packed weight's (fetch_slice)
     const TapEntry* taps;
     const T* any_a;
     const T* any_b;
@@ -474,7 +473,7 @@ struct ConvOperands {
                                 : nullptr;
         } else if constexpr (kPackedB) {
             b_stride_c = b.template row<T>();
-            const int j = block_n + Chunks::column();
+            const int j = block_n + ChunksB::column();
             w_column = j < p.nc ? w + p.group * b.template packed_group_elements<T, false>() + j : nullptr;
         } else {
             b_stride_c = b.stride_c;
@@ -526,7 +525,7 @@ struct ConvOperands {
     __device__ __forceinline__ const T* b_source(int c) const { return b_at(c); }  // unpacked
     __device__ __forceinline__ const T* b_chunk(int i) const {  // packed
         if constexpr (kNMajorB) return b_at(c0 + WeightRowChunks<M>::k(i));
-        else return b_at(c0 + Chunks::k(i));
+        else return b_at(c0 + ChunksB::k(i));
     }
 
     __device__ __forceinline__ long long row_offset(int row) const { return p.dst_row(row); }
