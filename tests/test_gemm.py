@@ -170,20 +170,29 @@ def test_weight_grad_splits_fill_the_gpu():
 
 
 def test_every_gemm_entry_point_under_the_sanitizer():
-    """AddressSanitizer + UBSan: every GEMM entry point (and the split reduce) once, on a geometry
-    with partial tiles in M, N and K, padding that sends taps outside the input, and
-    output_padding."""
+    """AddressSanitizer + UBSan: every GEMM entry point — every tile of every math's menu, with its
+    packings and the split reduce — once, on a geometry with partial tiles in M, N and K, padding
+    that sends taps outside the input, and output_padding."""
     skip_unless_kernel_checks_can_run("the emulator", backends.emulator_unavailable_reason())
     from cudeconv import emulator
+    from cudeconv.backends.kernel_backend import gemm_math
 
+    # one sanitized module of the whole source (the emulator's layout), not one per kernel
     sanitized = KernelBackend("emulator", np, functools.partial(emulator.RawModule, sanitize=True),
-                              lambda: "cpu-sanitized")
+                              lambda: "cpu-sanitized", module_per_math=False)
     geom = _geometry(((3, 4), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 9, 19, 2))
     for dtype, precision in MATHS:
         arrays = _arrays(geom, dtype, 5)
+        x, weight, bias, grad_output = arrays
+        tiles = GEMM_TILES[gemm_math(dtype, precision)]
         # three splits of K in every pass: the split reduce runs too (with the forward's bias)
-        check_against_reference(run_gemm(sanitized, geom, arrays, "emulator", precision, splits=3), arrays, geom,
-                                dtype, precision)
+        for forward, grad_input, grad_weight in zip(tiles["forward"], tiles["grad_input"], tiles["grad_weight"]):
+            results = {
+                "forward": sanitized.forward(x, weight, bias, geom, "gemm", precision, 3, forward),
+                "grad_input": sanitized.grad_input(grad_output, weight, geom, "gemm", precision, 3, grad_input),
+                "grad_weight": sanitized.grad_weight(grad_output, x, geom, "gemm", precision, 3, grad_weight),
+            }
+            check_against_reference(results, arrays, geom, dtype, precision)
 
 
 def test_auto_picks_the_gemm_for_wide_layers_and_the_direct_kernels_for_narrow_ones():
