@@ -85,35 +85,53 @@ struct SliceRows {
 template <class M> using RowsA = SliceRows<M, M::BM>;
 template <class M> using RowsB = SliceRows<M, M::BN>;
 
-// A k-major slice `Columns` wide in 16-byte chunks of consecutive columns — the f16/bf16 packed
-// weight's B (N channels) and grad_weight's packed A and B (channels of x and grad_output): a row
-// of the slice is Columns / kWidth chunks, taken by consecutive threads (whole sectors per request,
-// each quarter warp's 128 bytes in distinct banks); this thread's chunks are the rows
-// threadIdx.x / kPerRow + i·kRowStep (i < kChunks), at column column(). A narrow tile's slice has
-// fewer chunks than the block has threads: only the first BK·kPerRow threads copy (active()).
+// 16-byte chunks and shared-memory banks. A warp's copy instruction stores its 16-byte chunks a
+// quarter warp (8 lanes) at a time, one wavefront when the 8 chunks fall in distinct 16-byte bank
+// groups (16-byte offsets distinct mod 8), and reads its sources in whole 32-byte sectors when it
+// takes both chunks of each sector it touches. The maps below keep both: a quarter warp takes
+// either 8 consecutive chunks of one row, or the same chunk of 8 consecutive rows whose pitch is
+// an odd number of 16-byte units (the padded rows of gemm_math.cuh: 80 bytes m-major, tile width +
+// 8 elements k-major), and a warp always both chunks of a sector.
+
+// A k-major slice `Columns` wide in 16-byte chunks of consecutive columns — the packed weight's B
+// (f16, bf16, f32, f64: N channels) and grad_weight's packed A and B (channels of x and
+// grad_output): a row of the slice is kPerRow = Columns / kWidth chunks. A row of 8 chunks or more
+// is taken by consecutive threads (a quarter warp: 8 consecutive chunks of a row); a narrower one
+// (f16's 32 columns: 4 chunks of an 80-byte row) by octets of threads, lane e of octet o taking row
+// 8·(o / kPerRow) + e at chunk o mod kPerRow (a quarter warp: one chunk of 8 rows). This thread's
+// chunks are the rows k(i) = k(0) + i·kRowStep (i < kChunks), at column column(). A narrow tile's
+// slice has fewer chunks than the block has threads: only the first BK·kPerRow threads copy
+// (active()).
 template <class M, int Columns>
 struct PackedChunks {
     static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = Columns / kWidth;
     static constexpr int kCount = M::BK * kPerRow, kRowStep = kThreads / kPerRow;
     static constexpr int kChunks = kCount >= kThreads ? kCount / kThreads : 1;
+    static constexpr bool kOctets = kPerRow < 8;
     static_assert(kThreads % kPerRow == 0 && (kCount % kThreads == 0 || kThreads % kCount == 0),
                   "every chunk of the slice, once");
+    static_assert(kOctets ? kPerRow % 2 == 0 && M::BK % 8 == 0 : kPerRow % 8 == 0,
+                  "quarter warps in distinct bank groups, warps on whole sectors");
     __device__ static __forceinline__ bool active() { return kCount >= kThreads || (int)threadIdx.x < kCount; }
-    __device__ static __forceinline__ int k(int i) { return threadIdx.x / kPerRow + i * kRowStep; }
-    __device__ static __forceinline__ int column() { return threadIdx.x % kPerRow * kWidth; }
+    __device__ static __forceinline__ int k(int i) {
+        return (kOctets ? threadIdx.x / (8 * kPerRow) * 8 + threadIdx.x % 8 : threadIdx.x / kPerRow) + i * kRowStep;
+    }
+    __device__ static __forceinline__ int column() {
+        return (kOctets ? threadIdx.x / 8 % kPerRow : threadIdx.x % kPerRow) * kWidth;
+    }
     __device__ static __forceinline__ int column(int) { return column(); }
 };
 
 // The same slice with a thread's chunks in one row (grad_weight's B: one (sample, position) cursor
 // per thread, not per chunk): kThreadsPerRow consecutive threads share a row, chunk i of thread t
-// at column t % kThreadsPerRow + i·kThreadsPerRow — so one copy instruction of a warp still takes
-// runs of at least 2 consecutive chunks of a row, whole 32-byte sectors.
+// at column t % kThreadsPerRow + i·kThreadsPerRow — so a quarter warp takes 8 consecutive chunks of
+// a row, and a warp whole 32-byte sectors.
 template <class M, int Columns>
 struct PackedRowChunks {
     typedef PackedChunks<M, Columns> Spread;
     static constexpr int kWidth = Spread::kWidth, kChunks = Spread::kChunks;
     static constexpr int kThreadsPerRow = Spread::kPerRow / kChunks, kCount = Spread::kCount;
-    static_assert(kThreadsPerRow >= 32 / (int)(kWidth * sizeof(typename M::Element)), "whole sectors per copy instruction");
+    static_assert(kThreadsPerRow % 8 == 0, "a quarter warp's chunks consecutive in one row");
     __device__ static __forceinline__ bool active() { return Spread::active(); }
     __device__ static __forceinline__ int k(int) { return threadIdx.x / kThreadsPerRow; }
     __device__ static __forceinline__ int column(int i) { return (threadIdx.x % kThreadsPerRow + i * kThreadsPerRow) * kWidth; }
@@ -121,11 +139,12 @@ struct PackedRowChunks {
 
 // Slices whose rows (of the tile's `Side`) hold K contiguously — the packed activation's A (Side
 // BM) and, on maths with kPackedBNMajor, the packed weight's B (Side BN): row r of the slice is BK
-// K channels, kPerRow 16-byte chunks; kThreadsPerRow consecutive threads share a row (one row per
-// thread, as the element-wise A: the row's position state stays one per thread), copy i of thread
-// t taking chunk t % kThreadsPerRow + i·kThreadsPerRow — so one copy instruction of a warp takes
-// consecutive chunks of each row, whole 32-byte sectors. Where a row has fewer chunks than threads
-// (narrow sides), only the first kPerRow of them copy (active()).
+// K channels, kPerRow 16-byte chunks in an 80-byte row; kThreadsPerRow threads share a row (one row
+// per thread, as the element-wise A: the row's position state stays one per thread). Lane e of the
+// block's octet o takes row 8·(o / kThreadsPerRow) + e, copy i its chunk c + i·kThreadsPerRow with
+// c = o mod kThreadsPerRow: a quarter warp stores one chunk of 8 consecutive rows (distinct bank
+// groups), and a warp's octets take chunks c = 0, 1, … of the same rows (whole sectors). Where a row
+// has fewer chunks than threads (narrow sides), only the octets with c < kPerRow copy (active()).
 template <class M, int Side>
 struct RowChunks {
     static constexpr int kWidth = 16 / sizeof(typename M::Element), kPerRow = M::BK / kWidth;
@@ -133,9 +152,12 @@ struct RowChunks {
     static constexpr int kChunks = kPerRow >= kThreadsPerRow ? kPerRow / kThreadsPerRow : 1;
     static_assert(kThreads % Side == 0 && M::BK % kWidth == 0 &&
                   (kPerRow % kThreadsPerRow == 0 || kThreadsPerRow % kPerRow == 0), "every chunk of the slice, once");
-    __device__ static __forceinline__ int row() { return threadIdx.x / kThreadsPerRow; }
-    __device__ static __forceinline__ bool active() { return (int)threadIdx.x % kThreadsPerRow < kPerRow; }
-    __device__ static __forceinline__ int k(int i) { return (threadIdx.x % kThreadsPerRow + i * kThreadsPerRow) * kWidth; }
+    static_assert(kThreadsPerRow % 2 == 0 && (kThreadsPerRow <= 4 || kThreadsPerRow % 4 == 0) && kPerRow % 2 == 0,
+                  "a warp takes both chunks of every sector it touches");
+    __device__ static __forceinline__ int row() { return threadIdx.x / (8 * kThreadsPerRow) * 8 + threadIdx.x % 8; }
+    __device__ static __forceinline__ int chunk() { return threadIdx.x / 8 % kThreadsPerRow; }
+    __device__ static __forceinline__ bool active() { return chunk() < kPerRow; }
+    __device__ static __forceinline__ int k(int i) { return (chunk() + i * kThreadsPerRow) * kWidth; }
 };
 template <class M> using ActivationChunks = RowChunks<M, M::BM>;
 template <class M> using WeightRowChunks = RowChunks<M, M::BN>;

@@ -47,14 +47,17 @@ __device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const void* row
 __device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* row) { cudeconv_emu::ldmatrix_sync<2, true>(r, row); }
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) { cudeconv_emu::ldmatrix_sync<4, true>(r, row); }
 
-__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, int src_bytes) {
-    cudeconv_emu::cp_async<4>(smem_dst, gmem_src, src_bytes);
+__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, int src_bytes,
+                                           const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()) {
+    cudeconv_emu::cp_async<4>(smem_dst, gmem_src, src_bytes, site_file, site_line);
 }
-__device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src, int src_bytes) {
-    cudeconv_emu::cp_async<8>(smem_dst, gmem_src, src_bytes);
+__device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src, int src_bytes,
+                                           const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()) {
+    cudeconv_emu::cp_async<8>(smem_dst, gmem_src, src_bytes, site_file, site_line);
 }
-__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    cudeconv_emu::cp_async<16>(smem_dst, gmem_src, src_bytes);
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes,
+                                           const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()) {
+    cudeconv_emu::cp_async<16>(smem_dst, gmem_src, src_bytes, site_file, site_line);
 }
 __device__ __forceinline__ void cp_async_commit() { cudeconv_emu::cp_async_commit(); }
 template <int N>

@@ -106,6 +106,20 @@ def test_cp_async_counts_its_global_side(module):
     np.testing.assert_array_equal(out, source[::4])
 
 
+def test_a_copy_is_one_request_whether_its_lanes_read_or_zero_fill(module):
+    """Two copies per thread of 64, the odd lanes zero-filling: per warp and copy one request (4
+    requests), whose shared side stores 512 consecutive bytes in 4 quarter-warp wavefronts and whose
+    global side reads the even lanes' 16 bytes (16 sectors, each half used)."""
+    source, out = aligned(256, np.float32), aligned(64, np.float32)
+    profile = run(module, "copy_or_zero_fill_twice", 64, (source, out))
+    line = line_of("cp_async_16(rows[r][threadIdx.x]")
+    assert profile["per_line"][line]["shared_store"] == {"requests": 4, "wavefronts": 16, "bytes": 4 * 512}
+    assert profile["per_line"][line]["cp_async"] == {"requests": 4, "sectors": 4 * 16, "bytes": 4 * 256}
+    even = np.arange(64) % 2 == 0
+    np.testing.assert_array_equal(out[even], source[::4][even] + source[1::4][even])
+    np.testing.assert_array_equal(out[~even], 0)
+
+
 @pytest.mark.parametrize("name, column_wavefronts", [("column_of_unpadded_tile", 32), ("column_of_padded_tile", 1)])
 def test_a_column_of_a_tile_conflicts_unless_padded(module, name, column_wavefronts):
     """Stride 32 words: every lane in bank 0, 32 passes; stride 33: 32 banks, one pass. The read of

@@ -30,6 +30,7 @@ from cudeconv._dtypes import BFLOAT16
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir
 from cudeconv.backends.device_descriptor import H100_SXM
+from cudeconv.backends.gemm_plan import GEMM_TILES
 from cudeconv.backends.kernel_backend import KernelBackend, module_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -175,15 +176,20 @@ def test_the_ffma_and_dfma_packings(dtype, math_name):
 
 # -- the emulator's memory-traffic profile --------------------------------------------------------
 
-def assert_copy_stores(profile, most_per_line):
-    """Every cp.async line of the GEMM's source (in kernels/deconv_gemm.cu) stores into shared
-    memory in at most ``most_per_line`` wavefronts per 128 bytes (1: no bank conflict)."""
+GEMM_SOURCE_LINES = (kernels_dir() / "deconv_gemm.cu").read_text().splitlines()
+
+
+def assert_copy_stores(profile):
+    """Every cp.async of the GEMM stores into shared memory without bank conflicts — one wavefront
+    per quarter warp's 128 bytes — and the profile names it by its call in kernels/deconv_gemm.cu
+    (a line calling cp_async_*, however the CPU compiler split or inlined it)."""
     copy_lines = [place for place, counts in profile["per_line"].items()
                   if "cp_async" in counts and place.startswith("deconv_gemm.cu:")]
     assert copy_lines
     for place in copy_lines:
+        assert "cp_async_" in GEMM_SOURCE_LINES[int(place.split(":")[1]) - 1], place
         stores = profile["per_line"][place]["shared_store"]
-        assert stores["wavefronts"] <= most_per_line * stores["bytes"] / 128, (place, stores)
+        assert stores["wavefronts"] * 128 == stores["bytes"], (place, stores)
 
 
 # Where the fragments leave shared memory (a snippet of their lines in gemm_math.cuh), by math and
@@ -240,9 +246,7 @@ def test_the_packed_operands_are_read_in_whole_sectors(dtype, precision, math_na
             assert copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (entry, position, copies)
         assert profile["per_argument"][1]["cp_async"]["bytes"] == weight.nbytes, entry  # once: one M tile per phase
         assert_fragment_reads(profile, FRAGMENT_READS[math_name, "conv"])
-        # the copies' shared-memory side: a quarter warp's 8 chunks span two 80-byte m-major rows, two
-        # of them in one bank group — at most 2 wavefronts per 128 bytes (1 would take a swizzle)
-        assert_copy_stores(profile, 2.0)
+        assert_copy_stores(profile)  # a quarter warp: one chunk of 8 m-major 80-byte rows
 
 
 @PROFILED_MATHS
@@ -264,10 +268,39 @@ def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, preci
         assert set(traffic) == {"cp_async", "dram_sectors", "parameter"}, (position, traffic)
         copies = traffic["cp_async"]
         assert copies["requests"] > 0 and copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (position, copies)
-    # the copies into k-major rows (a quarter warp's chunks in one row): stores free of bank
-    # conflicts for tf32; f16's 272-byte rows put a few quarter warps across a row end
-    assert_copy_stores(profile, 1.0 if math_name == "tf32" else 1.25)
+    assert_copy_stores(profile)  # a quarter warp: 8 consecutive chunks of a k-major row
     assert_fragment_reads(profile, FRAGMENT_READS[math_name, "grad_weight"])
+
+
+@pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16"),
+                                                         (np.float32, "fp32", "f32"), (np.float64, "fp32", "f64")],
+                         ids=["tf32", "f16", "f32", "f64"])
+def test_every_tile_copies_without_bank_conflicts(dtype, precision, math_name, pass_):
+    """Every tile of the menu (a 32-wide side's 4-chunk rows, the narrow tiles' idle threads, zero-
+    filled chunks past N = 32 channels and at the padding): each cp.async's shared-memory stores in
+    one wavefront per 128 bytes, and whole sectors on the global side (at most 1.25 per sector of
+    bytes asked for: NumPy's 16-byte alignment)."""
+    _emulator()
+    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
+    rng = np.random.default_rng(1)
+    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
+    grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
+    for tile in GEMM_TILES[math_name][pass_]:
+        impl = profile_gemm.ProfilingBackend()
+        if pass_ == "forward":
+            impl.forward(x, weight, None, geom, "gemm", precision, 1, tile)
+        elif pass_ == "grad_input":
+            impl.grad_input(grad_output, weight, geom, "gemm", precision, 1, tile)
+        else:
+            impl.grad_weight(grad_output, x, geom, "gemm", precision, 1, tile)
+        entry, profile = impl.profiles[-1]
+        assert entry == f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+        assert_copy_stores(profile)
+        for place, counts in profile["per_line"].items():
+            copies = counts.get("cp_async")
+            if copies and "cp_async_16" in GEMM_SOURCE_LINES[int(place.split(":")[1]) - 1]:
+                assert copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (tile, place, copies)
 
 
 # -- SASS ------------------------------------------------------------------------------------------

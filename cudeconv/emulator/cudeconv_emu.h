@@ -1597,9 +1597,10 @@ CUDECONV_EMU_UNTRACED_CALL inline void ldmatrix_sync(unsigned* out, const void* 
 // ---- cp.async.{ca,cg}.shared.global, commit_group, wait_group, wait_all
 // The source is read at issue; the destination reads as poison (0xff bytes: NaN) until the
 // cp.async.wait_group that covers the copy, where the bytes land. Copies of a thread that exits
-// land as it exits.
+// land as it exits. (site_file, site_line) is the call in the kernel source (mma.cuh passes it).
 template <unsigned Size>
-CUDECONV_EMU_UNTRACED_CALL inline void cp_async(void* shared_destination, const void* global_source, int source_bytes) {
+CUDECONV_EMU_UNTRACED_CALL inline void cp_async(void* shared_destination, const void* global_source, int source_bytes,
+                                                const char* site_file, int site_line) {
     const Worker& w = current_worker();
     // the message is built only on failure: this is the hot path of every GEMM slice
     const auto fail = [&](const std::string& problem) {
@@ -1618,7 +1619,7 @@ CUDECONV_EMU_UNTRACED_CALL inline void cp_async(void* shared_destination, const 
     if (source_bytes > 0) std::memcpy(copy.bytes, global_source, static_cast<size_t>(source_bytes));
     std::memset(shared_destination, 0xff, Size);
     CUDECONV_EMU_TRACE_POINT(w, trace::issue_copy(w.trace, global_source, static_cast<unsigned>(source_bytes),
-                                                  shared_destination, Size, copy.pc));
+                                                  shared_destination, Size, copy.pc, site_file, site_line));
     f.pending_copies.push_back(copy);
 }
 inline void cp_async_commit() { ++current_fiber().committed_copy_groups; }

@@ -151,6 +151,8 @@ struct WorkerShadow {
     std::map<CountKey, Counts> counts;
     std::vector<std::unordered_set<uint64_t>> sectors;
     std::map<std::string, uint64_t> mma;
+    // the pc standing for each cp.async call site of the source (file, line): its first call's
+    std::map<std::pair<const char*, int>, uint64_t> copy_sites;
 };
 
 namespace {
@@ -253,13 +255,15 @@ uint64_t wavefronts(const std::vector<const Record*>& lanes) {
 }
 
 // Turns the warp's records of one barrier interval into requests: the lanes' k-th execution of
-// one instruction (pc) since the barrier form one request.
+// one instruction (pc) since the barrier form one request. Executions count per (pc, kind): a
+// cp.async records its shared store and, unless it zero-fills, its global read — a lane's k-th
+// store is its k-th copy whether its neighbours read memory or not.
 void summarize_warp(WorkerShadow& s, std::vector<Record>& records) {
     if (records.empty()) return;
-    std::unordered_map<uint64_t, std::array<uint32_t, 32>> executions;
+    std::map<std::pair<uint64_t, int>, std::array<uint32_t, 32>> executions;
     std::map<std::tuple<uint64_t, uint32_t, int, int>, std::vector<const Record*>> requests;
     for (const Record& r : records) {
-        auto found = executions.try_emplace(r.pc);
+        auto found = executions.try_emplace({r.pc, r.kind});
         if (found.second) found.first->second.fill(0);
         const uint32_t k = found.first->second[r.lane]++;
         requests[{r.pc, k, r.kind, r.argument}].push_back(&r);
@@ -462,8 +466,11 @@ bool block_end(WorkerTrace* w, std::string& message) {
 void warp_fence(WorkerTrace* w, unsigned warp) { ++w->shadow->warp_epoch[warp]; }
 
 void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void* destination, unsigned size,
-                const void* pc) {
-    const uint64_t offset = pc_offset(pc);
+                const void* pc, const char* site_file, int site_line) {
+    // One call site of the source is one instruction on the GPU, whose lanes form one request; the
+    // CPU compiler may have split it into several calls (e.g. one for the lanes that copy, one for
+    // those that zero-fill), so the copies of a site all count under its first call's pc.
+    const uint64_t offset = w->shadow->copy_sites.try_emplace({site_file, site_line}, pc_offset(pc)).first->second;
     if (w->mode & kRacecheck)  // the copy may write any time from its issue on
         check_shared(*w, reinterpret_cast<uintptr_t>(destination) - w->tls_begin, size, true, false, offset);
     if (w->mode & kProfile) {

@@ -66,8 +66,9 @@ bool block_end(WorkerTrace* w, std::string& message);
 void warp_fence(WorkerTrace* w, unsigned warp);
 // cp.async issued by the running thread: its global source is read now and its shared
 // destination written from now until it lands (land_copy, at the wait_group that covers it).
+// (site_file, site_line): the copy's call site in the kernel source.
 void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void* destination, unsigned size,
-                const void* pc);
+                const void* pc, const char* site_file, int site_line);
 void land_copy(WorkerTrace* w, void* destination, unsigned size, const void* pc);
 // ldmatrix of `warp`: row r (16 bytes) at rows[r] for r < num_rows; every lane receives data.
 void ldmatrix_rows(WorkerTrace* w, unsigned warp, const void* const* rows, unsigned num_rows, const void* pc);

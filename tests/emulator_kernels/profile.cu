@@ -22,6 +22,19 @@ extern "C" __global__ void copy_through_cp_async(const float* in, float* out) {
     out[threadIdx.x] = rows[threadIdx.x][0];
 }
 
+// Twice, thread t copies 16 bytes into its shared row with cp.async, the odd threads zero-filling
+// (nothing read): each time, one instruction whose lanes read memory or not, as on the GPU (the
+// source's ternaries may become two calls on the CPU).
+extern "C" __global__ void copy_or_zero_fill_twice(const float* in, float* out) {
+    __shared__ __align__(16) float rows[2][256][4];
+    for (int r = 0; r < 2; ++r) {
+        const bool odd = threadIdx.x % 2;
+        cp_async_16(rows[r][threadIdx.x], odd ? in : in + 4 * threadIdx.x, odd ? 0 : 16);
+    }
+    cp_async_wait_all();
+    out[threadIdx.x] = rows[0][threadIdx.x][0] + rows[1][threadIdx.x][1];
+}
+
 // Shared-memory tiles of 32 x `width` floats: lane l writes row l, column 0 (a column: 32 lanes at a
 // stride of `width` words), then, after a barrier, reads element (0, 0) (a broadcast).
 template <int width>
