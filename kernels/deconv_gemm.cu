@@ -35,12 +35,13 @@
 // the weight by deconv_gemm_pack_weight_*, per group [tap][N channel][K channel] for tf32/tf32x3
 // (n-major slices, as A's) or [tap][K channel][N channel] for the others (k-major). Packed
 // operands arrive by 16-byte cp.async, whole sectors per copy instruction; tf32 rounds them to
-// TF32 in the packing, once. Which are packed (kernel_backend's KernelPath.packed): on the tensor
-// cores (tf32, tf32x3, f16, bf16) every operand of every pass; on FFMA and DFMA the forward's and
-// grad_input's weight and grad_weight's x and grad_output — their forward's and grad_input's A
-// goes element-wise by cp.async of 4 or 8 bytes, zero-filled outside the tensor. Below compute
-// capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC, gemm_math.cuh), float and double
-// read every operand element-wise through registers, loaded before and stored after the multiply.
+// TF32 in the packing, once. Which are packed (kernel_backend's KernelPath.packed): every operand
+// of every pass on the tensor cores; on FFMA and DFMA all but the forward's A, which goes
+// element-wise by cp.async of 4 or 8 bytes (x along the phase's grid), zero-filled outside the
+// tensor. Below compute capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC,
+// gemm_math.cuh), float and double read every operand element-wise through registers, loaded
+// before and stored after the multiply (the forward's and grad_input's A gathered along
+// positions, k-major).
 //
 // Versions (entry points deconv_{forward,grad_input,grad_weight}_gemm_<math>_<BM>x<BN>, one per
 // tile of the math's menu in gemm_math.cuh, and the packings deconv_gemm_pack_{weight,activation}_
@@ -439,7 +440,8 @@ struct ConvOperands {
     typedef typename M::Accumulator A;
     Problem<P> p;
     static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
-    static constexpr bool kPackedA = M::kPacksActivation;  // else A is src's own elements, one per thread and row
+    // else A is src's own elements, one per thread and row
+    static constexpr bool kPackedA = P == Pass::Forward ? M::kPacksForwardA : M::kPacksGradInputA;
     // the slices' layouts (multiply): the packed activation in rows of K; the packed weight too where
     // the math packs it N-major, else k-major (as every element-wise operand)
     static constexpr bool kMMajorA = kPackedA, kNMajorB = kPackedB && M::kPackedBNMajor;
@@ -944,8 +946,8 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
                                                                                         DECONV_GEOMETRY_ARGS);    \
     }
 
-// The activations' packing (x or grad_output), of the maths that read them packed (kPacksActivation:
-// the forward's and grad_input's A; kPacksWeightGradOperands: grad_weight's A and B).
+// The activations' packing (x or grad_output), of the maths that read them packed (kPacksForwardA,
+// kPacksGradInputA: the forward's and grad_input's A; kPacksWeightGradOperands: grad_weight's A and B).
 #define DECONV_GEMM_PACK_ACTIVATION(MATH_NAME, T, MATH, BM, BN)                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_activation_##MATH_NAME(const T* src, T* packed_src, int grad_input,                      \
@@ -992,9 +994,9 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 
 // The packings, the same for every tile (rows padded to a sector, whatever BN): the weight's in the
 // modules of the forward and grad_input (grad_weight reads no weight), the activations' in those of
-// every pass on the tensor cores, of grad_weight for FFMA and DFMA (their forward and grad_input
-// read x and grad_output as they are) — without cp.async (CUDECONV_NO_CP_ASYNC, below compute
-// capability 8.0) FFMA and DFMA read every operand as it is, and have none.
+// every pass on the tensor cores, of grad_input and grad_weight for FFMA and DFMA (their forward
+// gathers x as it is) — without cp.async (CUDECONV_NO_CP_ASYNC, below compute capability 8.0)
+// FFMA and DFMA read every operand as it is, and have none.
 #if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
 #ifndef CUDECONV_NO_CP_ASYNC
 GEMM_F32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
@@ -1005,7 +1007,7 @@ GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 #endif
-#if (CUDECONV_GEMM_PASS == 0 || CUDECONV_GEMM_PASS == CUDECONV_PASS_GRAD_WEIGHT) && !defined(CUDECONV_NO_CP_ASYNC)
+#if CUDECONV_GEMM_PASS != CUDECONV_PASS_FORWARD && !defined(CUDECONV_NO_CP_ASYNC)
 GEMM_F32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F64(DECONV_GEMM_PACK_ACTIVATION, 64, 64)
 #endif

@@ -48,42 +48,87 @@ struct SimtMath {
     typedef T Element;
     typedef T Accumulator;
     static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
+    static constexpr int kVector = 16 / sizeof(T);  // elements per 16-byte shared load
     static constexpr int kStages = 2;  // double-buffered in static shared memory (run_double_buffered)
     static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
-    // With cp.async, the forward's and grad_input's B is the weight packed k-major ([tap][K][N], as
-    // the slices are) and grad_weight reads x and grad_output packed channels-last, all in 16-byte
-    // chunks; their A (x, grad_output gathered along positions) stays element-wise. Without, every
-    // operand is the tensor's own elements, staged through registers.
-    static constexpr bool kPacksWeight = kHasCpAsync, kPacksActivation = false, kPacksWeightGradOperands = kHasCpAsync;
+    // With cp.async, operands arrive packed in 16-byte chunks: B the weight k-major ([tap][K][N], as
+    // the slices are); grad_input's A (grad_output, which NCHW puts `stride` elements apart from one
+    // row of A to the next) channels-last in rows of K (m-major slices); grad_weight's x and
+    // grad_output channels-last (k-major slices). The forward's A (x along the phase's grid: one
+    // element apart) stays gathered element by element by 4- or 8-byte cp.async: packing it too
+    // pushed the forward's 128 × 128 loop over its 128 registers on sm_80 or sm_90 whichever way
+    // its state was held (docs/perf.md, 2026-12-03). Without cp.async, every operand is the
+    // tensor's own elements, staged through registers.
+    static constexpr bool kPacksWeight = kHasCpAsync, kPacksWeightGradOperands = kHasCpAsync;
+    static constexpr bool kPacksForwardA = false, kPacksGradInputA = kHasCpAsync;
     static constexpr bool kPackRoundsTf32 = false, kPackedBNMajor = false;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
     static constexpr int kThreadsN = BN / TN;
     static_assert((BM / TM) * (BN / TN) == kThreads, "one thread per TM × TN outputs");
-    // k-major slices: a thread's TM rows (TN columns) of one k are contiguous (vector loads)
-    static constexpr int kSliceA = BK * (BM + PAD), kSliceB = BK * (BN + PAD);
+    static_assert(kThreadsN >= 8, "a quarter warp shares its rows: its 16-byte loads of m-major A broadcast");
+    // k-major slices: a thread's TM rows (TN columns) of one k are contiguous (vector loads). The
+    // m-major A slice: BM rows of BK + kVector elements (48 bytes for float, 80 for double: an odd
+    // number of 16-byte units, so a quarter warp's copies into one chunk of 8 rows are conflict-free).
+    static constexpr int kRowA = BK + kVector;
+    static constexpr int kSliceA = BK * (BM + PAD) > BM * kRowA ? BK * (BM + PAD) : BM * kRowA;
+    static constexpr int kSliceB = BK * (BN + PAD);
     __device__ static __forceinline__ int a_offset(int k, int m) { return k * (BM + PAD) + m; }
+    __device__ static __forceinline__ int a_packed_offset(int k, int m) { return m * kRowA + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
 
     // Output (row, column) of accumulator i in the tile.
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * TM + i / TN; }
     __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * TN + i % TN; }
 
-    template <bool kMMajorA, bool kNMajorB>  // always false: this math's slices are k-major
+    // k-major A: per k, a thread's TM values of A and TN of B. m-major A: per kVector k's, one
+    // 16-byte load of each of the thread's TM rows (as many loads as TM per k would take: a row's
+    // kVector k's come at once), then kVector steps of TN values of B.
+    template <bool kMMajorA, bool kNMajorB>  // kNMajorB always false: B's slices are k-major
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
         const int row0 = (threadIdx.x / kThreadsN) * TM, col0 = (threadIdx.x % kThreadsN) * TN;
+        if constexpr (kMMajorA) {
 #pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            T a_values[TM], b_values[TN];
+            for (int kv = 0; kv < BK; kv += kVector) {
+                T a_values[TM][kVector];
 #pragma unroll
-            for (int i = 0; i < TM; ++i) a_values[i] = a[a_offset(k, row0 + i)];
+                for (int i = 0; i < TM; ++i) load_16_bytes(a_values[i], a + a_packed_offset(kv, row0 + i));
 #pragma unroll
-            for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(k, col0 + j)];
+                for (int v = 0; v < kVector; ++v) {
+                    T b_values[TN];
 #pragma unroll
-            for (int i = 0; i < TM; ++i)
+                    for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(kv + v, col0 + j)];
 #pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i * TN + j] = fma(a_values[i], b_values[j], acc[i * TN + j]);
+                    for (int i = 0; i < TM; ++i)
+#pragma unroll
+                        for (int j = 0; j < TN; ++j) acc[i * TN + j] = fma(a_values[i][v], b_values[j], acc[i * TN + j]);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < BK; ++k) {
+                T a_values[TM], b_values[TN];
+#pragma unroll
+                for (int i = 0; i < TM; ++i) a_values[i] = a[a_offset(k, row0 + i)];
+#pragma unroll
+                for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(k, col0 + j)];
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i * TN + j] = fma(a_values[i], b_values[j], acc[i * TN + j]);
+            }
         }
+    }
+
+  private:
+    // 16 bytes of shared memory (16-byte aligned) into registers: one LDS.128
+    __device__ static __forceinline__ void load_16_bytes(float (&out)[4], const float* from) {
+        const float4 v = *reinterpret_cast<const float4*>(from);
+        out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+    }
+    __device__ static __forceinline__ void load_16_bytes(double (&out)[2], const double* from) {
+        const double2 v = *reinterpret_cast<const double2*>(from);
+        out[0] = v.x, out[1] = v.y;
     }
 };
 
@@ -139,7 +184,7 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = true;
-    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
     static constexpr bool kPackRoundsTf32 = !Split3;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr bool kPackedBNMajor = true;  // the forward's and grad_input's B: rows of K
@@ -245,7 +290,7 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::warp_row;
     using Tiles::warp_col;
     static constexpr bool kAsync = false;  // no element-wise operand: every one arrives packed
-    static constexpr bool kPacksWeight = true, kPacksActivation = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
     static constexpr bool kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
     static constexpr int kMinBlocks = MinBlocks;

@@ -44,9 +44,9 @@ GEMM_STAGES = {"f32": 2, "f64": 2, "tf32": 3, "tf32x3": 3, "f16": 3, "bf16": 3}
 # GEMM_PACKED_N_MAJOR_MATHS) and the activations x and grad_output
 # (deconv_gemm_pack_activation_*: channels-last, [n][position][group][channels]; TF32-rounded for
 # tf32). The tensor-core maths pack every operand of every pass; FFMA and DFMA, from compute
-# capability GEMM_CP_ASYNC_CAPABILITY, the forward's and grad_input's weight (their A, gathered
-# along positions, is read as it is) and both of grad_weight's operands; below it (no cp.async)
-# nothing. ELEMENT_BYTES: the storage type.
+# capability GEMM_CP_ASYNC_CAPABILITY, every one but the forward's x (read along the phase's grid,
+# consecutive rows one element apart: gathered element-wise; gemm_math.cuh says why), and below it
+# (no cp.async) none. ELEMENT_BYTES: the storage type.
 GEMM_TENSOR_CORE_MATHS = ("tf32", "tf32x3", "f16", "bf16")
 GEMM_CP_ASYNC_CAPABILITY = 80
 GEMM_PACKED_TENSORS = {"forward": ("x", "weight"), "grad_input": ("grad_output", "weight"),
@@ -105,7 +105,7 @@ def gemm_packed_operands(math_name: str, pass_: str, device: DeviceDescriptor = 
         return GEMM_PACKED_TENSORS[pass_]
     if (device or H100_SXM).capability < GEMM_CP_ASYNC_CAPABILITY:
         return ()
-    return GEMM_PACKED_TENSORS[pass_] if pass_ == "grad_weight" else ("weight",)
+    return ("weight",) if pass_ == "forward" else GEMM_PACKED_TENSORS[pass_]
 
 
 def gemm_sides(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor = None):
@@ -136,10 +136,11 @@ def gemm_slice_bytes(math_name: str, tile) -> tuple:
     if math_name in ("tf32", "tf32x3"):  # k-major for grad_weight, rows of K for the others; the larger
         return (max(slice_k * (rows + 8), rows * (slice_k + 4)) * element,
                 max(slice_k * (columns + 8), columns * (slice_k + 4)) * element)
-    pad = 4 if math_name == "f64" else 8
     if math_name in ("f16", "bf16"):  # A: k-major for grad_weight, m-major for the others; the larger
-        return max(slice_k * (rows + pad), rows * (slice_k + pad)) * element, slice_k * (columns + pad) * element
-    return slice_k * (rows + pad) * element, slice_k * (columns + pad) * element
+        return max(slice_k * (rows + 8), rows * (slice_k + 8)) * element, slice_k * (columns + 8) * element
+    # FFMA, DFMA: k-major rows padded by 32 bytes; A m-major (forward, grad_input) by 16; the larger
+    pad, row_pad = 32 // element, 16 // element
+    return max(slice_k * (rows + pad), rows * (slice_k + row_pad)) * element, slice_k * (columns + pad) * element
 
 
 def gemm_dynamic_shared_bytes(math_name: str, tile) -> int:
