@@ -36,9 +36,7 @@
 // (n-major slices, as A's) or [tap][K channel][N channel] for the others (k-major). Packed
 // operands arrive by 16-byte cp.async, whole sectors per copy instruction; tf32 rounds them to
 // TF32 in the packing, once. Which are packed (kernel_backend's KernelPath.packed): every operand
-// of every pass on the tensor cores; on FFMA and DFMA all but the forward's A, which goes
-// element-wise by cp.async of 4 or 8 bytes (x along the phase's grid), zero-filled outside the
-// tensor. Below compute capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC,
+// of every pass. Below compute capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC,
 // gemm_math.cuh), float and double read every operand element-wise through registers, loaded
 // before and stored after the multiply (the forward's and grad_input's A gathered along
 // positions, k-major).
@@ -163,8 +161,6 @@ struct RowChunks {
 template <class M> using ActivationChunks = RowChunks<M, M::BM>;
 template <class M> using WeightRowChunks = RowChunks<M, M::BN>;
 
-__device__ __forceinline__ void async_copy(float* to, const float* from, int bytes) { cp_async_4(to, from, bytes); }
-__device__ __forceinline__ void async_copy(double* to, const double* from, int bytes) { cp_async_8(to, from, bytes); }
 
 // This thread's staged registers: A's rows (unless the activation arrives packed), then (unless the
 // weight does) B's; at least one, an array's least size.
@@ -174,23 +170,13 @@ struct Staged {
     static constexpr int kCount = kA + kB > 0 ? kA + kB : 1;
 };
 
-// One element-wise operand value: cp.async of its 4 or 8 bytes into `to` (kAsync; zero-filled where
-// `from` is null) or a load into the staged register.
-template <class M>
-__device__ __forceinline__ void copy_element(typename M::Element* to, const typename M::Element* from,
-                                             const typename M::Element* any, typename M::Element& staged) {
-    typedef typename M::Element T;
-    if constexpr (M::kAsync) {
-        async_copy(to, from ? from : any, from ? (int)sizeof(T) : 0);
-    } else {
-        staged = from ? __ldg(from) : T(0.0f);
-    }
-}
+// One element-wise operand value (without cp.async) for its staged register: zero where `from` is null.
+template <typename T>
+__device__ __forceinline__ T load_element(const T* from) { return from ? __ldg(from) : T(0.0f); }
 
-// Issues the slice's copies into buffers a and b (zero where the source is null): cp.async for the
-// packed operands (16-byte chunks) and, in float and double, element by element for the rest; the
-// element-wise operands (grad_weight's A and B on 16-bit types, and every operand of float and
-// double without cp.async) are loaded into `staged`, for store_staged once the multiply is done.
+// Issues the slice's copies into buffers a and b (zero where the source is null): cp.async of
+// 16-byte chunks for the packed operands; the element-wise operands (float and double without
+// cp.async) are loaded into `staged`, for store_staged once the multiply is done.
 // The iterator describes this thread's rows of each operand in order: a_first(), then
 // a_next(previous) (b_first, b_next for B); its a_chunk(i) is chunk i of ActivationChunks, its
 // b_chunk(i) chunk i of WeightRowChunks (kPackedBNMajor) or PackedChunks (null: zero). Where both
@@ -206,9 +192,8 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
 #pragma unroll
         for (int r = 0; r < RowsA<M>::kRows; ++r) {
             if (r) row = ops.a_next(row);
-            copy_element<M>(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), ops.a_source(row), ops.any_a, staged[r]);
-            copy_element<M>(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), ops.b_source(row), ops.any_b,
-                            staged[Staged<M, Ops>::kA + r]);
+            staged[r] = load_element(ops.a_source(row));
+            staged[Staged<M, Ops>::kA + r] = load_element(ops.b_source(row));
         }
     } else {
         if constexpr (Ops::kPackedA && Ops::kMMajorA) {
@@ -235,8 +220,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
 #pragma unroll
             for (int r = 0; r < RowsA<M>::kRows; ++r) {
                 if (r) row = ops.a_next(row);
-                copy_element<M>(a + M::a_offset(RowsA<M>::k(r), RowsA<M>::column()), ops.a_source(row), ops.any_a,
-                                staged[r]);
+                staged[r] = load_element(ops.a_source(row));
             }
         }
         if constexpr (!Ops::kPackedB) {
@@ -244,8 +228,7 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
 #pragma unroll
             for (int r = 0; r < RowsB<M>::kRows; ++r) {
                 if (r) row = ops.b_next(row);
-                copy_element<M>(b + M::b_offset(RowsB<M>::k(r), RowsB<M>::column()), ops.b_source(row), ops.any_b,
-                                staged[Staged<M, Ops>::kA + r]);
+                staged[Staged<M, Ops>::kA + r] = load_element(ops.b_source(row));
             }
         } else if constexpr (Ops::kNMajorB) {
             typedef WeightRowChunks<M> Chunks;
@@ -273,16 +256,14 @@ __device__ __forceinline__ void fetch_slice(typename M::Element staged[Staged<M,
 template <class M, class Ops>
 __device__ __forceinline__ void store_staged(const typename M::Element staged[Staged<M, Ops>::kCount],
                                              typename M::Element* a, typename M::Element* b) {
-    if constexpr (!M::kAsync) {
-        if constexpr (!Ops::kPackedA) {
+    if constexpr (!Ops::kPackedA) {
 #pragma unroll
-            for (int r = 0; r < RowsA<M>::kRows; ++r) a[M::a_offset(RowsA<M>::k(r), RowsA<M>::column())] = staged[r];
-        }
-        if constexpr (!Ops::kPackedB) {
+        for (int r = 0; r < RowsA<M>::kRows; ++r) a[M::a_offset(RowsA<M>::k(r), RowsA<M>::column())] = staged[r];
+    }
+    if constexpr (!Ops::kPackedB) {
 #pragma unroll
-            for (int r = 0; r < RowsB<M>::kRows; ++r)
-                b[M::b_offset(RowsB<M>::k(r), RowsB<M>::column())] = staged[Staged<M, Ops>::kA + r];
-        }
+        for (int r = 0; r < RowsB<M>::kRows; ++r)
+            b[M::b_offset(RowsB<M>::k(r), RowsB<M>::column())] = staged[Staged<M, Ops>::kA + r];
     }
 }
 
@@ -332,7 +313,7 @@ __device__ void run_double_buffered(Ops& ops, int block_m, int block_n) {
     for (int i = 0; i < M::kAccumulators; ++i) acc[i] = A(0);
 
     T staged[Staged<M, Ops>::kCount];
-    constexpr bool kCopies = M::kAsync || Ops::kPackedA || Ops::kPackedB;  // any cp.async to wait for
+    constexpr bool kCopies = Ops::kPackedA || Ops::kPackedB;  // any cp.async to wait for
     const int steps = ops.steps;
     if (steps > 0) {
         ops.begin();
@@ -434,6 +415,28 @@ __device__ __forceinline__ int phase_groups(const Geometry& g) {
     return P == Pass::Forward ? g.stride[0] * g.stride[1] * g.stride[2] * g.groups : g.groups;
 }
 
+// What the epilogue needs of a block's Problem to place C's rows in dst (Problem::dst_row), kept in
+// shared memory where the main loop is at its register bound (ConvOperands::kGridInShared): the
+// forward's phase grid (q_ext, dst_offset) would otherwise stay live in registers through the loop.
+struct OutputGrid {
+    int q_ext[3], dst_mul[3], dst_offset[3], dst_ext[3];
+    int m_size, q_total, dst_channels, first_channel;
+    OutputGrid() = default;
+    template <Pass P>
+    __device__ explicit OutputGrid(const Problem<P>& p)
+        : m_size(p.m_size), q_total(p.q_total), dst_channels(p.dst_channels), first_channel(p.group * p.nc) {
+        for (int d = 0; d < 3; ++d) {
+            q_ext[d] = p.q_ext[d];
+            dst_mul[d] = p.dst_mul[d];
+            dst_offset[d] = p.dst_offset[d];
+            dst_ext[d] = p.dst_ext[d];
+        }
+    }
+    __device__ __forceinline__ long long dst_row(int m) const {
+        return gemm::dst_row(m, m_size, q_total, q_ext, dst_mul, dst_offset, dst_ext, dst_channels, first_channel);
+    }
+};
+
 template <Pass P, class M>
 struct ConvOperands {
     typedef typename M::Element T;
@@ -442,6 +445,10 @@ struct ConvOperands {
     static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
     // else A is src's own elements, one per thread and row
     static constexpr bool kPackedA = P == Pass::Forward ? M::kPacksForwardA : M::kPacksGradInputA;
+    // the epilogue reads the block's output grid from shared memory (the forward's phase grid is
+    // not the kernel parameters' own, as grad_input's is) where the math's loop needs every register
+    static constexpr bool kGridInShared = P == Pass::Forward && M::kRegisterBound;
+    const OutputGrid* grid;  // kGridInShared: set by conv_gemm
     // the slices' layouts (multiply): the packed activation in rows of K; the packed weight too where
     // the math packs it N-major, else k-major (as every element-wise operand)
     static constexpr bool kMMajorA = kPackedA, kNMajorB = kPackedB && M::kPackedBNMajor;
@@ -552,7 +559,9 @@ struct ConvOperands {
         else return b_at(c0 + ChunksB::k(i));
     }
 
-    __device__ __forceinline__ long long row_offset(int row) const { return p.dst_row(row); }
+    __device__ __forceinline__ long long row_offset(int row) const {
+        return kGridInShared ? grid->dst_row(row) : p.dst_row(row);
+    }
     __device__ __forceinline__ long long column_offset(int col) const {
         return col < p.nc ? (long long)col * dst_spatial : -1;
     }
@@ -580,6 +589,9 @@ __device__ void conv_gemm(const typename M::Element* __restrict__ src, const typ
     ConvOperands<P, M> ops(g, src, w, bias, has_bias, dst, workspace, splits, taps, block_m, block_n);
     if (block_m >= ops.p.m_size) return;  // a phase with fewer rows than the largest: the whole block leaves
     for (int t = threadIdx.x; t < ops.p.tap_total; t += kThreads) taps[t] = ops.p.tap(g, t);
+    __shared__ OutputGrid grid;
+    if (ops.kGridInShared && threadIdx.x == 0) grid = OutputGrid(ops.p);
+    ops.grid = &grid;
     __syncthreads();
     run_gemm<M>(ops, block_m, block_n);
 }
@@ -994,9 +1006,8 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 
 // The packings, the same for every tile (rows padded to a sector, whatever BN): the weight's in the
 // modules of the forward and grad_input (grad_weight reads no weight), the activations' in those of
-// every pass on the tensor cores, of grad_input and grad_weight for FFMA and DFMA (their forward
-// gathers x as it is) — without cp.async (CUDECONV_NO_CP_ASYNC, below compute capability 8.0)
-// FFMA and DFMA read every operand as it is, and have none.
+// every pass — without cp.async (CUDECONV_NO_CP_ASYNC, below compute capability 8.0) FFMA and DFMA
+// read every operand as it is, and have none.
 #if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
 #ifndef CUDECONV_NO_CP_ASYNC
 GEMM_F32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
@@ -1007,7 +1018,7 @@ GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 #endif
-#if CUDECONV_GEMM_PASS != CUDECONV_PASS_FORWARD && !defined(CUDECONV_NO_CP_ASYNC)
+#ifndef CUDECONV_NO_CP_ASYNC
 GEMM_F32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F64(DECONV_GEMM_PACK_ACTIVATION, 64, 64)
 #endif

@@ -50,17 +50,15 @@ struct SimtMath {
     static constexpr int BM = Tile_M, BN = Tile_N, BK = 8, PAD = 16 / sizeof(T) * 2;
     static constexpr int kVector = 16 / sizeof(T);  // elements per 16-byte shared load
     static constexpr int kStages = 2;  // double-buffered in static shared memory (run_double_buffered)
-    static constexpr bool kAsync = kHasCpAsync;  // else staged through registers
-    // With cp.async, operands arrive packed in 16-byte chunks: B the weight k-major ([tap][K][N], as
-    // the slices are); grad_input's A (grad_output, which NCHW puts `stride` elements apart from one
-    // row of A to the next) channels-last in rows of K (m-major slices); grad_weight's x and
-    // grad_output channels-last (k-major slices). The forward's A (x along the phase's grid: one
-    // element apart) stays gathered element by element by 4- or 8-byte cp.async: packing it too
-    // pushed the forward's 128 × 128 loop over its 128 registers on sm_80 or sm_90 whichever way
-    // its state was held (docs/perf.md, 2026-12-03). Without cp.async, every operand is the
-    // tensor's own elements, staged through registers.
+    // With cp.async every operand arrives packed in 16-byte chunks: the forward's and grad_input's
+    // A (x, grad_output) channels-last in rows of K (m-major slices), B the weight k-major
+    // ([tap][K][N], as the slices are), grad_weight's x and grad_output channels-last (k-major
+    // slices). Without, every operand is the tensor's own elements, staged through registers.
     static constexpr bool kPacksWeight = kHasCpAsync, kPacksWeightGradOperands = kHasCpAsync;
-    static constexpr bool kPacksForwardA = false, kPacksGradInputA = kHasCpAsync;
+    static constexpr bool kPacksForwardA = kHasCpAsync, kPacksGradInputA = kHasCpAsync;
+    // The 128 × 128 loop fills its 128 registers: the forward's epilogue reads its output grid from
+    // shared memory (deconv_gemm.cu, OutputGrid) rather than keep it live through the loop.
+    static constexpr bool kRegisterBound = true;
     static constexpr bool kPackRoundsTf32 = false, kPackedBNMajor = false;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
@@ -183,8 +181,8 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::kAccumulators;
     using Tiles::warp_row;
     using Tiles::warp_col;
-    static constexpr bool kAsync = true;
     static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
+    static constexpr bool kRegisterBound = false;
     static constexpr bool kPackRoundsTf32 = !Split3;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr bool kPackedBNMajor = true;  // the forward's and grad_input's B: rows of K
@@ -289,8 +287,8 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::kAccumulators;
     using Tiles::warp_row;
     using Tiles::warp_col;
-    static constexpr bool kAsync = false;  // no element-wise operand: every one arrives packed
     static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
+    static constexpr bool kRegisterBound = false;
     static constexpr bool kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)
     static constexpr int kMinBlocks = MinBlocks;

@@ -51,6 +51,19 @@ struct WeightAsB {
     }
 };
 
+// Offset in dst of C row m = (sample n, grid point q) of a block's problem, at its first channel:
+// position q·dst_mul + dst_offset (-1 past the last row).
+__device__ __forceinline__ long long dst_row(int m, int m_size, int q_total, const int q_ext[3], const int dst_mul[3],
+                                             const int dst_offset[3], const int dst_ext[3], int dst_channels,
+                                             int first_channel) {
+    if (m >= m_size) return -1;
+    const int n = m / q_total;
+    int q[3], pos[3];
+    unflatten3(m % q_total, q_ext, q);
+    for (int d = 0; d < 3; ++d) pos[d] = q[d] * dst_mul[d] + dst_offset[d];
+    return ((long long)n * dst_channels + first_channel) * (dst_ext[0] * dst_ext[1] * dst_ext[2]) + flatten3(pos, dst_ext);
+}
+
 template <Pass P>
 struct Problem {
     int q_ext[3], src_ext[3], src_mul[3], dst_ext[3], dst_mul[3], dst_offset[3];
@@ -115,13 +128,7 @@ struct Problem {
 
     // Offset of C row m in dst, without the channel (-1 past the last row).
     __device__ __forceinline__ long long dst_row(int m) const {
-        if (m >= m_size) return -1;
-        const int n = m / q_total;
-        int q[3], pos[3];
-        unflatten3(m % q_total, q_ext, q);
-        for (int d = 0; d < 3; ++d) pos[d] = q[d] * dst_mul[d] + dst_offset[d];
-        return ((long long)n * dst_channels + (long long)group * nc) * (dst_ext[0] * dst_ext[1] * dst_ext[2]) +
-               flatten3(pos, dst_ext);
+        return gemm::dst_row(m, m_size, q_total, q_ext, dst_mul, dst_offset, dst_ext, dst_channels, group * nc);
     }
 };
 

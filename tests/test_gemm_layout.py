@@ -5,9 +5,9 @@ Rows padded to whole 32-byte sectors, so the GEMM copies them into shared memory
 cp.async chunks: on the tensor-core maths (tf32, tf32x3, f16, bf16) every operand of every pass —
 the weight per group as [tap][N channel][K channel] (tf32, tf32x3: n-major B slices) or [tap][K
 channel][N channel] (f16, bf16), the activations (x, grad_output) channels-last as
-[n][position][group][channel]; tf32 rounds them to TF32. f32 and f64 pack every operand but
-the forward's x, the weight as [tap][K][N] (from compute capability 8.0; below it they read the
-tensors as they are). Checked here: the packings against NumPy
+[n][position][group][channel]; tf32 rounds them to TF32. f32 and f64 pack every operand too,
+the weight as [tap][K][N] (from compute capability 8.0; below it they read the tensors as they
+are). Checked here: the packings against NumPy
 transposes (padding zeros and tf32's rounding included, every element written), the workspace the
 launch layer counts for them, caller's channels-last arrays read in place, the emulator's
 memory-traffic profile (whole sectors per request, no bank conflicts where fragments are read), and
@@ -124,20 +124,18 @@ def test_the_workspace_counts_the_packed_operands_and_the_splits():
         # grad_weight packs no weight, but both activations
         assert impl.kernel_path(GROUPED, "grad_weight", "gemm", dtype, precision, 1).workspace_bytes == (activation
                                                                                                         + grad_output)
-    # f32 and f64 pack the weight k-major and the activations channels-last, but for the forward's x
-    # (gathered along the phase's grid); without cp.async (compute capability 7.5) nothing
+    # f32 and f64 pack the weight k-major and the activations channels-last on every pass; without
+    # cp.async (compute capability 7.5) nothing
     turing = dataclasses.replace(H100_SXM, compute_capability=(7, 5))
     for dtype, per_row in ((np.float32, 8), (np.float64, 4)):
         itemsize = np.dtype(dtype).itemsize
         padded = lambda channels: math.ceil(channels / per_row) * per_row  # noqa: E731
         x = np.zeros(GROUPED.input_shape, dtype)
         activation = {"x": 2 * in_positions * 2 * padded(kc), "grad_output": 2 * out_positions * 2 * padded(nc)}
-        for pass_, a_tensor, (k_channels, n_channels) in (("forward", None, (kc, nc)), ("grad_input", "grad_output", (nc, kc))):
+        for pass_, a_tensor, (k_channels, n_channels) in (("forward", "x", (kc, nc)), ("grad_input", "grad_output", (nc, kc))):
             path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
-            assert path.packed == ((a_tensor, "weight") if a_tensor else ("weight",))
-            assert path.workspace_bytes == (2 * 6 * k_channels * padded(n_channels) + activation.get(a_tensor, 0)) * itemsize
-            if not a_tensor:  # the forward gathers x as it is
-                assert impl._gemm_activation(path, x, GROUPED, "x") is x
+            assert path.packed == (a_tensor, "weight")
+            assert path.workspace_bytes == (2 * 6 * k_channels * padded(n_channels) + activation[a_tensor]) * itemsize
             unpacked = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1, turing)
             assert unpacked.packed == () and unpacked.workspace_bytes == 0
             assert impl._gemm_weight(unpacked, x, GROUPED, pass_) is x
@@ -160,7 +158,7 @@ def test_every_math_defines_both_packings():
 @pytest.mark.parametrize("dtype, math_name", [(np.float32, "f32"), (np.float64, "f64")])
 def test_the_ffma_and_dfma_packings(dtype, math_name):
     """FFMA and DFMA pack the forward's and grad_input's weight k-major ([tap][K][N], rows padded)
-    and grad_input's and grad_weight's activations channels-last, values unchanged."""
+    and every pass's x and grad_output channels-last, values unchanged."""
     _emulator()
     impl = backends.get("emulator")
     rng = np.random.default_rng(5)
@@ -171,8 +169,8 @@ def test_the_ffma_and_dfma_packings(dtype, math_name):
         path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
         packed = impl._gemm_weight(path, weight, GROUPED, pass_)
         assert packed.tobytes() == expected_packing(weight, GROUPED, pass_, math_name).tobytes()
-    for pass_, name, tensor in (("grad_input", "grad_output", grad_output), ("grad_weight", "x", x),
-                                ("grad_weight", "grad_output", grad_output)):
+    for pass_, name, tensor in (("forward", "x", x), ("grad_input", "grad_output", grad_output),
+                                ("grad_weight", "x", x), ("grad_weight", "grad_output", grad_output)):
         path = impl.kernel_path(GROUPED, pass_, "gemm", dtype, "fp32", 1)
         packed = impl._gemm_activation(path, tensor, GROUPED, name)
         assert packed.tobytes() == expected_activation(tensor, GROUPED, math_name).tobytes()
@@ -404,8 +402,6 @@ def test_channels_last_activations_are_the_packed_operands_in_place(monkeypatch,
     tensors, tile = IN_PLACE_PASSES[pass_]
     if dtype == np.float64:  # DFMA's menu: its narrowest tile
         tile = GEMM_TILES["f64"][pass_][-1]
-    packed = impl.kernel_path(geom, pass_, "gemm", dtype, precision, 1).packed
-    packed_tensors = [name for name in tensors if name in packed]  # FFMA and DFMA gather the forward's x
 
     def run(given):
         if pass_ == "forward":
@@ -418,13 +414,13 @@ def test_channels_last_activations_are_the_packed_operands_in_place(monkeypatch,
         return sum(entry.startswith("deconv_gemm_pack_activation_") for entry in launched)
 
     reference = run(arrays)
-    assert packings() == len(packed_tensors), launched  # NCHW: each packed
+    assert packings() == len(tensors), launched  # NCHW: each packed
     launched.clear()
     channels_last = dict(arrays, **{name: _channels_last(arrays[name]) for name in tensors})
     for name in tensors:
         assert np.array_equal(channels_last[name], arrays[name]) and not channels_last[name].flags.c_contiguous
     result = run(channels_last)
-    assert packings() == (0 if in_place else len(packed_tensors)), launched
+    assert packings() == (0 if in_place else len(tensors)), launched
     assert result.tobytes() == reference.tobytes()
 
 

@@ -65,8 +65,8 @@ def test_the_launch_layer_runs_the_tile_it_reports(monkeypatch):
     monkeypatch.setattr(impl, "_launch", lambda path, entry, grid, block, args: launched.append((path, entry)))
     x, weight, bias, grad_output = _arrays(GEOMETRY, np.float32, seed=1)
     impl.forward(x, weight, bias, GEOMETRY, "gemm", "fp32", 1, (128, 32))
-    (_, packing), (path, entry) = launched
-    assert packing == "deconv_gemm_pack_weight_f32"
+    *packings, (path, entry) = launched
+    assert sorted(entry for _, entry in packings) == ["deconv_gemm_pack_activation_f32", "deconv_gemm_pack_weight_f32"]
     assert entry == path.entry == "deconv_forward_gemm_f32_128x32"
     assert (path.tile, path.gemm_pass, path.math) == ((128, 32), "forward", "f32")
     assert "-DCUDECONV_GEMM_PASS=CUDECONV_PASS_FORWARD" in module_options("f32", True, "forward", (128, 32))

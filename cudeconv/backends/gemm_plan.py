@@ -43,10 +43,9 @@ GEMM_STAGES = {"f32": 2, "f64": 2, "tf32": 3, "tf32x3": 3, "f16": 3, "bf16": 3}
 # (deconv_gemm_pack_weight_*: per group taps × (K channels) rows of the N channels, or N-major on
 # GEMM_PACKED_N_MAJOR_MATHS) and the activations x and grad_output
 # (deconv_gemm_pack_activation_*: channels-last, [n][position][group][channels]; TF32-rounded for
-# tf32). The tensor-core maths pack every operand of every pass; FFMA and DFMA, from compute
-# capability GEMM_CP_ASYNC_CAPABILITY, every one but the forward's x (read along the phase's grid,
-# consecutive rows one element apart: gathered element-wise; gemm_math.cuh says why), and below it
-# (no cp.async) none. ELEMENT_BYTES: the storage type.
+# tf32). Every math packs every operand of every pass — FFMA and DFMA from compute capability
+# GEMM_CP_ASYNC_CAPABILITY; below it (no cp.async) they read the tensors as they are. ELEMENT_BYTES:
+# the storage type.
 GEMM_TENSOR_CORE_MATHS = ("tf32", "tf32x3", "f16", "bf16")
 GEMM_CP_ASYNC_CAPABILITY = 80
 GEMM_PACKED_TENSORS = {"forward": ("x", "weight"), "grad_input": ("grad_output", "weight"),
@@ -105,7 +104,7 @@ def gemm_packed_operands(math_name: str, pass_: str, device: DeviceDescriptor = 
         return GEMM_PACKED_TENSORS[pass_]
     if (device or H100_SXM).capability < GEMM_CP_ASYNC_CAPABILITY:
         return ()
-    return ("weight",) if pass_ == "forward" else GEMM_PACKED_TENSORS[pass_]
+    return GEMM_PACKED_TENSORS[pass_]
 
 
 def gemm_sides(geom: ConvTransposeGeometry, pass_: str, math_name: str, device: DeviceDescriptor = None):

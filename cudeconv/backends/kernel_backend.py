@@ -736,8 +736,8 @@ def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, te
     already, the packing's layout, where a group's channels fill whole GEMM_PACK_ROW_BYTES rows (no
     padding) and the math does not round in the packing (tf32 does: its main loop takes TF32
     values) — so a caller's channels-last x or grad_output costs neither the NCHW copy nor the
-    packing, and the values read are the same. (The path packs ``tensor`` at all: every tensor-core
-    pass; FFMA and DFMA from compute capability 8.0, but for the forward's x.)"""
+    packing, and the values read are the same. (The path packs ``tensor`` at all: every GEMM pass,
+    FFMA and DFMA from compute capability 8.0.)"""
     if path.kind != "gemm" or tensor not in path.packed or path.math == "tf32":
         return False
     channels = geom.in_channels_per_group if tensor == "x" else geom.out_channels_per_group
