@@ -6,9 +6,9 @@ opcodes with their modifiers), on the widest tile:
   and grad_input's loops, at most 8 in grad_weight's (whose B rows each find their output position
   from a (sample, position) cursor): both operands arrive packed by 16-byte LDGSTS (no other copy
   in the loop); tf32 rounds nothing in any loop (the packings round to TF32 once);
-- the FFMA GEMM (f32) keeps at least 70% FFMA in every pass's loop (the packed weight's and, in
-  grad_weight, the packed activations' 16-byte copies; 55% when grad_weight gathered both element
-  by element);
+- the FFMA GEMM (f32) keeps at least 70% FFMA in every pass's loop (every operand packed, in
+  16-byte copies: 75% forward, 77% grad_input, 79% grad_weight; 55% when grad_weight gathered both
+  element by element);
 - nothing spills or uses local memory (ptxas, cuobjdump).
 
 The detector of rounding is checked on tf32x3, which splits both operands into TF32 parts in its loop.
