@@ -589,9 +589,11 @@ __device__ void conv_gemm(const typename M::Element* __restrict__ src, const typ
     ConvOperands<P, M> ops(g, src, w, bias, has_bias, dst, workspace, splits, taps, block_m, block_n);
     if (block_m >= ops.p.m_size) return;  // a phase with fewer rows than the largest: the whole block leaves
     for (int t = threadIdx.x; t < ops.p.tap_total; t += kThreads) taps[t] = ops.p.tap(g, t);
-    __shared__ OutputGrid grid;
-    if (ops.kGridInShared && threadIdx.x == 0) grid = OutputGrid(ops.p);
-    ops.grid = &grid;
+    if constexpr (ConvOperands<P, M>::kGridInShared) {  // 64 bytes (gemm_plan.GEMM_OUTPUT_GRID_BYTES)
+        __shared__ OutputGrid grid;
+        if (threadIdx.x == 0) grid = OutputGrid(ops.p);
+        ops.grid = &grid;
+    }
     __syncthreads();
     run_gemm<M>(ops, block_m, block_n);
 }

@@ -58,7 +58,7 @@ struct SimtMath {
     static constexpr bool kPacksForwardA = kHasCpAsync, kPacksGradInputA = kHasCpAsync;
     // The 128 × 128 loop fills its 128 registers: the forward's epilogue reads its output grid from
     // shared memory (deconv_gemm.cu, OutputGrid) rather than keep it live through the loop.
-    static constexpr bool kRegisterBound = true;
+    static constexpr bool kRegisterBound = true;  // gemm_plan.GEMM_REGISTER_BOUND_MATHS
     static constexpr bool kPackRoundsTf32 = false, kPackedBNMajor = false;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kAccumulators = TM * TN;
@@ -75,16 +75,27 @@ struct SimtMath {
     __device__ static __forceinline__ int a_packed_offset(int k, int m) { return m * kRowA + k; }
     __device__ static __forceinline__ int b_offset(int k, int n) { return k * (BN + PAD) + n; }
 
+    // A thread's TN columns: kGroupsN groups of 16 bytes (kGroupWidth columns), group g in the g-th
+    // of kGroupsN stripes of the tile, at the thread's place in the stripe — so the 8 lanes of a
+    // quarter warp read 8 consecutive 16-byte chunks of a k-major B row (one wavefront), where
+    // TN consecutive columns would put them 32 bytes apart (two).
+    static constexpr int kGroupsN = TN * sizeof(T) > 16 ? TN * (int)sizeof(T) / 16 : 1, kGroupWidth = TN / kGroupsN;
+    static_assert(kGroupsN * kGroupWidth == TN && kThreadsN * kGroupWidth * kGroupsN == BN, "stripes that tile BN");
+    static_assert(kGroupWidth == kVector, "a thread's columns in whole 16-byte loads");
+    __device__ static __forceinline__ int column(int thread_n, int j) {
+        return j / kGroupWidth * (BN / kGroupsN) + thread_n * kGroupWidth + j % kGroupWidth;
+    }
+
     // Output (row, column) of accumulator i in the tile.
     __device__ static __forceinline__ int row_of(int i) { return (threadIdx.x / kThreadsN) * TM + i / TN; }
-    __device__ static __forceinline__ int col_of(int i) { return (threadIdx.x % kThreadsN) * TN + i % TN; }
+    __device__ static __forceinline__ int col_of(int i) { return column(threadIdx.x % kThreadsN, i % TN); }
 
     // k-major A: per k, a thread's TM values of A and TN of B. m-major A: per kVector k's, one
     // 16-byte load of each of the thread's TM rows (as many loads as TM per k would take: a row's
     // kVector k's come at once), then kVector steps of TN values of B.
     template <bool kMMajorA, bool kNMajorB>  // kNMajorB always false: B's slices are k-major
     __device__ static __forceinline__ void multiply(const T* a, const T* b, T acc[kAccumulators]) {
-        const int row0 = (threadIdx.x / kThreadsN) * TM, col0 = (threadIdx.x % kThreadsN) * TN;
+        const int row0 = (threadIdx.x / kThreadsN) * TM, thread_n = threadIdx.x % kThreadsN;
         if constexpr (kMMajorA) {
 #pragma unroll
             for (int kv = 0; kv < BK; kv += kVector) {
@@ -95,7 +106,7 @@ struct SimtMath {
                 for (int v = 0; v < kVector; ++v) {
                     T b_values[TN];
 #pragma unroll
-                    for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(kv + v, col0 + j)];
+                    for (int j = 0; j < TN; j += kGroupWidth) load_16_bytes(b_values + j, b + b_offset(kv + v, column(thread_n, j)));
 #pragma unroll
                     for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -109,7 +120,7 @@ struct SimtMath {
 #pragma unroll
                 for (int i = 0; i < TM; ++i) a_values[i] = a[a_offset(k, row0 + i)];
 #pragma unroll
-                for (int j = 0; j < TN; ++j) b_values[j] = b[b_offset(k, col0 + j)];
+                for (int j = 0; j < TN; j += kGroupWidth) load_16_bytes(b_values + j, b + b_offset(k, column(thread_n, j)));
 #pragma unroll
                 for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -120,13 +131,11 @@ struct SimtMath {
 
   private:
     // 16 bytes of shared memory (16-byte aligned) into registers: one LDS.128
-    __device__ static __forceinline__ void load_16_bytes(float (&out)[4], const float* from) {
-        const float4 v = *reinterpret_cast<const float4*>(from);
-        out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-    }
-    __device__ static __forceinline__ void load_16_bytes(double (&out)[2], const double* from) {
-        const double2 v = *reinterpret_cast<const double2*>(from);
-        out[0] = v.x, out[1] = v.y;
+    __device__ static __forceinline__ void load_16_bytes(T* to, const T* from) {
+        alignas(16) T values[kVector];
+        ld_shared_16(values, from);
+#pragma unroll
+        for (int v = 0; v < kVector; ++v) to[v] = values[v];
     }
 };
 

@@ -7,6 +7,7 @@
 //   ldmatrix_x{1,2,4}[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
 //   cp_async_{4,8,16}   cp.async.{ca,ca,cg}.shared.global with src-size (the rest zero-filled)
 //   cp_async_commit / cp_async_wait<N> / cp_async_wait_all
+//   ld_shared_16        ld.shared.v4.b32: 16 bytes (16-byte aligned) of shared memory, one access
 //
 // Registers are arrays numbered as in the PTX ISA ("Matrix Fragments for mma.m16n8k8 / m16n8k16");
 // an f16/bf16 register holds two elements, the lower-numbered one in the low 16 bits. With
@@ -65,6 +66,8 @@ __device__ __forceinline__ void cp_async_wait() {
     static_assert(N >= 0, "cp.async.wait_group takes a non-negative group count");
     cudeconv_emu::cp_async_wait_group(N);
 }
+// one 16-byte access for the profile's banks and the race detector (the CPU compiler would split it)
+__device__ __forceinline__ void ld_shared_16(void* to, const void* from) { cudeconv_emu::load_shared<16>(to, from); }
 __device__ __forceinline__ void cp_async_wait_all() { cudeconv_emu::cp_async_wait_all(); }
 
 #else  // the GPU: inline PTX
@@ -121,6 +124,9 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
                  :: "r"(shared_address(smem_dst)), "l"(gmem_src), "r"(src_bytes) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void ld_shared_16(void* to, const void* from) {
+    *static_cast<uint4*>(to) = *static_cast<const uint4*>(from);
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     static_assert(N >= 0, "cp.async.wait_group takes a non-negative group count");

@@ -137,6 +137,19 @@ def test_wide_shared_accesses_go_by_half_and_quarter_warps(module):
     assert profile["shared_load"] == {"requests": 2, "wavefronts": 2 + 4, "bytes": 32 * 8 + 32 * 16}
 
 
+@pytest.mark.parametrize("stride_chunks, wavefronts", [(1, 4), (2, 8), (4, 16)])
+def test_ld_shared_16_is_one_16_byte_access_per_lane(module, stride_chunks, wavefronts):
+    """ld_shared_16 (the FFMA GEMM's vector loads, which the CPU compiler would split into 4-byte
+    ones): one request of 16-byte lanes, by quarter warps — consecutive chunks fill the 32 banks
+    once per quarter (4 wavefronts), every other chunk twice (8), every fourth four times (16)."""
+    out = aligned(32, np.float32)
+    profile = run(module, "vector_shared_loads", 32, (out, np.int32(stride_chunks)))
+    line = line_of("ld_shared_16(values, chunks")
+    assert profile["per_line"][line]["shared_load"] == {"requests": 1, "wavefronts": wavefronts, "bytes": 512}
+    first = 4 * stride_chunks * np.arange(32)
+    np.testing.assert_array_equal(out, 2 * first + 3)
+
+
 @pytest.mark.parametrize("row_stride, wavefronts", [(16, 4), (64, 16), (128, 32)])
 def test_ldmatrix_goes_by_8_row_phases(module, row_stride, wavefronts):
     """ldmatrix.x4: four matrices of 8 rows × 16 bytes. Rows 16 bytes apart fill the 32 banks once

@@ -267,10 +267,10 @@ def test_split_k_launches_the_reduce_only_when_split(monkeypatch):
     geom = _geometry(SPLIT_GEOMETRY)
     x, weight, bias, _ = _arrays(geom, np.float32, 1)
     impl.forward(x, weight, bias, geom, "gemm", "fp32", 1, (128, 128))
-    assert launched == ["deconv_gemm_pack_weight_f32", "deconv_forward_gemm_f32_128x128"]
+    packings = ["deconv_gemm_pack_activation_f32", "deconv_gemm_pack_weight_f32"]
+    assert launched == packings + ["deconv_forward_gemm_f32_128x128"]
     impl.forward(x, weight, bias, geom, "gemm", "fp32", 2, (128, 128))
-    assert launched[2:] == ["deconv_gemm_pack_weight_f32", "deconv_forward_gemm_f32_128x128",
-                            "deconv_gemm_split_reduce_f32"]
+    assert launched[3:] == packings + ["deconv_forward_gemm_f32_128x128", "deconv_gemm_split_reduce_f32"]
 
 
 # -- depthwise grad_weight -----------------------------------------------------------------------

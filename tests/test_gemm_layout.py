@@ -445,3 +445,37 @@ def test_ffma_and_dfma_grad_input_read_packed_grad_output_in_whole_sectors(dtype
         copies = profile["per_argument"][position]["cp_async"]
         assert copies["requests"] > 0 and copies["sectors"] <= 1.25 * copies["bytes"] / SECTOR, (position, copies)
     assert_copy_stores(profile)
+
+
+@pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("dtype, math_name, tile", [(np.float32, "f32", (128, 128)), (np.float64, "f64", (64, 64))],
+                         ids=["f32", "f64"])
+def test_ffma_and_dfma_read_their_slices_without_bank_conflicts(dtype, math_name, tile, pass_):
+    """The FFMA and DFMA multiplies' shared-memory reads (gemm_math.cuh): 16-byte loads of a
+    thread's B columns — in 16-byte groups striped across the tile, so a quarter warp's 8 loads are
+    consecutive chunks — and of its m-major A rows (a quarter warp shares its rows: a broadcast),
+    and grad_weight's 4- or 8-byte k-major A loads: every request in the fewest wavefronts its
+    bytes need (one per 128 bytes the lanes ask for)."""
+    _emulator()
+    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
+    rng = np.random.default_rng(4)
+    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
+    grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
+    impl = profile_gemm.ProfilingBackend()
+    if pass_ == "forward":
+        impl.forward(x, weight, None, geom, "gemm", "fp32", 1, tile)
+    elif pass_ == "grad_input":
+        impl.grad_input(grad_output, weight, geom, "gemm", "fp32", 1, tile)
+    else:
+        impl.grad_weight(grad_output, x, geom, "gemm", "fp32", 1, tile)
+    entry, profile = impl.profiles[-1]
+    assert entry == f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+    reads = {place: counts["shared_load"] for place, counts in profile["per_line"].items()
+             if place.startswith("gemm_math.cuh:") and "shared_load" in counts}
+    assert reads and any("ld_shared_16" in _math_line(place) or "load_16_bytes" in _math_line(place) for place in reads)
+    for place, count in reads.items():
+        assert count["wavefronts"] * 128 == count["bytes"], (place, count)
+
+
+def _math_line(place):
+    return (kernels_dir() / "gemm_math.cuh").read_text().splitlines()[int(place.split(":")[1]) - 1]

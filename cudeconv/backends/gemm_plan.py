@@ -57,6 +57,10 @@ GEMM_PACKED_N_MAJOR_MATHS = ("tf32", "tf32x3")
 GEMM_PACK_ROW_BYTES = 32
 GEMM_ELEMENT_BYTES = {"f32": 4, "f64": 8, "tf32": 4, "tf32x3": 4, "f16": 2, "bf16": 2}
 GEMM_TAP_TABLE_BYTES = 16 * GEMM_MAX_TAPS
+# FFMA's and DFMA's forward keeps its phase's output grid for the epilogue in shared memory (its
+# 128 × 128 loop needs every register; deconv_gemm.cu, OutputGrid): 16 ints.
+GEMM_OUTPUT_GRID_BYTES = 64
+GEMM_REGISTER_BOUND_MATHS = ("f32", "f64")
 # The compute capability (10·major + minor) each math's GEMM needs: FFMA and DFMA run from 7.0,
 # staging their operands through registers where cp.async is missing (kernels/gemm_math.cuh); the
 # tensor-core maths need mma.sync and cp.async, 8.0.
@@ -168,10 +172,12 @@ def gemm_min_blocks(math_name: str, tile) -> int:
 def gemm_resources(math_name: str, pass_: str, device: DeviceDescriptor, tile=None) -> KernelResources:
     """Threads, registers per thread (the launch bounds' most) and shared memory (static and
     dynamic) of one block of ``math_name``'s GEMM for ``pass_`` on ``tile`` (None: the menu's
-    widest): GEMM_STAGES slices, and the forward's and grad_input's tap table."""
+    widest): GEMM_STAGES slices, the forward's and grad_input's tap table, and on
+    GEMM_REGISTER_BOUND_MATHS the forward's output grid."""
     tile = tile or GEMM_TILES[math_name][pass_][0]
     shared = (GEMM_STAGES[math_name] * sum(gemm_slice_bytes(math_name, tile))
-              + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES))
+              + (0 if pass_ == "grad_weight" else GEMM_TAP_TABLE_BYTES)
+              + (GEMM_OUTPUT_GRID_BYTES if pass_ == "forward" and math_name in GEMM_REGISTER_BOUND_MATHS else 0))
     return KernelResources(GEMM_THREADS,
                            launch_bound_registers(device, GEMM_THREADS, gemm_min_blocks(math_name, tile)), shared)
 

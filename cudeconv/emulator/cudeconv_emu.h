@@ -1623,6 +1623,18 @@ CUDECONV_EMU_UNTRACED_CALL inline void cp_async(void* shared_destination, const 
     f.pending_copies.push_back(copy);
 }
 inline void cp_async_commit() { ++current_fiber().committed_copy_groups; }
+
+// ---- ld.shared of Size bytes as one access (vector loads: one request of Size-byte lanes for the
+// profile's bank passes; the race detector checks the whole range)
+template <unsigned Size>
+CUDECONV_EMU_UNTRACED_CALL inline void load_shared(void* to, const void* from) {
+    const Worker& w = current_worker();
+    if (!in_shared_memory(w, from, Size) || reinterpret_cast<uintptr_t>(from) % Size)
+        abort_launch("ld.shared of " + std::to_string(Size) + " bytes (" + where_am_i() + "): " + pointer_text(from) +
+                     " is not an aligned address inside the block's shared memory");
+    std::memcpy(to, from, Size);
+    CUDECONV_EMU_TRACE_POINT(w, trace::shared_load(w.trace, from, Size, __builtin_return_address(0)));
+}
 // Waits until at most `newest_pending` of the most recent commit groups are still in flight.
 inline void cp_async_wait_group(unsigned newest_pending) {
     Fiber& f = current_fiber();

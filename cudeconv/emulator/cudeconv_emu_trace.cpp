@@ -484,6 +484,10 @@ void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void*
     }
 }
 
+void shared_load(WorkerTrace*, const void* address, unsigned size, const void* pc) {
+    on_access(const_cast<void*>(address), size, false, false, pc);
+}
+
 void land_copy(WorkerTrace* w, void* destination, unsigned size, const void* pc) {
     if (w->mode & kRacecheck)
         check_shared(*w, reinterpret_cast<uintptr_t>(destination) - w->tls_begin, size, true, false, pc_offset(pc));

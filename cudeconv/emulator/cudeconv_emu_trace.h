@@ -70,6 +70,8 @@ void warp_fence(WorkerTrace* w, unsigned warp);
 void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void* destination, unsigned size,
                 const void* pc, const char* site_file, int site_line);
 void land_copy(WorkerTrace* w, void* destination, unsigned size, const void* pc);
+// A load of `size` bytes of shared memory as one access (ld.shared.v2/v4), from the instruction at pc.
+void shared_load(WorkerTrace* w, const void* address, unsigned size, const void* pc);
 // ldmatrix of `warp`: row r (16 bytes) at rows[r] for r < num_rows; every lane receives data.
 void ldmatrix_rows(WorkerTrace* w, unsigned warp, const void* const* rows, unsigned num_rows, const void* pc);
 // One mma.sync of a warp (the profile counts them by instruction name).

@@ -35,6 +35,16 @@ extern "C" __global__ void copy_or_zero_fill_twice(const float* in, float* out) 
     out[threadIdx.x] = rows[0][threadIdx.x][0] + rows[1][threadIdx.x][1];
 }
 
+// Lane l loads 16 bytes of shared memory by ld_shared_16 at l·`stride_chunks`·16 bytes.
+extern "C" __global__ void vector_shared_loads(float* out, int stride_chunks) {
+    __shared__ __align__(16) float chunks[32 * 4 * 4];
+    for (int i = threadIdx.x; i < 32 * 4 * 4; i += blockDim.x) chunks[i] = static_cast<float>(i);
+    __syncthreads();
+    alignas(16) float values[4];
+    ld_shared_16(values, chunks + 4 * stride_chunks * threadIdx.x);
+    out[threadIdx.x] = values[0] + values[3];
+}
+
 // Shared-memory tiles of 32 x `width` floats: lane l writes row l, column 0 (a column: 32 lanes at a
 // stride of `width` words), then, after a barrier, reads element (0, 0) (a broadcast).
 template <int width>
