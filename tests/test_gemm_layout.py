@@ -274,6 +274,25 @@ def test_grad_weight_reads_both_packed_activations_in_whole_sectors(dtype, preci
     assert_fragment_reads(profile, FRAGMENT_READS[math_name, "grad_weight"])
 
 
+def profile_dcgan_like_pass(pass_, dtype, precision, math_name, tile):
+    """The emulator's profile of ``pass_``'s GEMM on ``tile`` for a DCGAN-like layer (2 × 32 × 8 × 8,
+    32 → 32 channels, k4 s2 p1), fresh random operands."""
+    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
+    rng = np.random.default_rng()
+    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
+    grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
+    impl = profile_gemm.ProfilingBackend()
+    if pass_ == "forward":
+        impl.forward(x, weight, None, geom, "gemm", precision, 1, tile)
+    elif pass_ == "grad_input":
+        impl.grad_input(grad_output, weight, geom, "gemm", precision, 1, tile)
+    else:
+        impl.grad_weight(grad_output, x, geom, "gemm", precision, 1, tile)
+    entry, profile = impl.profiles[-1]
+    assert entry == f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+    return profile
+
+
 @pytest.mark.parametrize("pass_", ["forward", "grad_input", "grad_weight"])
 @pytest.mark.parametrize("dtype, precision, math_name", [(np.float32, "tf32", "tf32"), (np.float16, "fp32", "f16"),
                                                          (np.float32, "fp32", "f32"), (np.float64, "fp32", "f64")],
@@ -284,20 +303,8 @@ def test_every_tile_copies_without_bank_conflicts(dtype, precision, math_name, p
     one wavefront per 128 bytes, and whole sectors on the global side (at most 1.25 per sector of
     bytes asked for: NumPy's 16-byte alignment)."""
     _emulator()
-    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
-    rng = np.random.default_rng(1)
-    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
-    grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
     for tile in GEMM_TILES[math_name][pass_]:
-        impl = profile_gemm.ProfilingBackend()
-        if pass_ == "forward":
-            impl.forward(x, weight, None, geom, "gemm", precision, 1, tile)
-        elif pass_ == "grad_input":
-            impl.grad_input(grad_output, weight, geom, "gemm", precision, 1, tile)
-        else:
-            impl.grad_weight(grad_output, x, geom, "gemm", precision, 1, tile)
-        entry, profile = impl.profiles[-1]
-        assert entry == f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+        profile = profile_dcgan_like_pass(pass_, dtype, precision, math_name, tile)
         assert_copy_stores(profile)
         for place, counts in profile["per_line"].items():
             copies = counts.get("cp_async")
@@ -457,19 +464,7 @@ def test_ffma_and_dfma_read_their_slices_without_bank_conflicts(dtype, math_name
     and grad_weight's 4- or 8-byte k-major A loads: every request in the fewest wavefronts its
     bytes need (one per 128 bytes the lanes ask for)."""
     _emulator()
-    geom = make_geometry(2, (2, 32, 8, 8), (32, 32, 4, 4), 2, 1, 0, 1, 1)
-    rng = np.random.default_rng(4)
-    x, weight = (rng.standard_normal(shape).astype(dtype) for shape in (geom.input_shape, geom.weight_shape))
-    grad_output = rng.standard_normal(geom.output_shape).astype(dtype)
-    impl = profile_gemm.ProfilingBackend()
-    if pass_ == "forward":
-        impl.forward(x, weight, None, geom, "gemm", "fp32", 1, tile)
-    elif pass_ == "grad_input":
-        impl.grad_input(grad_output, weight, geom, "gemm", "fp32", 1, tile)
-    else:
-        impl.grad_weight(grad_output, x, geom, "gemm", "fp32", 1, tile)
-    entry, profile = impl.profiles[-1]
-    assert entry == f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"
+    profile = profile_dcgan_like_pass(pass_, dtype, "fp32", math_name, tile)
     reads = {place: counts["shared_load"] for place, counts in profile["per_line"].items()
              if place.startswith("gemm_math.cuh:") and "shared_load" in counts}
     assert reads and any("ld_shared_16" in _math_line(place) or "load_16_bytes" in _math_line(place) for place in reads)
