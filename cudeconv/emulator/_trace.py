@@ -131,7 +131,9 @@ def read_profile(library, path, parameters, array_indices):
     library.cudeconv_emu_trace_results.restype = ctypes.c_char_p
     rows = [line.split("\t") for line in library.cudeconv_emu_trace_results().decode().splitlines()]
     counts = [r for r in rows if r[0] == "C"]
-    pcs = sorted({int(r[2], 16) for r in counts})
+    # cp.async calls, named by the line that made them (the tracer's "L" rows), not by line tables
+    call_sites = {int(r[1], 16): f"{r[2]}:{int(r[3])}" for r in rows if r[0] == "L"}
+    pcs = sorted({int(r[2], 16) for r in counts} - set(call_sites))
     frames = _symbolize(path, pcs) if pcs else {}
 
     def empty(kind):
@@ -146,7 +148,7 @@ def read_profile(library, path, parameters, array_indices):
     profile["per_line"] = {}
     for _, kind, pc, argument, requests, sectors, nbytes, wavefronts in counts:
         values = {"requests": int(requests), "sectors": int(sectors), "bytes": int(nbytes), "wavefronts": int(wavefronts)}
-        line = source_line(frames[int(pc, 16)])
+        line = call_sites.get(int(pc, 16)) or source_line(frames[int(pc, 16)])
         targets = [profile[kind], profile["per_line"].setdefault(line, {}).setdefault(kind, empty(kind))]
         if int(argument) >= 0:
             entry = profile["per_argument"].setdefault(argument_name(int(argument)), {})

@@ -33,6 +33,10 @@ std::mutex settings_mutex;
 unsigned configured_mode = 0;
 std::vector<Range> configured_arguments;  // the kernel's array arguments, by parameter index order
 std::string last_results;
+// The source line of each cp.async call site's pc (issue_copy): the profile names a copy by the
+// line that called it, which the line tables of an optimized build may place in an outer frame.
+std::mutex copy_sites_mutex;
+std::map<uint64_t, std::pair<std::string, int>> copy_site_lines;
 
 // Number of traced launches running: the hooks return at once while it is zero.
 std::atomic<int> active_launches{0};
@@ -394,6 +398,16 @@ void launch_end(Session* session) {
     std::snprintf(line, sizeof line, "S\t-1\t%zu\n", all.size());
     text += line;
     for (const auto& [name, count] : session->mma) text += "M\t" + name + "\t" + std::to_string(count) + "\n";
+    {
+        std::lock_guard<std::mutex> lock(copy_sites_mutex);
+        for (const auto& [pc, site] : copy_site_lines) {
+            const std::string& file = site.first;
+            const size_t slash = file.find_last_of('/');
+            std::snprintf(line, sizeof line, "L\t%llx\t", static_cast<unsigned long long>(pc));
+            text += line + (slash == std::string::npos ? file : file.substr(slash + 1)) + "\t" +
+                    std::to_string(site.second) + "\n";
+        }
+    }
     std::lock_guard<std::mutex> lock(settings_mutex);
     last_results = std::move(text);
     delete session;
@@ -470,7 +484,12 @@ void issue_copy(WorkerTrace* w, const void* source, unsigned source_bytes, void*
     // One call site of the source is one instruction on the GPU, whose lanes form one request; the
     // CPU compiler may have split it into several calls (e.g. one for the lanes that copy, one for
     // those that zero-fill), so the copies of a site all count under its first call's pc.
-    const uint64_t offset = w->shadow->copy_sites.try_emplace({site_file, site_line}, pc_offset(pc)).first->second;
+    const auto site = w->shadow->copy_sites.try_emplace({site_file, site_line}, pc_offset(pc));
+    const uint64_t offset = site.first->second;
+    if (site.second) {
+        std::lock_guard<std::mutex> lock(copy_sites_mutex);
+        copy_site_lines.try_emplace(offset, site_file, site_line);
+    }
     if (w->mode & kRacecheck)  // the copy may write any time from its issue on
         check_shared(*w, reinterpret_cast<uintptr_t>(destination) - w->tls_begin, size, true, false, offset);
     if (w->mode & kProfile) {
