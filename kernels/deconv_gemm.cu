@@ -442,9 +442,8 @@ struct ConvOperands {
     typedef typename M::Element T;
     typedef typename M::Accumulator A;
     Problem<P> p;
-    static constexpr bool kPackedB = M::kPacksWeight;  // else B is the weight's own elements, one per thread and row
-    // else A is src's own elements, one per thread and row
-    static constexpr bool kPackedA = P == Pass::Forward ? M::kPacksForwardA : M::kPacksGradInputA;
+    // else A is src's own elements and B the weight's, one per thread and row
+    static constexpr bool kPackedA = M::kPacksOperands, kPackedB = M::kPacksOperands;
     // the epilogue reads the block's output grid from shared memory (the forward's phase grid is
     // not the kernel parameters' own, as grad_input's is) where the math's loop needs every register
     static constexpr bool kGridInShared = P == Pass::Forward && M::kRegisterBound;
@@ -755,7 +754,7 @@ struct WeightGradOperands : WeightGradSplit<M> {
 };
 
 // Iterator 4: grad_weight on the packed activations, for the maths that pack them
-// (kPacksWeightGradOperands: the tensor cores, and FFMA and DFMA with cp.async). x and grad_output arrive channels-last,
+// (kPacksOperands: the tensor cores, and FFMA and DFMA with cp.async). x and grad_output arrive channels-last,
 // [n][position][group][channels padded to GEMM_PACK_ROW_BYTES] (deconv_gemm_pack_activation_*,
 // TF32-rounded for tf32), so a row k = (n, i) of a slice holds consecutive input channels of x
 // and, at one tap, consecutive output channels of grad_output: both slices k-major, in 16-byte
@@ -851,7 +850,7 @@ __device__ void weight_grad_gemm(const typename M::Element* __restrict__ x,
                                  typename M::Element* __restrict__ grad_weight,
                                  typename M::Accumulator* __restrict__ workspace, int splits, const Geometry g) {
     const int block_m = blockIdx.x * M::BM, block_n = blockIdx.y * M::BN;
-    if constexpr (M::kPacksWeightGradOperands) {
+    if constexpr (M::kPacksOperands) {
         WeightGradPackedOperands<M> ops(g, x, grad_output, grad_weight, workspace, splits, block_m, block_n);
         run_gemm<M>(ops, block_m, block_n);
     } else {
@@ -952,7 +951,7 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
         gemm::weight_grad_gemm<MATH<BM, BN>>(x, grad_output, grad_weight, workspace, splits, DECONV_GEOMETRY_ARGS); \
     }
 
-// The packing of the maths that read the weight packed (kPacksWeight), before their forward and grad_input.
+// The packing of the maths that read their operands packed (kPacksOperands), before their forward and grad_input.
 #define DECONV_GEMM_PACK_WEIGHT(MATH_NAME, T, MATH, BM, BN)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_weight_##MATH_NAME(const T* w, T* packed_w, int grad_input, DECONV_GEOMETRY_PARAMS) {    \
@@ -960,8 +959,8 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
                                                                                         DECONV_GEOMETRY_ARGS);    \
     }
 
-// The activations' packing (x or grad_output), of the maths that read them packed (kPacksForwardA,
-// kPacksGradInputA: the forward's and grad_input's A; kPacksWeightGradOperands: grad_weight's A and B).
+// The activations' packing (x or grad_output), of the maths that read them packed (kPacksOperands:
+// the forward's and grad_input's A, grad_weight's A and B).
 #define DECONV_GEMM_PACK_ACTIVATION(MATH_NAME, T, MATH, BM, BN)                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
         deconv_gemm_pack_activation_##MATH_NAME(const T* src, T* packed_src, int grad_input,                      \

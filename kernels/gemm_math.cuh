@@ -54,8 +54,7 @@ struct SimtMath {
     // A (x, grad_output) channels-last in rows of K (m-major slices), B the weight k-major
     // ([tap][K][N], as the slices are), grad_weight's x and grad_output channels-last (k-major
     // slices). Without, every operand is the tensor's own elements, staged through registers.
-    static constexpr bool kPacksWeight = kHasCpAsync, kPacksWeightGradOperands = kHasCpAsync;
-    static constexpr bool kPacksForwardA = kHasCpAsync, kPacksGradInputA = kHasCpAsync;
+    static constexpr bool kPacksOperands = kHasCpAsync;
     // The 128 × 128 loop fills its 128 registers: the forward's epilogue reads its output grid from
     // shared memory (deconv_gemm.cu, OutputGrid) rather than keep it live through the loop.
     static constexpr bool kRegisterBound = true;  // gemm_plan.GEMM_REGISTER_BOUND_MATHS
@@ -190,7 +189,7 @@ struct Tf32Math : MmaTiles<float, Tile_M, Tile_N, 16, 4> {
     using Tiles::kAccumulators;
     using Tiles::warp_row;
     using Tiles::warp_col;
-    static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPacksOperands = true;  // every operand of every pass, in 16-byte chunks
     static constexpr bool kRegisterBound = false;
     static constexpr bool kPackRoundsTf32 = !Split3;
     static constexpr int kMinBlocks = MinBlocks;
@@ -296,7 +295,7 @@ struct Mma16Math : MmaTiles<T16, Tile_M, Tile_N, 32, 8> {
     using Tiles::kAccumulators;
     using Tiles::warp_row;
     using Tiles::warp_col;
-    static constexpr bool kPacksWeight = true, kPacksForwardA = true, kPacksGradInputA = true, kPacksWeightGradOperands = true;
+    static constexpr bool kPacksOperands = true;  // every operand of every pass, in 16-byte chunks
     static constexpr bool kRegisterBound = false;
     static constexpr bool kPackRoundsTf32 = false;
     static constexpr bool kPackedBNMajor = false;  // the packed weight's slices are k-major (ldmatrix.trans)

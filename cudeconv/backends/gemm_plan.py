@@ -104,9 +104,7 @@ def _taps_per_phase_bound(geom: ConvTransposeGeometry, pass_: str) -> int:
 def gemm_packed_operands(math_name: str, pass_: str, device: DeviceDescriptor = None) -> tuple:
     """The operands ("x", "weight", "grad_output") the GEMM of ``pass_`` reads packed on ``device``
     (None: an H100's descriptor): see GEMM_PACKED_TENSORS."""
-    if math_name in GEMM_TENSOR_CORE_MATHS:
-        return GEMM_PACKED_TENSORS[pass_]
-    if (device or H100_SXM).capability < GEMM_CP_ASYNC_CAPABILITY:
+    if math_name not in GEMM_TENSOR_CORE_MATHS and (device or H100_SXM).capability < GEMM_CP_ASYNC_CAPABILITY:
         return ()
     return GEMM_PACKED_TENSORS[pass_]
 
