@@ -132,7 +132,7 @@ def _warmup(args, parser) -> int:
     precisions = args.precision or ["fp32"]
 
     def progress(source, math_name, gemm_pass, tile):
-        kernel = f" {gemm_pass} {tile[0]}x{tile[1]}" if gemm_pass else ""
+        kernel = (f" {gemm_pass}" if gemm_pass else "") + (f" {tile[0]}x{tile[1]}" if tile else "")
         print(f"  {source} [{math_name or 'every math'}{kernel}]", flush=True)
 
     if args.jobs < 0:

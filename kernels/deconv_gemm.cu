@@ -1005,28 +1005,34 @@ __device__ void reduce_splits(const typename Acc<T>::type* __restrict__ workspac
 #define GEMM_MAIN_MENU(ENTRY, BM, BN) \
     GEMM_F32(ENTRY, BM, BN) GEMM_TF32(ENTRY, BM, BN) GEMM_TF32X3(ENTRY, BM, BN) GEMM_F16(ENTRY, BM, BN) GEMM_BF16(ENTRY, BM, BN)
 
-// The packings, the same for every tile (rows padded to a sector, whatever BN): the weight's in the
-// modules of the forward and grad_input (grad_weight reads no weight), the activations' in those of
-// every pass — without cp.async (CUDECONV_NO_CP_ASYNC, below compute capability 8.0) FFMA and DFMA
-// read every operand as it is, and have none.
-#if CUDECONV_GEMM_PASS != CUDECONV_PASS_GRAD_WEIGHT
+// The kernels every GEMM of a math shares, in its support module (CUDECONV_WANTS_GEMM_SUPPORT,
+// module_select.cuh): the packings, the same for every tile and pass (rows padded to a sector,
+// whatever BN) — without cp.async (CUDECONV_NO_CP_ASYNC, below compute capability 8.0) FFMA and
+// DFMA read every operand as it is, and have none — and the split-K reduce of each storage type.
+#if CUDECONV_WANTS_GEMM_SUPPORT
 #ifndef CUDECONV_NO_CP_ASYNC
 GEMM_F32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_F64(DECONV_GEMM_PACK_WEIGHT, 64, 64)
+GEMM_F32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+GEMM_F64(DECONV_GEMM_PACK_ACTIVATION, 64, 64)
 #endif
 GEMM_TF32(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_WEIGHT, 128, 128)
-#endif
-#ifndef CUDECONV_NO_CP_ASYNC
-GEMM_F32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
-GEMM_F64(DECONV_GEMM_PACK_ACTIVATION, 64, 64)
-#endif
 GEMM_TF32(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_TF32X3(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_F16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
 GEMM_BF16(DECONV_GEMM_PACK_ACTIVATION, 128, 128)
+
+#define DECONV_GEMM_SPLIT_REDUCE(SUFFIX, T)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        deconv_gemm_split_reduce_##SUFFIX(const Acc<T>::type* workspace, T* out, int splits, long long count,     \
+                                          const T* bias, int has_bias, int channels, int spatial) {               \
+        gemm::reduce_splits<T>(workspace, out, splits, count, bias, has_bias, channels, spatial);                 \
+    }
+CUDECONV_FOR_EACH_DTYPE(DECONV_GEMM_SPLIT_REDUCE)
+#endif
 
 // The menus (gemm_math.cuh), each entry point kept where CUDECONV_WANTS_GEMM(pass, BM, BN) says so.
 #if CUDECONV_WANTS_GEMM(CUDECONV_PASS_FORWARD, 128, 128)
@@ -1077,11 +1083,3 @@ GEMM_MAIN_MENU(DECONV_GEMM_GRAD_WEIGHT, 32, 128)
 #if CUDECONV_WANTS_GEMM(CUDECONV_PASS_GRAD_WEIGHT, 32, 64)
 GEMM_F64(DECONV_GEMM_GRAD_WEIGHT, 32, 64)
 #endif
-
-#define DECONV_GEMM_SPLIT_REDUCE(SUFFIX, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                                             \
-        deconv_gemm_split_reduce_##SUFFIX(const Acc<T>::type* workspace, T* out, int splits, long long count,     \
-                                          const T* bias, int has_bias, int channels, int spatial) {               \
-        gemm::reduce_splits<T>(workspace, out, splits, count, bias, has_bias, channels, spatial);                 \
-    }
-CUDECONV_FOR_EACH_DTYPE(DECONV_GEMM_SPLIT_REDUCE)

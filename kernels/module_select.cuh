@@ -10,8 +10,13 @@
 //   CUDECONV_WANTS_GEMM(P, BM, BN)  1 when it holds deconv_gemm.cu's GEMM of pass P (CUDECONV_PASS_*)
 //                                   and tile BM × BN: -DCUDECONV_GEMM_PASS=<1|2|3> and
 //                                   -DCUDECONV_GEMM_TILE=<BM·1000 + BN> make a module of one GEMM
-//                                   kernel per math (with its split reduce and weight packing), so
-//                                   the menu of tiles costs a first call nothing; 0 or absent: all
+//                                   kernel per math, so the menu of tiles costs a first call
+//                                   nothing; 0 or absent: all
+//   CUDECONV_WANTS_GEMM_SUPPORT     1 when it holds the kernels every GEMM of a math shares (the
+//                                   operand packings, the split-K reduce): with
+//                                   -DCUDECONV_GEMM_PASS=CUDECONV_PASS_SUPPORT they are a module of
+//                                   their own, compiled once per math rather than once per GEMM
+//                                   kernel (each copy cost a first step ~0.2 s of NVRTC)
 //   CUDECONV_FOR_EACH_DTYPE(M)      M(suffix, storage type) for each storage type this module holds;
 //                                   float32 storage also serves the float32 GEMM maths tf32/tf32x3
 //                                   (their split-K reduce is the float32 one)
@@ -33,6 +38,7 @@
 #define CUDECONV_PASS_FORWARD 1
 #define CUDECONV_PASS_GRAD_INPUT 2
 #define CUDECONV_PASS_GRAD_WEIGHT 3
+#define CUDECONV_PASS_SUPPORT 4
 #ifndef CUDECONV_GEMM_PASS
 #define CUDECONV_GEMM_PASS 0  // every pass
 #endif
@@ -42,6 +48,7 @@
 #define CUDECONV_WANTS_GEMM(PASS, BM, BN)                                 \
     ((CUDECONV_GEMM_PASS == 0 || CUDECONV_GEMM_PASS == (PASS)) &&         \
      (CUDECONV_GEMM_TILE == 0 || CUDECONV_GEMM_TILE == (BM) * 1000 + (BN)))
+#define CUDECONV_WANTS_GEMM_SUPPORT (CUDECONV_GEMM_PASS == 0 || CUDECONV_GEMM_PASS == CUDECONV_PASS_SUPPORT)
 
 #if CUDECONV_WANTS(F16)
 #define CUDECONV_DTYPE_F16(M) M(f16, __half)

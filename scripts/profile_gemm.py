@@ -34,7 +34,7 @@ import cudeconv
 from cudeconv import backends, emulator
 from cudeconv.backends.device_descriptor import H100_SXM
 from cudeconv.backends.gemm_plan import GEMM_SLICE_K, GEMM_TILES, ceil_div
-from cudeconv.backends.kernel_backend import KernelBackend, dynamic_shared
+from cudeconv.backends.kernel_backend import KernelBackend, dynamic_shared, entry_module
 from cudeconv.cases import SUITE
 
 # DCGAN-like up-sampling layer, small enough for the emulator's traced build: 2 × 32 × 8 × 8 in,
@@ -96,8 +96,7 @@ class ProfilingBackend(KernelBackend):
 
     def _launch(self, path, entry, grid, block, args):
         super()._launch(path, entry, grid, block, args)
-        self.profiles.append((entry, self.module(path.source, path.math, path.gemm_pass, path.tile)
-                              .get_function(entry).last_profile))
+        self.profiles.append((entry, self.module(*entry_module(path, entry)).get_function(entry).last_profile))
 
 
 def profiled_launches():
@@ -197,7 +196,7 @@ class SampledBackend(KernelBackend):
     def _launch(self, path, entry, grid, block, args):
         if entry != path.entry:
             return
-        kernel = self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)
+        kernel = self.module(*entry_module(path, entry)).get_function(entry)
         kernel(self.box, block, args, shared_mem=dynamic_shared(kernel, path, entry))
         self.sampled.append((path, entry, tuple(grid), kernel.last_profile))
 

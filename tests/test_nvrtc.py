@@ -17,9 +17,8 @@ import pytest
 from conftest import sass_report, skip_unless_kernel_checks_can_run
 from cudeconv._geometry import make_geometry
 from cudeconv._loader import kernel_source, kernels_dir, source_with_headers
-from cudeconv.backends.kernel_backend import (GEMM_PASSES, gemm_packed_operands,
-                                              GEMM_TILES, MODULE_MATHS, SOURCES, KernelBackend, gemm_math,
-                                              module_options)
+from cudeconv.backends.kernel_backend import (GEMM_PASSES, GEMM_SUPPORT, GEMM_TILES, MODULE_MATHS, SOURCES,
+                                              KernelBackend, gemm_math, module_options, path_modules)
 from cudeconv.emulator._compiler import find_cuda_include
 
 TEST_KERNELS = [Path(__file__).parent / "emulator_kernels" / "mma_primitives.cu"]
@@ -118,18 +117,22 @@ def _widest(module):
                          + [("sm_80", module) for module in GEMM_MODULES if _widest(module)],
                          ids=lambda value: value if isinstance(value, str) else "{}-{}-{}x{}".format(*value[:2], *value[2]))
 def test_each_gemm_module_holds_its_one_kernel(arch, module):
-    """The launch layer's module of one GEMM kernel: that entry point, its storage dtype's split
-    reduce and the packings of the operands its pass packs (on an 8.0+ GPU) — nothing else."""
+    """The launch layer's module of one GEMM kernel: that entry point, nothing else."""
     _require_nvrtc()
     math_name, pass_, tile = module
-    expected = {f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}",
-                f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
-    packed = gemm_packed_operands(math_name, pass_)
-    if "weight" in packed:
-        expected.add(f"deconv_gemm_pack_weight_{math_name}")
-    if {"x", "grad_output"} & set(packed):
-        expected.add(f"deconv_gemm_pack_activation_{math_name}")
-    assert gemm_module_entry_points(arch, *module) == expected
+    assert gemm_module_entry_points(arch, *module) == {f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}"}
+
+
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
+@pytest.mark.parametrize("math_name", MODULE_MATHS)
+def test_each_math_has_one_module_of_gemm_support_kernels(math_name, arch):
+    """The kernels every GEMM of a math shares, compiled once per math: its storage dtype's split
+    reduce and, on 8.0+ (cp.async; 7.x reads every operand as it is), its operand packings."""
+    _require_nvrtc()
+    expected = {f"deconv_gemm_split_reduce_{STORAGE_OF_MATH[math_name]}"}
+    if arch != "sm_75":
+        expected |= {f"deconv_gemm_pack_weight_{math_name}", f"deconv_gemm_pack_activation_{math_name}"}
+    assert gemm_module_entry_points(arch, math_name, GEMM_SUPPORT, ()) == expected
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -142,7 +145,8 @@ def test_the_modules_of_a_source_together_hold_every_entry_point(source):
     if source == "deconv_gemm.cu":
         skip_unless_kernel_checks_can_run("a C++ preprocessor", None if sass_report.find_preprocessor() else "no g++")
         everything = set(sass_report.library_entry_points()[source])
-        split = set().union(*(gemm_module_entry_points("sm_90", *module) for module in GEMM_MODULES))
+        split = set().union(*(gemm_module_entry_points("sm_90", *module) for module in GEMM_MODULES),
+                            *(gemm_module_entry_points("sm_90", math_name, GEMM_SUPPORT, ()) for math_name in MODULE_MATHS))
     else:
         everything = entry_points(nvrtc_compile(kernel_source(source), source, launch_options("sm_90"))[2])
         split = set()
@@ -201,9 +205,9 @@ def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
     """The cold start: everything a float32 fp32 forward + backward + SGD step of a GEMM-sized layer
     needs, as the launch layer asks for it, compiled for sm_90 — CPU time, not wall time, so other
     load on the machine counts little. Each GEMM kernel is a module of its own (its pass and tile),
-    so the menu of tiles adds nothing; this layer's passes take the 64 × 64 tiles and compile in
-    about 1.7 s at the floor on a 2-core machine, single runs scattering ±20 %, hence the least of
-    five.
+    so the menu of tiles adds nothing, and the packings and split reduce are one module per math;
+    this layer's passes take the 64 × 64 tiles and compile in about 1.1 s at the floor on a 2-core
+    machine, single runs scattering ±20 %, hence the least of five.
     """
     _require_nvrtc()
     impl = KernelBackend("cold-start", np, None, lambda: "unused")
@@ -211,7 +215,7 @@ def test_a_first_float32_step_compiles_in_two_seconds_of_cpu():
                          output_padding=0, groups=1, dilation=1)
     paths = impl.kernel_paths(geom, np.float32, precision="fp32").values()
     assert {path.kind for path in paths} == {"gemm", "slabs"}  # the step a real layer takes
-    modules = {(path.source, path.math, path.gemm_pass, path.tile) for path in paths} | {("sgd.cu", "f32", "", ())}
+    modules = {module for path in paths for module in path_modules(path)} | {("sgd.cu", "f32", "", ())}
     assert all(module[1] == "f32" for module in modules)
     attempts = []
     for _ in range(5):  # the least of five: load and noise only ever add CPU time (caches, SMT, frequency)

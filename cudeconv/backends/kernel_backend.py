@@ -141,17 +141,43 @@ SOURCES = ("deconv_forward.cu", "deconv_backward.cu", "deconv_grad_bias.cu", "de
            "deconv_gemm.cu", "sgd.cu")
 
 
+# deconv_gemm.cu's module of a math's operand packings and split-K reduce: compiled once per math,
+# not once per GEMM kernel (CUDECONV_PASS_SUPPORT, kernels/module_select.cuh).
+GEMM_SUPPORT = "support"
+
+
+def entry_module(path: KernelPath, entry: str):
+    """The module, (source, math, gemm_pass, tile), that holds ``entry`` of ``path``: a GEMM's
+    packings and split reduce are its math's GEMM_SUPPORT module's, every other entry point is in
+    the path's own module."""
+    if path.kind == "gemm" and entry != path.entry:
+        return path.source, path.math, GEMM_SUPPORT, ()
+    return path.source, path.math, path.gemm_pass, path.tile
+
+
+def path_modules(path: KernelPath):
+    """The modules ``path`` launches from: its entry point's, and for a GEMM that packs an operand
+    or splits K its math's GEMM_SUPPORT module."""
+    modules = [entry_module(path, path.entry)]
+    if path.kind == "gemm" and (path.packed or path.parts > 1):
+        modules.append(entry_module(path, GEMM_SUPPORT))
+    return modules
+
+
 def module_options(math_name: str, per_math: bool = True, gemm_pass: str = "", tile=()):
     """The compile options of a module for ``math_name``: the launch layer's sizes, and with
     ``per_math`` the -D that keeps only that math's entry points — and, for deconv_gemm.cu's
     ``gemm_pass`` and ``tile``, only that one GEMM kernel (kernels/module_select.cuh), so that a
-    menu of tiles costs a first call no compile time."""
+    menu of tiles costs a first call no compile time; for GEMM_SUPPORT, the packings and split
+    reduce every GEMM of the math shares."""
     if math_name not in MODULE_MATHS:
         raise ValueError(f"math must be one of {MODULE_MATHS}, got {math_name!r}")
     if not per_math:
         return COMPILE_OPTIONS
     options = COMPILE_OPTIONS + (f"-DCUDECONV_MATH=CUDECONV_MATH_{math_name.upper()}",)
-    if gemm_pass:
+    if gemm_pass == GEMM_SUPPORT:
+        options += ("-DCUDECONV_GEMM_PASS=CUDECONV_PASS_SUPPORT",)
+    elif gemm_pass:
         options += (f"-DCUDECONV_GEMM_PASS=CUDECONV_PASS_{gemm_pass.upper()}",
                     f"-DCUDECONV_GEMM_TILE={tile[0] * 1000 + tile[1]}")
     return options
@@ -303,16 +329,17 @@ class KernelBackend:
                            module_options(math_name, self.module_per_math, gemm_pass, tile))
 
     def _launch(self, path: KernelPath, entry, grid, block, args):
-        """``entry`` of ``path``'s module on ``grid`` × ``block`` (with dynamic_shared's memory)."""
-        function = self.module(path.source, path.math, path.gemm_pass, path.tile).get_function(entry)
+        """``entry`` of ``path``'s module (a GEMM's packings and split reduce: its GEMM_SUPPORT
+        module) on ``grid`` × ``block`` (with dynamic_shared's memory)."""
+        function = self.module(*entry_module(path, entry)).get_function(entry)
         function(grid, block, args, shared_mem=dynamic_shared(function, path, entry))
 
     def warmup(self, dtypes, precisions=("fp32",), on_progress=lambda source, math_name, gemm_pass, tile: None,
                jobs=1):
         """Compile, for the current device, every module a forward, backward and SGD step of
         ``dtypes`` at ``precisions`` can need (the GEMM's math follows the precision for float32;
-        the direct kernels serve every precision): per math, each source's module and one module
-        per GEMM pass and tile of the menus (GEMM_TILES). ``jobs`` > 1 compiles in that many
+        the direct kernels serve every precision): per math, each source's module, one module
+        per GEMM pass and tile of the menus (GEMM_TILES) and the GEMMs' GEMM_SUPPORT module. ``jobs`` > 1 compiles in that many
         processes at once (the backends "cuda" and "emulator": each worker fills the same disk
         cache), calling ``on_progress`` as each module is done. Returns the (source, math,
         gemm_pass, tile) modules compiled ("" and () for a module that is not one GEMM kernel's),
@@ -326,6 +353,7 @@ class KernelBackend:
             for math_name in dict.fromkeys(gemm_math(dtype, precision) for precision in precisions):
                 wanted += [("deconv_gemm.cu", math_name, pass_, tile)
                            for pass_ in GEMM_PASSES for tile in GEMM_TILES[math_name][pass_]]
+                wanted.append(("deconv_gemm.cu", math_name, GEMM_SUPPORT, ()))
         if not self.module_per_math:
             wanted = [(source, None, "", ()) for source, *_ in wanted]
         compiled = list(dict.fromkeys(wanted))
