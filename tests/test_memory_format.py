@@ -11,12 +11,14 @@ import pytest
 import cudeconv
 from cudeconv import backends
 from cudeconv._dtypes import BFLOAT16
+from cudeconv._geometry import make_geometry
 from cudeconv._interop import take_arrays
 from cudeconv._memory_format import (CHANNELS_LAST, CONTIGUOUS, is_channels_last, memory_format_of,
                                      to_memory_format)
 
-from conftest import assert_close, skip_unless_kernel_checks_can_run, to_backend, to_numpy
-from oracle import conv_transpose_backward_ref, conv_transpose_ref
+from conftest import assert_close, skip_unless_kernel_checks_can_run, tf32_round, to_backend, to_numpy
+from oracle import (conv_transpose_backward_ref, conv_transpose_backward_ref_fast, conv_transpose_ref,
+                    conv_transpose_ref_fast)
 
 FUNCTIONS = {1: (cudeconv.conv_transpose1d, cudeconv.conv_transpose1d_backward),
              2: (cudeconv.conv_transpose2d, cudeconv.conv_transpose2d_backward),
@@ -100,6 +102,61 @@ def test_channels_last_arrays_give_the_contiguous_values_in_channels_last(backen
 
     for array, (values, strides) in zip((xb_cl, wb, bb, gob), saved):  # inputs only read
         assert np.array_equal(to_numpy(array), values) and array.strides == strides
+
+
+GEMM_KW = dict(stride=2, padding=1, output_padding=1, groups=2)
+
+
+@pytest.mark.parametrize("ndim, size", ((1, 9), (3, 3)), ids=("1d", "3d"))
+@pytest.mark.parametrize("dtype, precision", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float32, "tf32x3"),
+                                              (np.float16, "fp32"), (BFLOAT16, "fp32"), (np.float64, "fp32")],
+                         ids=("f32", "tf32", "tf32x3", "f16", "bf16", "f64"))
+def test_channels_last_1d_and_3d_on_the_gemms(ndim, size, dtype, precision):
+    """(N, L, C) and channels_last_3d arrays on the emulator's implicit GEMMs, every pass (8 → 16
+    channels in 2 groups: K sides of 4 and 8 channels a group, rows the packing pads or that are
+    read in place by dtype): y and grad_input come back channels-last, every result is bitwise the
+    NCHW arrays', and within the dtype's tolerance of the float64 loop reference (on TF32-rounded
+    operands for tf32, whose products are exact)."""
+    skip_unless_kernel_checks_can_run("backend 'emulator'", backends.emulator_unavailable_reason())
+    conv, conv_backward = FUNCTIONS[ndim]
+    rng = np.random.default_rng([ndim, np.dtype(dtype).num])
+    x = rng.standard_normal((2, 8) + (size,) * ndim).astype(dtype)
+    w = rng.standard_normal((8, 8) + (3,) * ndim).astype(dtype)
+    b = rng.standard_normal(16).astype(dtype)
+    y_nchw = conv(x, w, b, backend="emulator", precision=precision, **GEMM_KW)
+    grad_output = rng.standard_normal(y_nchw.shape).astype(dtype)
+    paths = backends.get("emulator").kernel_paths(make_geometry(ndim, x.shape, w.shape, 2, 1, 1, 2, 1), dtype,
+                                                  precision=precision)
+    assert [paths[p].kind for p in ("forward", "grad_input", "grad_weight")] == ["gemm"] * 3
+
+    x_cl, grad_output_cl = _to_channels_last(x), _to_channels_last(grad_output)
+    y = conv(x_cl, w, b, backend="emulator", precision=precision, **GEMM_KW)
+    grads = conv_backward(grad_output_cl, x_cl, w, backend="emulator", precision=precision, **GEMM_KW)
+    _assert_channels_last(y, "y")
+    _assert_channels_last(grads[0], "grad_input")
+    assert grads[1].flags.c_contiguous  # the weight's layout
+    nchw = (y_nchw,) + tuple(conv_backward(grad_output, x, w, backend="emulator", precision=precision, **GEMM_KW))
+    for got, want, name in zip((y,) + tuple(grads), nchw, ("y", "grad_input", "grad_weight", "grad_bias")):
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+
+    exact = [a.astype(np.float64) for a in (x, w, b, grad_output)]
+    up = list(exact)
+    if precision == "tf32":  # the GEMMs' operands; grad_bias sums grad_output as it is
+        up[0], up[1], up[3] = (tf32_round(a.astype(np.float32)).astype(np.float64) for a in (x, w, grad_output))
+    magnitude = [np.abs(a) for a in up]
+    not_channels = (0, *range(2, ndim + 2))
+    reference = (conv_transpose_ref_fast(up[0], up[1], up[2], **GEMM_KW),
+                 *conv_transpose_backward_ref_fast(up[3], up[0], up[1], **GEMM_KW)[:2],
+                 exact[3].sum(axis=not_channels))
+    scales = (conv_transpose_ref_fast(magnitude[0], magnitude[1], magnitude[2], **GEMM_KW),
+              *conv_transpose_backward_ref_fast(magnitude[3], magnitude[0], magnitude[1], **GEMM_KW)[:2],
+              np.abs(exact[3]).sum(axis=not_channels))
+    taps = 3 ** ndim
+    terms = (4 * taps + 1, 8 * taps, 2 * size ** ndim, grad_output[0, 0].size * 2)
+    for got, want, scale, count, name in zip((y,) + tuple(grads), reference, scales, terms,
+                                             ("y", "grad_input", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, terms=count, scale=scale, factor=20.0 if precision == "tf32x3" else 8.0,
+                     name=name)
 
 
 @pytest.mark.parametrize("x_format", (CONTIGUOUS, CHANNELS_LAST))
