@@ -12,7 +12,7 @@
 // work into rows (n, channel) and positions within a row: blockIdx.y strides over rows, the x
 // dimension over positions. Rows, positions, and every size are int; flat offsets are long long,
 // so a tensor may exceed 2^31 elements. This keeps 64-bit division — a slow subroutine call — out
-// of the kernels. The host (check_index_limits, loop_blocks in kernel_backend.py) guarantees that
+// of the kernels. The host (check_index_limits, loop_blocks in backends/) guarantees that
 // no int here overflows: rows, positions + a block, filter elements and, per dim,
 // (in-1)*stride + (k-1)*dilation + padding + out all stay below 2^31, and grid-stride loops are
 // launched with few enough blocks that index + stride stays below 2^31 too.
@@ -43,7 +43,7 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type load(cons
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block size and register tiles. The host passes its values with -D (kernel_backend.py), since it
+// Block size and register tiles. The host passes its values with -D (kernel_modules.py), since it
 // sizes the grids from them; the defaults here serve standalone nvcc builds.
 #ifndef DECONV_BLOCK
 #define DECONV_BLOCK 256  // threads per block of the direct kernels (the host's BLOCK)

@@ -35,7 +35,7 @@
 // the weight by deconv_gemm_pack_weight_*, per group [tap][N channel][K channel] for tf32/tf32x3
 // (n-major slices, as A's) or [tap][K channel][N channel] for the others (k-major). Packed
 // operands arrive by 16-byte cp.async, whole sectors per copy instruction; tf32 rounds them to
-// TF32 in the packing, once. Which are packed (kernel_backend's KernelPath.packed): every operand
+// TF32 in the packing, once. Which are packed (path_choice's KernelPath.packed): every operand
 // of every pass. Below compute capability 8.0, which has no cp.async (CUDECONV_NO_CP_ASYNC,
 // gemm_math.cuh), float and double read every operand element-wise through registers, loaded
 // before and stored after the multiply (the forward's and grad_input's A gathered along

@@ -1,7 +1,7 @@
 // module_select.cuh — which entry points a module of a source is built with.
 //
 // NVRTC's compile time grows with every template instantiated, and a first call needs one math
-// only: the launch layer (cudeconv/backends/kernel_backend.py) compiles each source once per math
+// only: the launch layer (cudeconv/backends/kernel_modules.py) compiles each source once per math
 // it is asked for, with -DCUDECONV_MATH=CUDECONV_MATH_<NAME>, so a float32 step compiles no FP16,
 // BF16, FP64 or TF32 code. Without the option (nvcc, the emulator's one-module-per-source build,
 // the SASS report) every entry point is compiled.

@@ -184,9 +184,9 @@ def test_every_entry_point_under_the_sanitizer():
 def test_parallel_grad_bias(kernel_backend, poisoned, monkeypatch, dtype, values_per_thread):
     """grad_bias over slabs (3 channels, 5040 values each: 20 slabs with one value per thread),
     against the reference and the one-block-per-channel kernel, bitwise reproducible."""
-    from cudeconv.backends import kernel_backend as launch_layer
+    from cudeconv.backends import path_choice
 
-    monkeypatch.setattr(launch_layer, "GRAD_BIAS_MIN_VALUES_PER_THREAD", values_per_thread)
+    monkeypatch.setattr(path_choice, "GRAD_BIAS_MIN_VALUES_PER_THREAD", values_per_thread)
     geom = _geometry(((20, 21), (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 4, 3, 3))
     impl = backends.get(kernel_backend)
     x, weight, bias, grad_output = _arrays(geom, dtype, 8)
@@ -200,9 +200,9 @@ def test_parallel_grad_bias(kernel_backend, poisoned, monkeypatch, dtype, values
 
 
 def test_parallel_grad_bias_under_the_sanitizer(monkeypatch):
-    from cudeconv.backends import kernel_backend as launch_layer
+    from cudeconv.backends import path_choice
 
-    monkeypatch.setattr(launch_layer, "GRAD_BIAS_MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(path_choice, "GRAD_BIAS_MIN_VALUES_PER_THREAD", 1)
     sanitized = sanitized_emulator_backend()
     geom = _geometry(((9, 10), (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, 2, 5, 3))
     for dtype in DTYPES:

@@ -1,6 +1,6 @@
 """What the launch layer knows of a GPU: a small frozen descriptor and the occupancy it implies.
 
-The split counts of the kernels (kernel_backend.py) are a function of the problem's shape and of
+The split counts of the kernels (path_choice.py) are a function of the problem's shape and of
 this descriptor only — never of free memory or timing — so a given GPU model always splits a
 given shape the same way and results are bitwise reproducible on it. On "cuda" the descriptor is
 read from the arrays' device (``from_cuda_device``); the emulator describes an H100 SXM unless a

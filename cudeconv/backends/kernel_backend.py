@@ -3,22 +3,16 @@
 Both run the kernels of ``kernels/*.cu``; they differ only in the array module (CuPy or NumPy)
 and the module class (``cupy.RawModule`` or ``cudeconv.emulator.RawModule``). Everything else —
 grid and block sizes, argument order and exact C scalar types, contiguity, output allocation —
-is here, once.
+is here, once: which kernel runs a pass is path_choice's decision, which module holds it
+kernel_modules'.
 
 On "cuda", launches go on CuPy's current stream and nothing here synchronizes with or copies to
 the host, so a whole training step can be captured in a CUDA graph. Each call allocates and
 launches on the device its arrays live on (whatever device is current), and refuses arrays on
 different devices.
 
-Each source is compiled once per math a call needs (``-DCUDECONV_MATH``, kernels/module_select.cuh):
-a first float32 step compiles the float32 GEMMs, grad_bias and SGD only, not every dtype's and
-precision's instantiation. The emulator builds one module per source (``module_per_math=False``):
-fewer host compiles for the test suite, the same entry points.
-
-Grids are sized for the GPU the arrays live on: a DeviceDescriptor (SM count, registers and shared
-memory per SM, device_descriptor.py) read from the arrays' device on "cuda", an H100 SXM on the
-emulator unless ``device=`` says otherwise. Split counts depend on the shape and that descriptor
-only, so a given GPU model always splits a shape the same way.
+Grids are sized for the GPU the arrays live on: a DeviceDescriptor read from the arrays' device on
+"cuda", an H100 SXM on the emulator unless ``device=`` says otherwise.
 """
 from __future__ import annotations
 
@@ -26,53 +20,29 @@ import contextlib
 import functools
 import inspect
 import math
-from typing import NamedTuple
 
 import numpy as np
 
-from .._dtypes import BFLOAT16, LOW_PRECISION, compute_dtype
+from .._dtypes import LOW_PRECISION, compute_dtype
 from .._geometry import ConvTransposeGeometry
 from .._loader import load_module
-from .._precision import ALGORITHMS, BACKWARD_ALGORITHMS, backward_algorithm, check_algorithm
-from .device_descriptor import (H100_SXM, DeviceDescriptor, KernelResources, from_cuda_device, launch_bound_registers,
-                                wave)
-from .gemm_plan import (  # noqa: F401  (the GEMM's sizes, re-exported: one place to import the launch layer's from)
+from .._precision import backward_algorithm
+from . import path_choice
+# The launch layer's names, re-exported: one place to import them from.
+from .device_descriptor import H100_SXM, DeviceDescriptor, from_cuda_device
+from .gemm_plan import (  # noqa: F401
     GEMM_MAX_TAPS, GEMM_MIN_COMPUTE_CAPABILITY, GEMM_OUTPUT_SHAPE, GEMM_PACK_ROW_BYTES,
     GEMM_PASSES, GEMM_SLICE_K, GEMM_TILES, INT32_MAX, MAX_GRID_Y, SPLIT_MIN_K,
     SPLIT_TARGET_WAVES, SPLIT_WORKSPACE_CAP, ceil_div, gemm_dynamic_shared_bytes, gemm_grid, gemm_k,
     gemm_min_blocks, gemm_packed_operands,
     gemm_resources, gemm_sides, gemm_splits, gemm_tile, packed_elements, packed_tensor_elements,
     packed_weight_elements, split_limit)
-
-BLOCK = 256  # threads per block for every kernel (block reductions need a multiple of 32)
-DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024  # what a block may take without opting in, on every GPU
-# Register tiles of the kernels (CHANNEL_TILE, TAP_TILE in kernels/deconv_common.cuh) and the
-# depthwise grad_weight's tile, passed to the compiler from here because the grids are sized from
-# them. (The GEMMs' tiles are template arguments, one entry point each: gemm_plan.GEMM_TILES.)
-CHANNEL_TILE = 4
-TAP_TILE = 8
-DEPTHWISE_WEIGHT_TILE = 16  # filter elements one block of the depthwise grad_weight reduces
-COMPILE_OPTIONS = (
-    f"-DDECONV_BLOCK={BLOCK}", f"-DCHANNEL_TILE={CHANNEL_TILE}", f"-DTAP_TILE={TAP_TILE}", f"-DGEMM_MAX_TAPS={GEMM_MAX_TAPS}",
-    f"-DDEPTHWISE_WEIGHT_TILE={DEPTHWISE_WEIGHT_TILE}", f"-DGEMM_PACK_ROW_BYTES={GEMM_PACK_ROW_BYTES}",
-)
-# The GEMM entry points' math per (dtype, precision): float32 honours the precision; float16 and
-# bfloat16 always run on tensor cores with float32 accumulation, float64 on FP64 FMA.
-GEMM_MATH = {
-    (np.dtype(np.float32), "fp32"): "f32", (np.dtype(np.float32), "tf32"): "tf32",
-    (np.dtype(np.float32), "tf32x3"): "tf32x3",
-}
-# The heuristic of algorithm="auto": the GEMM where its K side holds at least GEMM_MIN_K_CHANNELS
-# channels per group (grad_weight: its M side, C_in/groups, whose K is N·positions), whatever the N
-# side (the narrow tiles serve narrow groups); narrower problems (depthwise, layers of 1-3 input
-# channels) take the direct kernels.
-GEMM_MIN_K_CHANNELS = 4
-# Slabs of the parallel reductions (grad_bias, depthwise grad_weight): at least 16 values per thread.
-GRAD_BIAS_MIN_VALUES_PER_THREAD = 16
-DEPTHWISE_MIN_BLOCKS = 2    # its __launch_bounds__ (DECONV_BLOCK, 2)
-MAX_GRID_X = INT32_MAX
-
-_SUFFIX = {np.dtype(np.float16): "f16", BFLOAT16: "bf16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+from .kernel_modules import (  # noqa: F401
+    BLOCK, CHANNEL_TILE, COMPILE_OPTIONS, DEFAULT_DYNAMIC_SHARED_BYTES, DEPTHWISE_WEIGHT_TILE, GEMM_SUPPORT,
+    MODULE_MATHS, SOURCES, TAP_TILE, compile_module, dynamic_shared, entry_module, module_options, path_modules)
+from .path_choice import (  # noqa: F401
+    DEPTHWISE_MIN_BLOCKS, GEMM_MATH, GEMM_MIN_K_CHANNELS, GRAD_BIAS_MIN_VALUES_PER_THREAD, MAX_GRID_X, SUFFIX,
+    KernelPath, depthwise_weight_path, gemm_math, loop_blocks, reduction_wave)
 
 
 def geometry_args(geom: ConvTransposeGeometry):
@@ -114,122 +84,9 @@ def check_index_limits(geom: ConvTransposeGeometry):
             )
 
 
-class KernelPath(NamedTuple):
-    """The kernel a pass runs: ``kind`` ("gemm", "depthwise", "direct", "scatter", "slabs",
-    "per-channel"), its main entry point, the GEMM's or slab kernel's grid, its parts (the GEMM's
-    K splits, the depthwise grad_weight's and grad_bias's slabs), the workspace it takes from the
-    memory pool, in bytes, and the module its entry points are in: ``source`` (a kernels/ file)
-    and ``math`` (a MODULE_MATHS name); a GEMM's ``tile`` (BM, BN), whose module is its
-    ``gemm_pass``'s and tile's alone on "cuda" (module_options), and the operands it reads
-    ``packed`` ("x", "weight", "grad_output": gemm_plan.gemm_packed_operands), its layout decision."""
-    kind: str
-    entry: str
-    grid: tuple = ()
-    parts: int = 1
-    workspace_bytes: int = 0
-    source: str = ""
-    math: str = ""
-    tile: tuple = ()
-    gemm_pass: str = ""
-    packed: tuple = ()
-
-
-# The maths a source can be compiled for, one module each (CUDECONV_MATH_<NAME> in
-# kernels/module_select.cuh): the storage dtypes' suffixes and the float32 GEMM's precisions.
-MODULE_MATHS = ("f16", "bf16", "f32", "f64", "tf32", "tf32x3")
-SOURCES = ("deconv_forward.cu", "deconv_backward.cu", "deconv_grad_bias.cu", "deconv_depthwise.cu",
-           "deconv_gemm.cu", "sgd.cu")
-
-
-# deconv_gemm.cu's module of a math's operand packings and split-K reduce: compiled once per math,
-# not once per GEMM kernel (CUDECONV_PASS_SUPPORT, kernels/module_select.cuh).
-GEMM_SUPPORT = "support"
-
-
-def entry_module(path: KernelPath, entry: str):
-    """The module, (source, math, gemm_pass, tile), that holds ``entry`` of ``path``: a GEMM's
-    packings and split reduce are its math's GEMM_SUPPORT module's, every other entry point is in
-    the path's own module."""
-    if path.kind == "gemm" and entry != path.entry:
-        return path.source, path.math, GEMM_SUPPORT, ()
-    return path.source, path.math, path.gemm_pass, path.tile
-
-
-def path_modules(path: KernelPath):
-    """The modules ``path`` launches from: its entry point's, and for a GEMM that packs an operand
-    or splits K its math's GEMM_SUPPORT module."""
-    modules = [entry_module(path, path.entry)]
-    if path.kind == "gemm" and (path.packed or path.parts > 1):
-        modules.append(entry_module(path, GEMM_SUPPORT))
-    return modules
-
-
-def module_options(math_name: str, per_math: bool = True, gemm_pass: str = "", tile=()):
-    """The compile options of a module for ``math_name``: the launch layer's sizes, and with
-    ``per_math`` the -D that keeps only that math's entry points — and, for deconv_gemm.cu's
-    ``gemm_pass`` and ``tile``, only that one GEMM kernel (kernels/module_select.cuh), so that a
-    menu of tiles costs a first call no compile time; for GEMM_SUPPORT, the packings and split
-    reduce every GEMM of the math shares."""
-    if math_name not in MODULE_MATHS:
-        raise ValueError(f"math must be one of {MODULE_MATHS}, got {math_name!r}")
-    if not per_math:
-        return COMPILE_OPTIONS
-    options = COMPILE_OPTIONS + (f"-DCUDECONV_MATH=CUDECONV_MATH_{math_name.upper()}",)
-    if gemm_pass == GEMM_SUPPORT:
-        options += ("-DCUDECONV_GEMM_PASS=CUDECONV_PASS_SUPPORT",)
-    elif gemm_pass:
-        options += (f"-DCUDECONV_GEMM_PASS=CUDECONV_PASS_{gemm_pass.upper()}",
-                    f"-DCUDECONV_GEMM_TILE={tile[0] * 1000 + tile[1]}")
-    return options
-
-
-def gemm_math(dtype, precision: str) -> str:
-    """The suffix of the GEMM entry point for ``dtype`` under ``precision``."""
-    dtype = np.dtype(dtype)
-    if dtype in LOW_PRECISION:  # always tensor cores, float32 accumulation
-        return _SUFFIX[dtype]
-    if dtype == np.float64:
-        return "f64"
-    return GEMM_MATH[(dtype, precision)]
-
-
-def reduction_wave(device: DeviceDescriptor) -> int:
-    """Blocks of the slab reductions (grad_bias, depthwise grad_weight: BLOCK threads,
-    __launch_bounds__(DECONV_BLOCK, 2), a few hundred bytes of shared memory) the GPU runs at once."""
-    return wave(device, KernelResources(BLOCK, launch_bound_registers(device, BLOCK, DEPTHWISE_MIN_BLOCKS), 0))
-
-
-def depthwise_weight_path(geom: ConvTransposeGeometry, dtype, device: DeviceDescriptor, slabs=None) -> KernelPath:
-    """grad_weight of a layer with one input channel per group: blocks over (slab of the N·in_spatial
-    (sample, position) pairs, group × tile of DEPTHWISE_WEIGHT_TILE filter elements), slabs enough
-    for SPLIT_TARGET_WAVES waves, each at least GRAD_BIAS_MIN_VALUES_PER_THREAD pairs per thread,
-    their partials (slabs × |grad_weight| accumulators, within SPLIT_WORKSPACE_CAP) added in order.
-    ``slabs``: a count to take instead (tests pin it; at most one per pair)."""
-    suffix = _SUFFIX[np.dtype(dtype)]
-    rows = geom.in_channels * ceil_div(geom.out_channels_per_group * geom.taps, DEPTHWISE_WEIGHT_TILE)
-    total = geom.batch * math.prod(geom.in_size)
-    partial_bytes = math.prod(geom.weight_shape) * compute_dtype(dtype).itemsize
-    if slabs is None:
-        slabs = max(1, min(ceil_div(SPLIT_TARGET_WAVES * reduction_wave(device), rows),
-                           total // (BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD), SPLIT_WORKSPACE_CAP // partial_bytes,
-                           MAX_GRID_X))
-    slabs = ceil_div(total, ceil_div(total, slabs)) if total else 1  # every slab non-empty
-    return KernelPath("depthwise", f"deconv_grad_weight_depthwise_{suffix}",
-                      (slabs, loop_blocks(rows, 1, MAX_GRID_Y), 1), slabs,
-                      slabs * partial_bytes if slabs > 1 else 0, "deconv_depthwise.cu", suffix)
-
-
 def tiled_rows(geom: ConvTransposeGeometry, channels_per_group: int) -> int:
     """Rows (n, group, tile of CHANNEL_TILE channels) of the channel-tiled gather kernels."""
     return geom.batch * geom.groups * ceil_div(channels_per_group, CHANNEL_TILE)
-
-
-def loop_blocks(count: int, threads_per_block: int, limit: int) -> int:
-    """Blocks for a grid-stride loop over ``count`` items: enough for one item per thread, at most
-    ``limit``, and few enough that an int32 index plus the grid's stride never overflows."""
-    wanted = ceil_div(count, threads_per_block)
-    headroom = max(1, (INT32_MAX - count) // threads_per_block)
-    return max(1, min(wanted, limit, headroom))
 
 
 def rows_grid(rows: int, positions: int):
@@ -348,7 +205,7 @@ class KernelBackend:
             raise ValueError(f"jobs must be a positive int, got {jobs!r}")
         wanted = []
         for dtype in dtypes:
-            suffix = _SUFFIX[np.dtype(dtype)]
+            suffix = SUFFIX[np.dtype(dtype)]
             wanted += [(source, suffix, "", ()) for source in SOURCES if source != "deconv_gemm.cu"]
             for math_name in dict.fromkeys(gemm_math(dtype, precision) for precision in precisions):
                 wanted += [("deconv_gemm.cu", math_name, pass_, tile)
@@ -376,90 +233,18 @@ class KernelBackend:
             on_progress(*module)
         return compiled
 
-    # -- convolution ----------------------------------------------------------------------------
+    # -- which kernel runs a pass (path_choice), on this backend's device ----------------------------
     def gemm_plan(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                   splits=None, device: DeviceDescriptor = None, tile=None):
-        """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
-        direct kernel): its tile (``tile``, one of the menu's GEMM_TILES, or gemm_tile's choice on
-        ``device``, by default the current device's descriptor), its parts its K splits (``splits``,
-        or gemm_splits for that tile), its workspace their partial copies of the output and, for the
-        forward and grad_input on tensor cores, the packed weight and activation. "auto" takes the
-        GEMM where it can run, its K side holds GEMM_MIN_K_CHANNELS channels per group (for
-        grad_weight its M side, C_in/groups) and a group has more than one input channel (one is
-        the depthwise kernels'); "gemm" insists."""
-        if algorithm not in ("auto", "gemm"):
-            return None
-        if splits is not None and (isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1):
-            raise ValueError(f"splits must be a positive int, got {splits!r}")
-        device = device or self.device_descriptor()
-        math_name = gemm_math(dtype, precision)
-        menu = GEMM_TILES[math_name][pass_]
-        if tile is None:
-            tile = gemm_tile(geom, pass_, math_name, device)
-        elif tuple(tile) not in menu:
-            raise ValueError(f"tile must be one of the {math_name} {pass_} GEMM's {list(menu)}, got {tile!r}")
-        tile = tuple(tile)
-        if splits is None:
-            splits = gemm_splits(geom, pass_, math_name, device, tile)
-        grid, reason = gemm_grid(geom, pass_, math_name, splits, tile, device)
-        needed = GEMM_MIN_COMPUTE_CAPABILITY[math_name]
-        if device.capability < needed:
-            reason = (f"the GPU has compute capability {device.compute_capability[0]}.{device.compute_capability[1]}; "
-                      f"the {math_name} GEMM kernels need {needed // 10}.{needed % 10} (mma.sync, cp.async)")
-        if algorithm == "gemm":
-            if reason:
-                raise ValueError(f"algorithm='gemm' cannot run this {pass_} on {self.name!r}: {reason}")
-        else:
-            k_side = {"forward": geom.in_channels_per_group, "grad_input": geom.out_channels_per_group,
-                      "grad_weight": geom.in_channels_per_group}[pass_]
-            # one input channel per group is the depthwise kernels' (grad_input's N would be 1)
-            if reason or k_side < GEMM_MIN_K_CHANNELS or geom.in_channels_per_group == 1:
-                return None
-        output = math.prod(getattr(geom, GEMM_OUTPUT_SHAPE[pass_]))
-        workspace = splits * output * compute_dtype(dtype).itemsize if splits > 1 else 0
-        workspace += packed_elements(geom, pass_, math_name, device) * np.dtype(dtype).itemsize
-        return KernelPath("gemm", f"deconv_{pass_}_gemm_{math_name}_{tile[0]}x{tile[1]}", grid, splits, workspace,
-                          "deconv_gemm.cu", math_name, tile, pass_, gemm_packed_operands(math_name, pass_, device))
+        """path_choice.gemm_path on ``device`` (None: the current device's descriptor)."""
+        return path_choice.gemm_path(geom, pass_, algorithm, dtype, precision, device or self.device_descriptor(),
+                                     splits, tile, self.name)
 
     def kernel_path(self, geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                     parts=None, device: DeviceDescriptor = None, tile=None) -> KernelPath:
-        """Which kernel runs ``pass_`` ("forward", "grad_input", "grad_weight", "grad_bias") — the one
-        decision the launches below follow and ``cudeconv bench`` reports. Forward and grad_input:
-        the implicit GEMM where gemm_plan takes it, else (under "auto") the depthwise kernels for
-        one input channel per group, else the direct gather (or the forward's scatter);
-        grad_weight: the split-K GEMM, the depthwise reduction (one input channel per group) or the
-        direct per-filter reduction; grad_bias: slabs of N·spatial per channel where more than one
-        is worth it, else one block per channel. ``parts``: the GEMM's split count (None chooses);
-        ``device``: the descriptor grids are sized for (None: the current device's); ``tile``: the
-        GEMM's tile (None chooses)."""
-        suffix = _SUFFIX[np.dtype(dtype)]
-        device = device or self.device_descriptor()
-        if pass_ == "grad_bias":
-            total = geom.batch * math.prod(geom.out_size)
-            slabs = max(1, min(ceil_div(reduction_wave(device), geom.out_channels),
-                               ceil_div(total, BLOCK * GRAD_BIAS_MIN_VALUES_PER_THREAD)))
-            if algorithm == "gather" or slabs == 1 or total > INT32_MAX or geom.out_channels > MAX_GRID_Y:
-                return KernelPath("per-channel", f"deconv_grad_bias_{suffix}", source="deconv_grad_bias.cu",
-                                  math=suffix)
-            slabs = ceil_div(total, ceil_div(total, slabs))  # every slab non-empty
-            return KernelPath("slabs", f"deconv_grad_bias_slabs_{suffix}", (slabs, geom.out_channels, 1), slabs,
-                              geom.out_channels * slabs * compute_dtype(dtype).itemsize, "deconv_grad_bias.cu", suffix)
-        check_algorithm(algorithm, ALGORITHMS if pass_ == "forward" else BACKWARD_ALGORITHMS)
-        gemm = self.gemm_plan(geom, pass_, algorithm, dtype, precision, parts, device, tile)
-        if gemm is not None:
-            return gemm
-        direct_source = "deconv_forward.cu" if pass_ == "forward" else "deconv_backward.cu"
-        if pass_ == "grad_weight" and algorithm == "auto" and geom.in_channels_per_group == 1:
-            return depthwise_weight_path(geom, dtype, device, parts)
-        if pass_ == "grad_weight":
-            return KernelPath("direct", f"deconv_grad_weight_{suffix}", source=direct_source, math=suffix)
-        if algorithm == "auto" and geom.in_channels_per_group == 1:
-            return KernelPath("depthwise", f"deconv_{pass_}_depthwise_{suffix}", source="deconv_depthwise.cu",
-                              math=suffix)
-        if algorithm == "scatter":
-            return KernelPath("scatter", f"deconv_forward_scatter_{suffix}", source=direct_source, math=suffix)
-        return KernelPath("direct", f"deconv_forward_gather_{suffix}" if pass_ == "forward"
-                          else f"deconv_grad_input_{suffix}", source=direct_source, math=suffix)
+        """path_choice.kernel_path on ``device`` (None: the current device's descriptor)."""
+        return path_choice.kernel_path(geom, pass_, algorithm, dtype, precision, device or self.device_descriptor(),
+                                       parts, tile, self.name)
 
     def kernel_paths(self, geom: ConvTransposeGeometry, dtype, algorithm="auto", precision="fp32", need_bias=True,
                      device: DeviceDescriptor = None):
@@ -471,26 +256,9 @@ class KernelBackend:
     # -- the autotuner's choices (cudeconv/autotune.py) ------------------------------------------
     def candidate_paths(self, geom: ConvTransposeGeometry, pass_: str, dtype, precision: str,
                         device: DeviceDescriptor = None):
-        """The deterministic kernels that can run ``pass_`` ("forward", "grad_input", "grad_weight")
-        of this problem, the heuristic's ("auto", kernel_path) first: the GEMM where it can run on
-        the heuristic's tile at its split count, half and double that and 1 (within split_limit),
-        and on each other tile of the menu at its own split count; the direct kernel, and (through
-        the heuristic) the depthwise kernel for one input channel per group. Never the forward's
-        atomic scatter."""
-        device = device or self.device_descriptor()
-        paths = [self.kernel_path(geom, pass_, "auto", dtype, precision, device=device)]
-        math_name = gemm_math(dtype, precision)
-        chosen = gemm_tile(geom, pass_, math_name, device)
-        grid, _ = gemm_grid(geom, pass_, math_name, 1, chosen, device)
-        if grid is not None and device.capability >= GEMM_MIN_COMPUTE_CAPABILITY[math_name]:
-            heuristic = gemm_splits(geom, pass_, math_name, device, chosen)
-            limit = split_limit(geom, pass_, math_name, grid[2])
-            paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, splits, device, chosen)
-                      for splits in (heuristic, heuristic // 2, 2 * heuristic, 1) if 1 <= splits <= limit]
-            paths += [self.kernel_path(geom, pass_, "gemm", dtype, precision, None, device, tile)
-                      for tile in GEMM_TILES[math_name][pass_] if gemm_grid(geom, pass_, math_name, 1, tile, device)[0]]
-        paths.append(self.kernel_path(geom, pass_, "gather", dtype, precision, device=device))
-        return list(dict.fromkeys(paths))
+        """path_choice.candidate_paths on ``device`` (None: the current device's descriptor)."""
+        return path_choice.candidate_paths(geom, pass_, dtype, precision, device or self.device_descriptor(),
+                                           self.name)
 
     def run_path(self, path: KernelPath, pass_: str, operands, geom: ConvTransposeGeometry, precision: str):
         """``pass_`` on ``operands`` (forward: x, weight, bias; grad_input: grad_output, weight;
@@ -506,6 +274,7 @@ class KernelBackend:
         return getattr(self, pass_)(*operands, geom, algorithm=algorithm, precision=precision, splits=parts,
                                     tile=tile)
 
+    # -- convolution ----------------------------------------------------------------------------
     def _run_gemm(self, path: KernelPath, operands, out, geom: ConvTransposeGeometry, bias=None):
         """The GEMM of ``path`` on ``operands`` (its entry point's arguments before the output),
         writing ``out``. Split in K (path.parts > 1), the tiles go to a workspace of path.parts
@@ -517,7 +286,7 @@ class KernelBackend:
                      tuple(operands) + (out, workspace, np.int32(path.parts)) + geometry_args(geom))
         if path.parts > 1:
             channels, spatial = (out.shape[1], math.prod(out.shape[2:])) if bias is not None else (1, 1)
-            self._launch(path, f"deconv_gemm_split_reduce_{_SUFFIX[out.dtype]}",
+            self._launch(path, f"deconv_gemm_split_reduce_{SUFFIX[out.dtype]}",
                          (min(ceil_div(out.size, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),
                          (workspace, out, np.int32(path.parts), np.int64(out.size), out if bias is None else bias,
                           np.int32(bias is not None), np.int32(channels), np.int32(spatial)))
@@ -565,7 +334,7 @@ class KernelBackend:
         """The forward by the kernel kernel_path picks; ``splits`` and ``tile``: the GEMM's K splits
         and tile (None chooses; tests and the autotuner pin them)."""
         check_index_limits(geom)
-        suffix = _SUFFIX[x.dtype]
+        suffix = SUFFIX[x.dtype]
         path = self.kernel_path(geom, "forward", algorithm, x.dtype, precision, splits, self.device_descriptor(x), tile)
         weight = self.xp.ascontiguousarray(weight)
         # The kernels read bias only when has_bias is 1; the weight stands in for a null pointer.
@@ -651,7 +420,7 @@ class KernelBackend:
     def _depthwise_grad_weight(self, path: KernelPath, grad_output, x, grad_weight, geom: ConvTransposeGeometry):
         """Blocks (slab, row) sum their slab of (sample, position) pairs for DEPTHWISE_WEIGHT_TILE
         filter elements; with several slabs into partial[slab] (then added in slab order)."""
-        suffix, slabs = _SUFFIX[x.dtype], path.parts
+        suffix, slabs = SUFFIX[x.dtype], path.parts
         total = geom.batch * math.prod(geom.in_size)
         partial = self._partials(slabs, grad_weight)
         self._launch(path, path.entry, path.grid, (BLOCK, 1, 1),
@@ -670,7 +439,7 @@ class KernelBackend:
         check_index_limits(geom)
         grad_output = self.xp.ascontiguousarray(grad_output)
         grad_bias = self._output((geom.out_channels,), grad_output.dtype)
-        suffix, out_spatial = _SUFFIX[grad_output.dtype], math.prod(geom.out_size)
+        suffix, out_spatial = SUFFIX[grad_output.dtype], math.prod(geom.out_size)
         path = self.kernel_path(geom, "grad_bias", algorithm, grad_output.dtype, "fp32",
                                 device=self.device_descriptor(grad_output))
         if path.kind == "per-channel":
@@ -722,7 +491,7 @@ class KernelBackend:
         count = param.size
         if count == 0:
             return
-        suffix = _SUFFIX[param.dtype]
+        suffix = SUFFIX[param.dtype]
         path = KernelPath("elementwise", f"sgd_step_{suffix}", source="sgd.cu", math=suffix)
         self._launch(path, path.entry,
                      (min(ceil_div(count, BLOCK), MAX_GRID_X), 1, 1), (BLOCK, 1, 1),  # 64-bit index
@@ -738,24 +507,6 @@ class KernelBackend:
         if placeholder is None:
             placeholder = self._float32_placeholders[device] = self.xp.zeros(1, dtype=np.float32)
         return placeholder
-
-
-# Kernels opted in to more dynamic shared memory than the default: id → (the kernel, kept alive so
-# that its id stays its own; the bytes it may take).
-_OPTED_IN = {}
-
-
-def dynamic_shared(function, path: KernelPath, entry: str) -> int:
-    """Bytes of dynamic shared memory ``function`` (``entry`` of ``path``'s module) launches with:
-    the GEMM kernel itself its stages' (gemm_dynamic_shared_bytes), every other kernel none. Where
-    that is more than a block gets by default the kernel is opted in (cudaFuncSetAttribute, no
-    synchronization), once per kernel object — the modules and their kernels are memoized per
-    device, so a later launch, one captured into a CUDA graph included, makes no driver call."""
-    shared = gemm_dynamic_shared_bytes(path.math, path.tile) if path.kind == "gemm" and entry == path.entry else 0
-    if shared > DEFAULT_DYNAMIC_SHARED_BYTES and _OPTED_IN.get(id(function), (None, 0))[1] < shared:
-        function.max_dynamic_shared_size_bytes = shared
-        _OPTED_IN[id(function)] = (function, shared)
-    return shared
 
 
 def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, tensor: str) -> bool:
@@ -777,19 +528,6 @@ def reads_packed_in_place(path: KernelPath, src, geom: ConvTransposeGeometry, te
         outer.insert(0, outer[0] * size)  # ends with N's stride in front
     expected = (outer[0], itemsize, *outer[1:])  # N, C, the spatial dims
     return all(stride == want for stride, want, size in zip(src.strides, expected, shape) if size > 1)
-
-
-def compile_module(backend, module):
-    """Compile ``module`` ((source, math, gemm_pass, tile), math None for a module of every math) of
-    ``backend`` (a KernelBackend, or the name of one for a worker process) on the current device."""
-    if isinstance(backend, str):
-        from . import get
-
-        backend = get(backend)
-    source, math_name, gemm_pass, tile = module
-    compiled = backend.module(source, math_name or "f32", gemm_pass, tile)  # without per-math modules any math names it
-    if hasattr(compiled, "compile"):  # cupy.RawModule compiles lazily; the emulator's already has
-        compiled.compile()
 
 
 def make(name: str) -> KernelBackend:
