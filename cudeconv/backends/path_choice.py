@@ -110,9 +110,8 @@ def gemm_path(geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, pr
               device: DeviceDescriptor, splits=None, tile=None, backend_name="the kernels"):
     """The implicit GEMM's KernelPath for ``pass_`` when ``algorithm`` picks it, else None (the
     direct kernel): its tile (``tile``, one of the menu's GEMM_TILES, or gemm_tile's choice on
-    ``device``), its parts its K splits (``splits``,
-    or gemm_splits for that tile), its workspace their partial copies of the output and, for the
-    forward and grad_input on tensor cores, the packed weight and activation. "auto" takes the
+    ``device``), its parts its K splits (``splits``, or gemm_splits for that tile), its workspace
+    their partial copies of the output and the packed operands. "auto" takes the
     GEMM where it can run, its K side holds GEMM_MIN_K_CHANNELS channels per group (for
     grad_weight its M side, C_in/groups) and a group has more than one input channel (one is
     the depthwise kernels'); "gemm" insists."""
@@ -153,14 +152,14 @@ def gemm_path(geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, pr
 def kernel_path(geom: ConvTransposeGeometry, pass_: str, algorithm: str, dtype, precision: str,
                 device: DeviceDescriptor, parts=None, tile=None, backend_name="the kernels") -> KernelPath:
     """Which kernel runs ``pass_`` ("forward", "grad_input", "grad_weight", "grad_bias") — the one
-    decision the launches below follow and ``cudeconv bench`` reports. Forward and grad_input:
+    decision the launch layer (kernel_backend.py) follows and ``cudeconv bench`` reports. Forward and grad_input:
     the implicit GEMM where gemm_path takes it, else (under "auto") the depthwise kernels for
     one input channel per group, else the direct gather (or the forward's scatter);
     grad_weight: the split-K GEMM, the depthwise reduction (one input channel per group) or the
     direct per-filter reduction; grad_bias: slabs of N·spatial per channel where more than one
     is worth it, else one block per channel. ``parts``: the GEMM's split count (None chooses);
-    ``device``: the descriptor grids are sized for (None: the current device's); ``tile``: the
-    GEMM's tile (None chooses)."""
+    ``device``: the descriptor grids are sized for; ``tile``: the GEMM's tile (None chooses);
+    ``backend_name``: the backend an error message names."""
     suffix = SUFFIX[np.dtype(dtype)]
     if pass_ == "grad_bias":
         total = geom.batch * math.prod(geom.out_size)
